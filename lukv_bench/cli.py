@@ -1,0 +1,127 @@
+"""The ``lukv-bench`` command line: run suites, list policies, profile memory/latency, render reports.
+
+Exit codes: 0 success, 2 bad input (suite, policy, budget, model or data), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from lukv_bench.errors import UserError
+
+
+def _fail(err: BaseException) -> None:
+    code = err.exit_code if isinstance(err, UserError) else 1
+    kind = "error" if code == 2 else "runtime failure"
+    click.echo(f"lukv-bench: {kind}: {err}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Maps UserError to exit 2 and any other exception to exit 1, with one clear line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished records are kept in results.jsonl", err=True)
+            sys.exit(130)
+        except Exception as err:  # noqa: BLE001 - the CLI boundary
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            _fail(err)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.version_option(package_name="lukv-bench")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Compare KV-cache eviction policies: quality, memory and latency on your model and tasks."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@main.command()
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: results/<suite name>). Rerunning resumes.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task (overrides the suite).")
+@click.option("--model", default=None, help="Model override: embedded, a hub id, a folder or a .gguf file.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool) -> None:
+    """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
+    from lukv_bench.report import render_report
+    from lukv_bench.runner import Runner
+    from lukv_bench.suite import apply_overrides, load_suite
+
+    s = apply_overrides(load_suite(suite), limit=limit, model=model)
+    out = out or Path("results") / s.name
+    Runner(s, out, progress=not no_progress).run()
+    report = render_report(out)
+    click.echo(f"results: {out / 'results.jsonl'}\nreport:  {report}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def policies(as_json: bool) -> None:
+    """List every registered policy with its scorer, allocator, parameters and plugin."""
+    from lukv_bench.registry import format_policies
+
+    click.echo(format_policies(json=as_json))
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def report(out: Path) -> None:
+    """Re-render OUT/report.md and plots from OUT/results.jsonl."""
+    from lukv_bench.report import render_report
+
+    if not (out / "results.jsonl").is_file():
+        raise UserError(f"{out / 'results.jsonl'} not found; run a suite with --out {out} first")
+    click.echo(str(render_report(out)))
+
+
+@main.command()
+@click.option("--model", default="embedded", show_default=True, help="Model: embedded, hub id, folder, .gguf.")
+@click.option("--context", "context", type=click.IntRange(min=8), default=2000, show_default=True,
+              help="Prompt length in tokens (real text from Python's documentation).")
+@click.option("--policies", "policy_names", default="snapkv,layer-uncertainty", show_default=True,
+              help="Comma-separated policy names.")
+@click.option("--budgets", default="0.2", show_default=True, help="Comma-separated budget ratios.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads on CPU.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+def profile(model: str, context: int, policy_names: str, budgets: str, new_tokens: int,
+            threads: int | None, device: str, as_json: bool) -> None:
+    """Measure prefill, compression and decode time and KV memory for policies at budgets."""
+    from lukv_bench.profile import profile_policies
+
+    try:
+        budget_list = [float(b) for b in budgets.split(",") if b.strip()]
+    except ValueError as e:
+        raise UserError(f"--budgets must be comma-separated numbers (got {budgets!r})") from e
+    rows = profile_policies(
+        model=model, context=context, policies=[p.strip() for p in policy_names.split(",") if p.strip()],
+        budgets=budget_list, new_tokens=new_tokens, threads=threads, device=device,
+    )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["policy", "budget", "kv_ratio", "prefill_s", "compress_s", "decode_s_per_token", "peak_mem_mb"]
+    click.echo("  ".join(f"{c:>18}" for c in cols))
+    for r in rows:
+        click.echo("  ".join(f"{r[c]:>18.4f}" if isinstance(r[c], float) else f"{r[c]!s:>18}" for c in cols))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Generated data sets (built offline from text that ships with Python)."""

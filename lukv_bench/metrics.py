@@ -1,0 +1,241 @@
+"""Task metrics (by name) and fidelity helpers (prediction vs. the full-cache reference).
+
+Task metrics score one prediction against a :class:`~lukv_bench.tasks.base.Sample` and return a
+float in [0, 1]; with several gold answers the best one counts. The LongBench metrics follow the
+definitions of LongBench's evaluation script (Bai et al., 2023), re-implemented here:
+
+* ``qa_f1`` — token-level F1 after SQuAD normalisation (lower case, no punctuation, no articles
+  "a/an/the", single spaces).
+* ``rouge_l`` — ROUGE-L F1 from the longest common subsequence of lower-cased word tokens.
+* ``classification`` — the classes of ``sample.all_classes`` named in the prediction; classes that
+  are strict substrings of the gold class are ignored; score ``1/len(matches)`` if the gold class is
+  among them.
+* ``retrieval`` — the gold answer is "Paragraph k"; the score is the fraction of the numbers in the
+  prediction that equal k.
+* ``count`` — the fraction of the numbers in the prediction that equal the gold count.
+* ``code_sim`` — fuzzywuzzy ``ratio`` between the gold line and the first prediction line that is not
+  empty and has no "`", "#" or "//" (a code-looking line), both stripped of surrounding whitespace.
+
+Plus ``substring`` (normalised gold answer contained in the normalised prediction) and ``exact``
+(normalised equality).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from lukv_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from lukv_bench.tasks.base import Sample
+
+__all__ = [
+    "METRICS",
+    "classification_score",
+    "code_sim_score",
+    "count_score",
+    "exact_score",
+    "greedy_agreement",
+    "kl_divergence",
+    "known_metrics",
+    "normalize_answer",
+    "qa_f1_score",
+    "retrieval_score",
+    "rouge_l_score",
+    "score",
+    "substring_score",
+]
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_NUMBER = re.compile(r"\d+")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD/LongBench normalisation: lower case, drop punctuation and articles, collapse spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def _norm_or_plain(text: str) -> str:
+    """Normalised text, or the lower-cased stripped text when normalisation leaves nothing."""
+    norm = normalize_answer(text)
+    return norm if norm else text.lower().strip()
+
+
+def substring_score(prediction: str, answer: str) -> float:
+    """1.0 when the normalised answer occurs inside the normalised prediction."""
+    gold = _norm_or_plain(answer)
+    if not gold:
+        return 0.0
+    return 1.0 if gold in _norm_or_plain(prediction) else 0.0
+
+
+def exact_score(prediction: str, answer: str) -> float:
+    """1.0 when prediction and answer are equal after normalisation."""
+    return 1.0 if _norm_or_plain(prediction) == _norm_or_plain(answer) else 0.0
+
+
+def _token_f1(pred_tokens: Sequence[str], gold_tokens: Sequence[str]) -> float:
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_f1_score(prediction: str, answer: str) -> float:
+    """Token F1 between normalised prediction and answer (LongBench ``qa_f1_score``)."""
+    return _token_f1(normalize_answer(prediction).split(), normalize_answer(answer).split())
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, start=1):
+            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_score(prediction: str, answer: str) -> float:
+    """ROUGE-L F1: ``2PR/(P+R)`` with P = LCS/len(prediction), R = LCS/len(answer) (word tokens)."""
+    pred = _WORD.findall(prediction.lower())
+    gold = _WORD.findall(answer.lower())
+    lcs = _lcs_length(pred, gold)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def classification_score(prediction: str, answer: str, all_classes: Sequence[str]) -> float:
+    """LongBench classification: 1/len(matched classes) if the gold class is matched, else 0.
+
+    A class matches when its name occurs in the prediction; matched classes that are strict
+    substrings of the gold class (e.g. "number" inside "phone number") do not count against it.
+    """
+    matched = [c for c in all_classes if c and c in prediction]
+    matched = [c for c in matched if not (c in answer and c != answer)]
+    if answer in matched:
+        return 1.0 / len(matched)
+    return 0.0
+
+
+def retrieval_score(prediction: str, answer: str) -> float:
+    """LongBench passage retrieval: share of the numbers in the prediction equal to the gold paragraph."""
+    found = re.findall(r"Paragraph (\d+)", answer)
+    if not found:
+        raise UserError(f"retrieval metric: gold answer {answer!r} is not of the form 'Paragraph <k>'")
+    numbers = _NUMBER.findall(prediction)
+    if not numbers:
+        return 0.0
+    return sum(1 for n in numbers if n == found[0]) / len(numbers)
+
+
+def count_score(prediction: str, answer: str) -> float:
+    """LongBench passage count: share of the numbers in the prediction equal to the gold count."""
+    numbers = _NUMBER.findall(prediction)
+    if not numbers:
+        return 0.0
+    gold = answer.strip()
+    return sum(1 for n in numbers if n == gold) / len(numbers)
+
+
+def _first_code_line(prediction: str) -> str:
+    for line in prediction.lstrip("\n").split("\n"):
+        if line.strip() and "`" not in line and "#" not in line and "//" not in line:
+            return line.strip()
+    return ""
+
+
+def code_sim_score(prediction: str, answer: str) -> float:
+    """fuzzywuzzy ratio (0-100, scaled to [0, 1]) between the first code-looking line and the answer."""
+    from fuzzywuzzy import fuzz
+
+    return fuzz.ratio(_first_code_line(prediction), answer.strip()) / 100.0
+
+
+def _classification(prediction: str, answer: str, sample: Sample) -> float:
+    if not sample.all_classes:
+        raise UserError(
+            f"sample {sample.id!r}: the 'classification' metric needs the sample's all_classes (label set)"
+        )
+    return classification_score(prediction, answer, sample.all_classes)
+
+
+#: name -> function(prediction, one gold answer, sample) -> float
+METRICS: dict[str, Callable[[str, str, Sample], float]] = {
+    "substring": lambda p, a, s: substring_score(p, a),
+    "exact": lambda p, a, s: exact_score(p, a),
+    "qa_f1": lambda p, a, s: qa_f1_score(p, a),
+    "rouge_l": lambda p, a, s: rouge_l_score(p, a),
+    "classification": _classification,
+    "retrieval": lambda p, a, s: retrieval_score(p, a),
+    "count": lambda p, a, s: count_score(p, a),
+    "code_sim": lambda p, a, s: code_sim_score(p, a),
+}
+
+
+def known_metrics() -> list[str]:
+    """Names accepted by :func:`score` (and by the suite key ``metric``)."""
+    return list(METRICS)
+
+
+def check_metric(name: str) -> None:
+    """Raise :class:`UserError` when ``name`` is not a known metric."""
+    if name not in METRICS:
+        raise UserError(f"unknown metric {name!r}; known metrics: {', '.join(known_metrics())}")
+
+
+def score(metric: str, prediction: str, sample: Sample) -> float:
+    """Score ``prediction`` for ``sample`` with ``metric``: the best score over the gold answers."""
+    check_metric(metric)
+    fn = METRICS[metric]
+    if not sample.answers:
+        return 0.0
+    return max(fn(prediction, answer, sample) for answer in sample.answers)
+
+
+# --- fidelity helpers (model outputs under a compressed cache vs. the full-cache reference) ---------
+
+
+def _check_pair(ref_logits: torch.Tensor, logits: torch.Tensor) -> None:
+    if ref_logits.shape != logits.shape or ref_logits.dim() != 2:
+        raise ValueError(
+            f"expected two [m, V] logit tensors of equal shape, got {tuple(ref_logits.shape)} "
+            f"and {tuple(logits.shape)}"
+        )
+
+
+def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(ref || test) in nats, computed in fp32 from log-softmax: shape [m]."""
+    _check_pair(ref_logits, logits)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref_p = ref_logp.exp()
+    terms = torch.where(ref_p > 0, ref_p * (ref_logp - logp), torch.zeros_like(ref_p))
+    return terms.sum(-1).clamp_min(0.0)
+
+
+def greedy_agreement(ref_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Fraction of positions whose argmax token equals the reference's (1.0 for m = 0)."""
+    _check_pair(ref_logits, logits)
+    if ref_logits.shape[0] == 0:
+        return 1.0
+    return (ref_logits.argmax(-1) == logits.argmax(-1)).float().mean().item()

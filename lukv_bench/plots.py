@@ -1,0 +1,211 @@
+"""PNG plots for the report, drawn on matplotlib's Agg canvas.
+
+Figures are created as ``Figure`` objects bound to ``FigureCanvasAgg`` directly, never through pyplot,
+so no display is needed and the process-wide backend of a caller (a notebook, say) is left untouched.
+
+Per task: score vs measured KV memory, fidelity (KL) vs memory, per-layer budget profiles of the
+layer-adaptive policies at the median budget, and for depth x length tasks (needle) a heatmap grid.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from lukv_bench.report import TaskSummary
+
+DPI = 110
+_MARKERS = "osD^v<>phX*"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png")
+    return path
+
+
+def _style(policy: str, i: int) -> dict[str, object]:
+    """Line style of a policy: the same colour in every plot, the proposed method emphasised."""
+    from lukv_bench.report import POLICY_ORDER, PROPOSED
+
+    k = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + i
+    style: dict[str, object] = {"marker": _MARKERS[k % len(_MARKERS)], "label": policy, "color": f"C{k % 10}"}
+    if policy == PROPOSED:
+        style.update(linewidth=2.6, color="crimson", zorder=5)
+    return style
+
+
+def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
+    """(a) Mean score vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy."""
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    drawn = False
+    for i, p in enumerate(s.policies):
+        pts = sorted(
+            (c.mem_ratio, c.score)
+            for b in s.budgets
+            if (c := s.cell(p, b)) and c.mem_ratio is not None and c.score is not None
+        )
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i))
+            drawn = True
+    if s.full is not None and s.full.score is not None:
+        ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("KV memory / FullKV (measured)")
+    ax.set_ylabel(f"mean score ({s.metric})")
+    ax.set_title(f"{s.task}: score vs KV memory")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
+    """(b) Mean KL(FullKV || policy) vs measured KV memory, log scale; zero or missing KL is omitted."""
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    drawn = False
+    for i, p in enumerate(s.policies):
+        pts = sorted(
+            (c.mem_ratio, c.kl)
+            for b in s.budgets
+            if (c := s.cell(p, b)) and c.mem_ratio is not None and c.kl is not None and c.kl > 0
+        )
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i))
+            drawn = True
+    if not drawn:
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("KV memory / FullKV (measured)")
+    ax.set_ylabel("mean KL(FullKV ‖ policy), log")
+    ax.set_title(f"{s.task}: fidelity vs KV memory (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
+    """(c) Tokens kept per layer / mean over layers, per layer-adaptive policy, at the median budget."""
+    adaptive = s.layer_adaptive()
+    if not adaptive or not s.budgets:
+        return None
+    # median budget among those where some adaptive policy has a profile
+    cols = [b for b in s.budgets if any((c := s.cell(p, b)) and c.layer_profile for p in adaptive)]
+    if not cols:
+        return None
+    b = cols[(len(cols) - 1) // 2]
+    fig = _new_figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    drawn = False
+    for i, p in enumerate(adaptive):
+        c = s.cell(p, b)
+        if c is None or not c.layer_profile:
+            continue
+        mean = sum(c.layer_profile) / len(c.layer_profile)
+        if mean <= 0:
+            continue
+        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **_style(p, i))
+        drawn = True
+    if not drawn:
+        return None
+    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1.2, label="uniform")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("tokens kept / mean over layers")
+    ax.set_title(f"{s.task}: per-layer budget at budget {b.label}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
+    """(d) Mean score on a depth x length grid: rows = policies (FullKV first), columns = budgets."""
+    if not s.has_grid:
+        return None
+    from lukv_bench.report import FULL, budget_key
+
+    acc: dict[tuple[str, str, float, float], list[float]] = defaultdict(list)
+    depths: set[float] = set()
+    lengths: set[float] = set()
+    for r in s.records:
+        m = r.get("meta") or {}
+        if r.get("score") is None:
+            continue
+        d, length = float(m["depth"]), float(m["length"])
+        depths.add(d)
+        lengths.add(length)
+        bk = "*" if r.get("policy") == FULL else budget_key(r.get("budget"))
+        acc[(str(r.get("policy")), bk, d, length)].append(float(r["score"]))
+    if not acc:
+        return None
+    ds, ls = sorted(depths), sorted(lengths)
+    values = [sum(v) / len(v) for v in acc.values()]
+    vmin, vmax = min(0.0, min(values)), max(1.0, max(values))
+    rows = ([FULL] if any(k[0] == FULL for k in acc) else []) + list(s.policies)
+    ncols = max(1, len(s.budgets))
+    annotate = len(ds) * len(ls) <= 30
+    fig = _new_figure(2.4 * ncols + 1.0, 1.9 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    image = None
+    for ri, p in enumerate(rows):
+        for ci in range(ncols):
+            ax = axes[ri][ci]
+            if p == FULL:
+                bk, title = "*", "FullKV (all budgets)"
+                if ci > 0:
+                    ax.set_visible(False)
+                    continue
+            else:
+                bk, title = s.budgets[ci].key, f"{p} @ {s.budgets[ci].label}"
+            grid = [[float("nan")] * len(ls) for _ in ds]
+            for di, d in enumerate(ds):
+                for li, length in enumerate(ls):
+                    vals = acc.get((p, bk, d, length))
+                    if vals:
+                        grid[di][li] = sum(vals) / len(vals)
+            image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="RdYlGn", aspect="auto", origin="upper")
+            if annotate:
+                for di in range(len(ds)):
+                    for li in range(len(ls)):
+                        v = grid[di][li]
+                        if v == v:  # not NaN
+                            ax.text(li, di, f"{v:.2f}", ha="center", va="center", fontsize=6)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks(range(len(ls)), [f"{x:g}" for x in ls], fontsize=6)
+            ax.set_yticks(range(len(ds)), [f"{x:g}" for x in ds], fontsize=6)
+            if ri == len(rows) - 1:
+                ax.set_xlabel("length (tokens)", fontsize=7)
+            if ci == 0:
+                ax.set_ylabel("depth", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=[a for row in axes for a in row if a.get_visible()], shrink=0.6, label="score")
+    fig.suptitle(f"{s.task}: score by needle depth x context length", fontsize=10)
+    return _save(fig, path)
+
+
+def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
+    """Draw every plot that applies to ``s`` into ``plot_dir``; return {caption: png path}."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for caption, fn, suffix in (
+        ("score vs KV memory", score_vs_memory, "score"),
+        ("fidelity (KL) vs KV memory", kl_vs_memory, "kl"),
+        ("per-layer budget profile", layer_profiles, "layers"),
+        ("score by depth x length", needle_heatmaps, "heatmap"),
+    ):
+        png = fn(s, plot_dir / f"{stem}_{suffix}.png")
+        if png is not None:
+            out[f"{s.task}: {caption}"] = png
+    return out

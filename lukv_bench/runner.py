@@ -1,0 +1,231 @@
+"""Run a suite: for each model, task and sample, one prefill, then every (policy, budget).
+
+Records go to ``OUT/results.jsonl`` as they finish (see :mod:`lukv_bench.results`); a rerun of the
+same command skips what is done. ``OUT/run.json`` holds the suite and the software versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lukv_bench.engine import Engine, EngineSettings, Prefill
+from lukv_bench.errors import UserError
+from lukv_bench.memory import PeakMemory
+from lukv_bench.policy import Budget
+from lukv_bench.prompts import build_prompt, use_chat_template
+from lukv_bench.results import ResultsWriter, record_key
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import transformers
+
+    import lukv_bench
+
+    out = {
+        "lukv_bench": lukv_bench.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(setting)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {setting} was requested but CUDA is not available; use device: auto or cpu")
+    return dev
+
+
+@dataclass
+class SampleRun:
+    """Everything shared by the (policy, budget) runs of one sample."""
+
+    pre: Prefill
+    tail: list[int]  #: tokens fed after compression (the question in compress: context mode)
+    ref_tokens: list[int]
+    ref_logits: torch.Tensor  #: [m, V] FullKV logits each reference token was chosen from
+
+
+class Runner:
+    """Executes a validated suite on one machine."""
+
+    def __init__(self, suite, out_dir: Path, progress: bool = True):
+        from lukv_bench.registry import resolve_policy
+
+        self.suite = suite
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.policies = [resolve_policy(p) for p in suite.policies]
+        if not any(p.name == "full" for p in self.policies):
+            # FullKV is the reference for fidelity and for the report; it always runs
+            self.policies.insert(0, resolve_policy("full"))
+        self.writer = ResultsWriter(self.out_dir)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _budgets(self) -> list[Any]:
+        return list(self.suite.budgets)
+
+    def _policy_budgets(self, policy) -> list[Any]:
+        # FullKV does not depend on the budget: one record per sample
+        return [1.0] if policy.name == "full" else self._budgets()
+
+    def _write_run_json(self, model_name: str) -> None:
+        info = {"suite": self.suite.to_dict(), "model": model_name, "versions": versions(), "argv": sys.argv}
+        (self.out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run everything not yet in results.jsonl; returns the results path."""
+        from lukv_bench.models import load_model
+        from lukv_bench.tasks import build_task
+
+        suite = self.suite
+        if suite.threads:
+            torch.set_num_threads(int(suite.threads))
+        torch.manual_seed(suite.seed)
+        device = resolve_device(suite.device)
+        lm = load_model(suite.model, dtype=suite.dtype, device=str(device))
+        self._write_run_json(lm.name)
+        settings = EngineSettings(window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce)
+        engine = Engine(lm.model, lm.tokenizer, settings)
+        chat = use_chat_template(lm.tokenizer, suite.chat_template)
+        needs = set().union(*(p.needs for p in self.policies))
+        tasks = [build_task(t, suite, tokenizer=lm.tokenizer) for t in suite.tasks]
+        per_sample = sum(len(self._policy_budgets(p)) for p in self.policies)
+        samples = [(task, list(task.samples(suite.limit))) for task in tasks]
+        total = per_sample * sum(len(s) for _, s in samples)
+        bar = tqdm(total=total, desc="overall", unit="run", disable=not self.progress, position=0)
+        bar.update(sum(1 for _ in self.writer.done))
+        for task, task_samples in samples:
+            for sample in task_samples:
+                todo = [
+                    (p, b)
+                    for p in self.policies
+                    for b in self._policy_budgets(p)
+                    if not self.writer.is_done(self._key(lm.name, task, sample, p, b))
+                ]
+                if not todo:
+                    continue
+                self._run_sample(engine, lm.name, task, sample, todo, chat, needs, bar)
+        bar.close()
+        return self.writer.path
+
+    def _key(self, model: str, task, sample, policy, budget) -> tuple:
+        return record_key(
+            {"model": model, "task": task.name, "sample_id": sample.id, "policy": policy.name, "budget": budget}
+        )
+
+    def _prepare(self, engine: Engine, ids, needs) -> SampleRun:
+        suite = self.suite
+        if suite.compress == "prompt":
+            pre = engine.prefill(torch.tensor([ids.full]), needs)
+            tail: list[int] = []
+        else:
+            pre = engine.prefill(torch.tensor([ids.context]), needs)
+            tail = ids.question
+        full = next(p for p in self.policies if p.name == "full")
+        comp = engine.compress(pre, full, Budget.resolve(1.0, pre.n))
+        first = engine.feed(comp.cache, tail)[-1] if tail else pre.last_logits
+        gen = engine.generate(comp.cache, first, suite.max_new_tokens, self._eos(engine), suite.stop)
+        return SampleRun(pre=pre, tail=tail, ref_tokens=gen.tokens, ref_logits=gen.logits)
+
+    def _eos(self, engine: Engine) -> list[int]:
+        eos = engine.model.generation_config.eos_token_id if engine.model.generation_config else None
+        if eos is None:
+            eos = engine.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    def _run_sample(self, engine, model_name, task, sample, todo, chat, needs, bar) -> None:
+        from lukv_bench.metrics import greedy_agreement, kl_divergence
+
+        suite = self.suite
+        ids = build_prompt(engine.tokenizer, sample, chat)
+        ref = self._prepare(engine, ids, needs)
+        pre = ref.pre
+        inner = tqdm(total=len(todo), desc=f"{task.name}:{sample.id}", leave=False, disable=not self.progress)
+        for policy, budget_spec in todo:
+            budget = Budget.resolve(budget_spec, pre.n)
+            with PeakMemory(engine.device) as mem:
+                comp = engine.compress(pre, policy, budget)
+                cache = comp.cache
+                mark = cache.mark()
+                t_tail = engine.feed(cache, ref.tail)[-1] if ref.tail else pre.last_logits
+                gen = engine.generate(cache, t_tail, suite.max_new_tokens, self._eos(engine), suite.stop)
+            cache.rollback(mark)
+            kl_mean = agree = None
+            if policy.name != "full":
+                # teacher-force FullKV's answer: compare next-token distributions position by position
+                m = len(ref.ref_tokens)
+                fed = engine.feed(cache, ref.tail + ref.ref_tokens[: m - 1])
+                if ref.tail:
+                    test_logits = fed[-m:]
+                    ref_logits = ref.ref_logits
+                else:
+                    test_logits = fed
+                    ref_logits = ref.ref_logits[1:]
+                if len(test_logits):
+                    kl_mean = float(kl_divergence(ref_logits, test_logits).mean())
+                    agree = float(greedy_agreement(ref_logits, test_logits))
+            score = task.score(gen.text, sample)
+            rec = {
+                "model": model_name,
+                "task": task.name,
+                "sample_id": sample.id,
+                "policy": policy.name,
+                "policy_params": policy.params,
+                "budget": budget_spec,
+                "budget_ratio": budget.ratio,
+                "budget_tokens_mean": budget.tokens,
+                "context_tokens": pre.n,
+                "layer_budgets": comp.layer_budgets,
+                "head_budgets": comp.head_budgets,
+                "allocation_info": comp.allocation_info,
+                "score": score,
+                "metric": task.metric,
+                "prediction": gen.text,
+                "answers": sample.answers,
+                "kv_bytes": comp.kv_bytes,
+                "kv_bytes_full": comp.kv_bytes_full,
+                "prefill_s": pre.prefill_s,
+                "compress_s": comp.compress_s,
+                "decode_s": gen.decode_s,
+                "new_tokens": len(gen.tokens),
+                "peak_mem_bytes": mem.peak,
+                "prefill_peak_mem_bytes": pre.peak_mem_bytes,
+                "kl_mean": kl_mean,
+                "greedy_agreement": agree,
+                "data_source": task.data_source,
+                "seed": suite.seed,
+                "compress_mode": suite.compress,
+                "window": engine.settings.window,
+                "storage": engine.settings.storage,
+                "gqa_reduce": engine.settings.gqa_reduce,
+                "meta": sample.meta,
+                "versions": versions(),
+            }
+            self.writer.append(rec)
+            bar.update(1)
+            inner.update(1)
+        inner.close()

@@ -1,0 +1,581 @@
+"""Suite files: the YAML that says which model, policies, budgets and tasks to compare.
+
+:func:`load_suite` validates the whole file before anything runs. Every problem becomes a line of
+one :class:`~lukv_bench.errors.UserError` of the form ``FILE:LINE: KEY.PATH: problem (allowed: ...)``;
+line numbers come from the YAML node marks (``yaml.compose``). Relative paths (task data files, a
+model folder or ``.gguf`` file) resolve against the suite file's folder.
+
+Policy names are *not* checked here: the policy registry does that later and can cite the line with
+:meth:`Suite.where` (e.g. ``suite.where("policies[2]")``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lukv_bench.errors import UserError
+
+__all__ = [
+    "TASK_TYPES",
+    "Generation",
+    "Suite",
+    "SuiteError",
+    "apply_overrides",
+    "load_suite",
+]
+
+
+class SuiteError(UserError):
+    """One or more problems in a suite file; ``problems`` holds one formatted line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        head = "invalid suite file" if len(problems) == 1 else f"{len(problems)} problems in suite file"
+        super().__init__(f"{head}:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Generation:
+    """Decoding settings shared by every generative task."""
+
+    max_new_tokens: int = 32
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Suite:
+    """A validated suite. ``tasks`` are normalised dicts (defaults filled, paths absolute)."""
+
+    name: str
+    model: str  #: "embedded", a hub id, or an absolute local folder / .gguf path
+    policies: list[str | dict[str, Any]]  #: as written; the registry resolves names and params
+    budgets: list[float | dict[str, int]]  #: each a ratio in (0, 1] or {"tokens": N} (Budget.resolve)
+    tasks: list[dict[str, Any]]
+    path: Path | None = None  #: the suite file (absolute), None for suites built in code
+    limit: int | None = None  #: samples per task (None: all)
+    generation: Generation = field(default_factory=Generation)
+    compress: str = "prompt"  #: "prompt" (context+question compressed) or "context" (context only)
+    chat_template: bool | str = "auto"  #: "auto": on when the tokenizer has a template
+    window: int = 32  #: observation window (queries at the end of the compressed block)
+    storage: str = "kv"  #: "kv" or "query" (GQA storage mode)
+    gqa_reduce: str = "mean"  #: "mean" | "max" | "sum"
+    seed: int = 0
+    device: str = "auto"  #: "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "float32"  #: "float32" | "bfloat16" | "float16"
+    threads: int | None = 1  #: torch threads on CPU (None: torch's default)
+    lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
+
+    @property
+    def folder(self) -> Path:
+        """Folder that relative paths resolve against (the suite file's, or the working directory)."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def where(self, key_path: str) -> str:
+        """``FILE:LINE: KEY.PATH`` for error messages raised after loading (e.g. unknown policy)."""
+        file = str(self.path) if self.path is not None else "<suite>"
+        line = _line_for(self.lines, key_path)
+        return f"{file}:{line}: {key_path}" if line else f"{file}: {key_path}"
+
+    def task(self, name: str) -> dict[str, Any]:
+        """The normalised dict of the task called ``name``."""
+        for t in self.tasks:
+            if t["name"] == name:
+                return t
+        raise UserError(f"suite {self.name!r} has no task {name!r}; tasks: {[t['name'] for t in self.tasks]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable record of the resolved suite (for results files)."""
+        return {
+            "name": self.name,
+            "file": str(self.path) if self.path is not None else None,
+            "model": self.model,
+            "policies": copy.deepcopy(self.policies),
+            "budgets": copy.deepcopy(self.budgets),
+            "tasks": copy.deepcopy(self.tasks),
+            "limit": self.limit,
+            "generation": {"max_new_tokens": self.generation.max_new_tokens, "stop": list(self.generation.stop)},
+            "compress": self.compress,
+            "chat_template": self.chat_template,
+            "window": self.window,
+            "storage": self.storage,
+            "gqa_reduce": self.gqa_reduce,
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+        }
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------
+
+
+def _line_for(lines: dict[str, int], key_path: str) -> int | None:
+    """Line of ``key_path``, else of its closest ancestor."""
+    path = key_path
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+
+
+def _join(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _map_lines(node: yaml.Node, path: str, values: dict[str, int], keys: dict[str, int], dups: list) -> None:
+    """Record the line of every value (``values``) and mapping key (``keys``) under ``node``."""
+    values.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            name = str(k.value)
+            child = _join(path, name)
+            if name in seen:
+                dups.append((child, k.start_mark.line + 1))
+            seen.add(name)
+            keys[child] = k.start_mark.line + 1
+            values[child] = v.start_mark.line + 1
+            _map_lines(v, child, values, keys, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            child = _join(path, i)
+            values[child] = v.start_mark.line + 1
+            _map_lines(v, child, values, keys, dups)
+
+
+def _parse(text: str, file: str) -> tuple[Any, dict[str, int], dict[str, int], list]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else file
+        detail = e.problem or "parse error"
+        if e.context:
+            detail = f"{detail} ({e.context})"
+        raise UserError(f"{where}: invalid YAML: {detail}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{file}: invalid YAML: {e}") from None
+    values: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    dups: list = []
+    if root is not None:
+        _map_lines(root, "", values, keys, dups)
+    return data, values, keys, dups
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+_TOP_KEYS = (
+    "name",
+    "model",
+    "policies",
+    "budgets",
+    "tasks",
+    "limit",
+    "generation",
+    "compress",
+    "chat_template",
+    "window",
+    "storage",
+    "gqa_reduce",
+    "seed",
+    "device",
+    "dtype",
+    "threads",
+)
+_CHOICES = {
+    "compress": ("prompt", "context"),
+    "storage": ("kv", "query"),
+    "gqa_reduce": ("mean", "max", "sum"),
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+#: task type -> (allowed keys besides name/type/limit, or None for "pass through anything")
+TASK_TYPES: dict[str, tuple[str, ...] | None] = {
+    "jsonl": ("path", "metric", "instruction", "shuffle"),
+    "longbench": ("subsets", "source", "context_tokens", "num_samples", "seed", "hub_repo", "shuffle"),
+    "lm_eval": ("tasks", "max_seq_lengths", "num_fewshot", "include_path", "metadata"),
+    "needle": None,  # implemented in lukv_bench.tasks.needle; its keys are checked there
+}
+_COMMON_TASK_KEYS = ("name", "type", "limit")
+
+
+class _Checker:
+    """Collects problems with file/line/key-path context."""
+
+    def __init__(self, file: str, values: dict[str, int], keys: dict[str, int]) -> None:
+        self.file = file
+        self.values = values
+        self.keys = keys
+        self.problems: list[str] = []
+
+    def fail(self, path: str, msg: str, *, at_key: bool = False) -> None:
+        line = self.keys.get(path) if at_key else None
+        line = line or _line_for(self.values, path)
+        loc = f"{self.file}:{line}" if line else self.file
+        self.problems.append(f"{loc}: {path or '<top level>'}: {msg}")
+
+    # typed getters: return the value, or None after recording a problem
+    def is_int(self, path: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> bool:
+        if value is None and allow_none:
+            return True
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = f"an integer >= {minimum}" if minimum is not None else "an integer"
+            self.fail(path, f"expected {what}{' or null' if allow_none else ''}, got {_show(value)}")
+            return False
+        if minimum is not None and value < minimum:
+            self.fail(path, f"must be >= {minimum}, got {value}")
+            return False
+        return True
+
+    def is_str(self, path: str, value: Any, nonempty: bool = True) -> bool:
+        if not isinstance(value, str) or (nonempty and not value.strip()):
+            self.fail(path, f"expected a non-empty string, got {_show(value)}")
+            return False
+        return True
+
+    def is_choice(self, path: str, value: Any, choices: tuple) -> bool:
+        if value not in choices:
+            self.fail(path, f"got {_show(value)}; allowed: {', '.join(map(str, choices))}")
+            return False
+        return True
+
+    def unknown_keys(self, path: str, mapping: dict, allowed: tuple[str, ...]) -> None:
+        for key in mapping:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.fail(
+                    _join(path, str(key)),
+                    f"unknown key {str(key)!r}; {hint}allowed keys: {', '.join(allowed)}",
+                    at_key=True,
+                )
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    kind = "null" if value is None else type(value).__name__
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
+
+
+def _resolve_path(folder: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (folder / p).resolve()
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("./", "../", "/", "~", ".\\")) or value.endswith(".gguf")
+
+
+def _resolve_model(value: str, folder: Path) -> str | None:
+    """Absolute path for local models (relative to ``folder``), the id itself otherwise, None if missing."""
+    if value == "embedded":
+        return value
+    candidate = _resolve_path(folder, value)
+    if candidate.exists():
+        return str(candidate)
+    if _looks_like_path(value):
+        return None
+    return value
+
+
+def _check_budgets(c: _Checker, value: Any) -> list[float | dict[str, int]]:
+    allowed = "a non-empty list of ratios in (0, 1] (e.g. [0.1, 0.2]) or {tokens: [128, 256]}"
+    out: list[float | dict[str, int]] = []
+    if isinstance(value, dict):
+        c.unknown_keys("budgets", value, ("tokens",))
+        tokens = value.get("tokens")
+        if not isinstance(tokens, list) or not tokens:
+            c.fail("budgets.tokens", f"expected a non-empty list of integers >= 1, got {_show(tokens)}")
+            return out
+        for i, t in enumerate(tokens):
+            if c.is_int(f"budgets.tokens[{i}]", t, minimum=1):
+                if {"tokens": t} in out:
+                    c.fail(f"budgets.tokens[{i}]", f"duplicate budget {t}")
+                out.append({"tokens": t})
+        return out
+    if not isinstance(value, list) or not value:
+        c.fail("budgets", f"expected {allowed}, got {_show(value)}")
+        return out
+    for i, r in enumerate(value):
+        path = f"budgets[{i}]"
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            c.fail(path, f"expected a ratio in (0, 1], got {_show(r)}; for token counts write budgets: {{tokens: [...]}}")
+        elif not 0 < r <= 1:
+            c.fail(path, f"ratio must be in (0, 1], got {r}; for token counts write budgets: {{tokens: [...]}}")
+        elif float(r) in out:
+            c.fail(path, f"duplicate budget {r}")
+        else:
+            out.append(float(r))
+    return out
+
+
+def _check_policies(c: _Checker, value: Any) -> list[str | dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        c.fail("policies", f"expected a non-empty list of policy names or {{name: ..., ...}} maps, got {_show(value)}")
+        return []
+    out: list[str | dict[str, Any]] = []
+    for i, p in enumerate(value):
+        path = f"policies[{i}]"
+        if isinstance(p, str):
+            if c.is_str(path, p):
+                out.append(p)
+        elif isinstance(p, dict):
+            if "name" not in p:
+                c.fail(path, "a policy map needs a 'name' key (e.g. {name: mixed, scorer: h2o, allocator: pyramid})")
+            elif c.is_str(_join(path, "name"), p["name"]):
+                out.append(dict(p))
+        else:
+            c.fail(path, f"expected a policy name or a map with 'name', got {_show(p)}")
+            continue
+        if out and out[-1] in out[:-1]:
+            c.fail(path, "duplicate policy entry")
+    return out
+
+
+def _check_generation(c: _Checker, value: Any) -> Generation:
+    gen = Generation()
+    if value is None:
+        return gen
+    if not isinstance(value, dict):
+        c.fail("generation", f"expected a map {{max_new_tokens: 32, stop: [...]}}, got {_show(value)}")
+        return gen
+    c.unknown_keys("generation", value, ("max_new_tokens", "stop"))
+    if "max_new_tokens" in value and c.is_int("generation.max_new_tokens", value["max_new_tokens"], minimum=1):
+        gen.max_new_tokens = value["max_new_tokens"]
+    if "stop" in value:
+        stop = value["stop"]
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            c.fail("generation.stop", f"expected a list of non-empty strings, got {_show(value['stop'])}")
+        else:
+            gen.stop = list(stop)
+    return gen
+
+
+def _check_str_list(c: _Checker, path: str, value: Any, check: Callable[[str, str], bool] | None = None) -> list:
+    if not isinstance(value, list) or not value:
+        c.fail(path, f"expected a non-empty list of strings, got {_show(value)}")
+        return []
+    out = []
+    for i, v in enumerate(value):
+        p = f"{path}[{i}]"
+        if c.is_str(p, v) and (check is None or check(p, v)):
+            out.append(v)
+    return out
+
+
+def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names: set[str]) -> dict | None:
+    from lukv_bench.metrics import known_metrics
+    from lukv_bench.tasks import longbench
+
+    path = f"tasks[{i}]"
+    if not isinstance(value, dict):
+        c.fail(path, f"expected a map with at least 'name' and 'type', got {_show(value)}")
+        return None
+    ok = True
+    for key in ("name", "type"):
+        if key not in value:
+            c.fail(path, f"missing required key {key!r}")
+            ok = False
+    ttype = value.get("type")
+    if "type" in value and not c.is_choice(_join(path, "type"), ttype, tuple(TASK_TYPES)):
+        return None
+    if "name" in value and c.is_str(_join(path, "name"), value["name"]):
+        name = value["name"]
+        if not _TASK_NAME.match(name):
+            c.fail(_join(path, "name"), f"{name!r}: use letters, digits, '_', '-', '.' (it names result rows)")
+        elif name in names:
+            c.fail(_join(path, "name"), f"duplicate task name {name!r}")
+        names.add(name)
+    if not ok:
+        return None
+    extra = TASK_TYPES[ttype]
+    if extra is not None:
+        c.unknown_keys(path, value, _COMMON_TASK_KEYS + extra)
+    task = dict(value)
+    if "limit" in task:
+        c.is_int(_join(path, "limit"), task["limit"], minimum=1, allow_none=True)
+    else:
+        task["limit"] = None
+
+    def opt_bool(key: str) -> None:
+        if key in task and not isinstance(task[key], bool):
+            c.fail(_join(path, key), f"expected true or false, got {_show(task[key])}")
+
+    if ttype == "jsonl":
+        if "path" not in value:
+            c.fail(path, "missing required key 'path' (a JSONL file; relative to the suite file's folder)")
+        elif c.is_str(_join(path, "path"), value["path"]):
+            resolved = _resolve_path(folder, value["path"])
+            if not resolved.is_file():
+                c.fail(_join(path, "path"), f"file not found: {resolved}")
+            task["path"] = str(resolved)
+        task.setdefault("metric", "substring")
+        c.is_choice(_join(path, "metric"), task["metric"], tuple(known_metrics()))
+        if "instruction" in task:
+            c.is_str(_join(path, "instruction"), task["instruction"], nonempty=False)
+        task.setdefault("shuffle", False)
+        opt_bool("shuffle")
+    elif ttype == "longbench":
+        task.setdefault("source", "auto")
+        src_ok = c.is_choice(_join(path, "source"), task["source"], ("auto", "hub", "offline"))
+
+        def subset_ok(p: str, s: str) -> bool:
+            problem = longbench.subset_problem(s, task["source"] if src_ok else "auto")
+            if problem:
+                c.fail(p, problem)
+            return problem is None
+
+        if "subsets" not in value:
+            c.fail(path, f"missing required key 'subsets'; known: {', '.join(longbench.all_subset_names())}")
+        else:
+            subsets = _check_str_list(c, _join(path, "subsets"), value["subsets"], subset_ok)
+            if len(set(subsets)) != len(subsets):
+                c.fail(_join(path, "subsets"), "duplicate subset names")
+        task.setdefault("context_tokens", longbench.DEFAULT_CONTEXT_TOKENS)
+        c.is_int(_join(path, "context_tokens"), task["context_tokens"], minimum=128)
+        task.setdefault("num_samples", longbench.DEFAULT_NUM_SAMPLES)
+        c.is_int(_join(path, "num_samples"), task["num_samples"], minimum=1)
+        task.setdefault("seed", seed)
+        c.is_int(_join(path, "seed"), task["seed"])
+        task.setdefault("hub_repo", longbench.HUB_REPO)
+        c.is_str(_join(path, "hub_repo"), task["hub_repo"])
+        task.setdefault("shuffle", False)
+        opt_bool("shuffle")
+    elif ttype == "lm_eval":
+        if "tasks" not in value:
+            c.fail(path, "missing required key 'tasks' (lm-eval task names, e.g. [niah_single_1])")
+        else:
+            _check_str_list(c, _join(path, "tasks"), value["tasks"])
+        if "max_seq_lengths" in task:
+            msl = task["max_seq_lengths"]
+            if not isinstance(msl, list) or not msl:
+                c.fail(_join(path, "max_seq_lengths"), f"expected a non-empty list of integers, got {_show(msl)}")
+            else:
+                for j, n in enumerate(msl):
+                    c.is_int(f"{path}.max_seq_lengths[{j}]", n, minimum=1)
+        if "num_fewshot" in task:
+            c.is_int(_join(path, "num_fewshot"), task["num_fewshot"], minimum=0, allow_none=True)
+        if "include_path" in task and c.is_str(_join(path, "include_path"), task["include_path"]):
+            resolved = _resolve_path(folder, task["include_path"])
+            if not resolved.is_dir():
+                c.fail(_join(path, "include_path"), f"folder not found: {resolved}")
+            task["include_path"] = str(resolved)
+        if "metadata" in task and not isinstance(task["metadata"], dict):
+            c.fail(_join(path, "metadata"), f"expected a map, got {_show(task['metadata'])}")
+    return task
+
+
+def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        c.fail("", f"a suite file must be a YAML map with keys {', '.join(_TOP_KEYS)}; got {_show(data)}")
+        return {}
+    c.unknown_keys("", data, _TOP_KEYS)
+    out: dict[str, Any] = {}
+    for key in ("name", "policies", "budgets", "tasks"):
+        if key not in data:
+            c.fail("", f"missing required key {key!r}")
+
+    if "name" in data and c.is_str("name", data["name"]):
+        out["name"] = data["name"]
+    model = data.get("model", "embedded")
+    if c.is_str("model", model):
+        resolved = _resolve_model(model, folder)
+        if resolved is None:
+            c.fail("model", f"model path not found: {_resolve_path(folder, model)} (use 'embedded', a hub id, "
+                   "a local model folder or a .gguf file)")
+        else:
+            out["model"] = resolved
+    if "policies" in data:
+        out["policies"] = _check_policies(c, data["policies"])
+    if "budgets" in data:
+        out["budgets"] = _check_budgets(c, data["budgets"])
+    if "limit" in data and c.is_int("limit", data["limit"], minimum=1, allow_none=True):
+        out["limit"] = data["limit"]
+    out["generation"] = _check_generation(c, data.get("generation"))
+    for key, choices in _CHOICES.items():
+        if key in data and c.is_choice(key, data[key], choices):
+            out[key] = data[key]
+    if "chat_template" in data and c.is_choice("chat_template", data["chat_template"], ("auto", True, False)):
+        out["chat_template"] = data["chat_template"]
+    if "window" in data and c.is_int("window", data["window"], minimum=1):
+        out["window"] = data["window"]
+    seed = 0
+    if "seed" in data and c.is_int("seed", data["seed"]):
+        out["seed"] = seed = data["seed"]
+    if "device" in data:
+        dev = data["device"]
+        if not isinstance(dev, str) or not _DEVICE.match(dev):
+            c.fail("device", f"got {_show(dev)}; allowed: auto, cpu, cuda, cuda:N")
+        else:
+            out["device"] = dev
+    if "threads" in data and c.is_int("threads", data["threads"], minimum=1, allow_none=True):
+        out["threads"] = data["threads"]
+
+    if "tasks" in data:
+        tasks = data["tasks"]
+        if not isinstance(tasks, list) or not tasks:
+            c.fail("tasks", f"expected a non-empty list of task maps, got {_show(tasks)}")
+        else:
+            names: set[str] = set()
+            checked = [_check_task(c, i, t, folder, seed, names) for i, t in enumerate(tasks)]
+            out["tasks"] = [t for t in checked if t is not None]
+    return out
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; raise :class:`UserError` listing every problem found."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"suite file not found: {file.resolve()}")
+    file = file.resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: cannot read suite file: {e}") from None
+    data, values, keys, dups = _parse(text, str(file))
+    c = _Checker(str(file), values, keys)
+    for key_path, line in dups:
+        c.problems.append(f"{file}:{line}: {key_path}: duplicate key (YAML keeps only the last one)")
+    if data is None:
+        raise UserError(f"{file}: the suite file is empty; required keys: name, policies, budgets, tasks")
+    fields = _validate(data, c, file.parent)
+    if c.problems:
+        raise SuiteError(c.problems)
+    return Suite(path=file, lines=values, **fields)
+
+
+def apply_overrides(suite: Suite, limit: int | None = None, model: str | None = None) -> Suite:
+    """A copy of ``suite`` with CLI overrides: ``limit`` (every task) and ``model`` (paths: cwd-relative)."""
+    changes: dict[str, Any] = {}
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise UserError(f"--limit must be an integer >= 1 (got {limit!r})")
+        changes["limit"] = limit
+        changes["tasks"] = [{**t, "limit": limit} for t in suite.tasks]
+    if model is not None:
+        if not isinstance(model, str) or not model.strip():
+            raise UserError(f"--model must be a non-empty string (got {model!r})")
+        resolved = _resolve_model(model, Path.cwd())
+        if resolved is None:
+            raise UserError(f"--model: path not found: {_resolve_path(Path.cwd(), model)}")
+        changes["model"] = resolved
+    return replace(suite, **changes)

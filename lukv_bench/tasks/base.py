@@ -1,0 +1,47 @@
+"""The task contract: a task yields samples and scores predictions.
+
+Prompts are split in two blocks so the engine can run both protocols: ``compress: prompt``
+(context and question prefilled together and compressed; the observation window sees the question)
+and ``compress: context`` (only the context block is compressed; the question is fed afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Sample:
+    """One evaluation item."""
+
+    id: str
+    context: str  #: the long document(s) to be compressed
+    question: str  #: the query, asked after the context
+    answers: list[str]  #: gold answers (any match counts, metric-dependent)
+    instruction: str = ""  #: task instruction placed before the context
+    all_classes: list[str] | None = None  #: label set for classification metrics
+    meta: dict[str, Any] = field(default_factory=dict)  #: e.g. needle depth/length for heatmaps
+
+    def blocks(self) -> tuple[str, str]:
+        """(context block, question block) of the user message, in that order."""
+        head = f"{self.instruction}\n\n" if self.instruction else ""
+        return f"{head}{self.context}\n\n", self.question
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A named source of samples with a metric. ``data_source`` says exactly which data was used."""
+
+    name: str
+    metric: str
+    data_source: str
+
+    def samples(self, limit: int | None = None) -> Iterator[Sample]:
+        """Yield up to ``limit`` samples in a fixed (seeded) order."""
+        ...
+
+    def score(self, prediction: str, sample: Sample) -> float:
+        """Score one prediction in [0, 1] (or the metric's natural range)."""
+        ...

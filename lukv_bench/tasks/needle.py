@@ -1,0 +1,277 @@
+"""Needle-in-a-haystack over a depth x length grid, built offline.
+
+The haystack is real English prose that ships with every CPython install: the paragraphs of
+``pydoc_data.topics`` (the language reference used by ``help()``), with grammar blocks, code examples
+and headings removed. A needle sentence ("The secret pass key is 48213.") is inserted at a sentence
+boundary at a fraction ``depth`` of the context; the model is asked for the number. Everything is
+seeded, so a suite run is reproducible without any download.
+
+Suite entry::
+
+    - name: needle
+      type: needle
+      lengths: [500, 1000, 2000]   # approximate context length in tokens (tokenizer, else chars / 4)
+      depths: [0.1, 0.5, 0.9]      # where the needle goes, 0 = start, 1 = end
+      samples_per_cell: 1
+      seed: 0
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lukv_bench.errors import UserError
+from lukv_bench.tasks.base import Sample
+
+DATA_SOURCE = "offline needle-in-a-haystack over Python's pydoc_data text (lukv-bench needle v1)"
+INSTRUCTION = (
+    "Below is a long text. Somewhere inside it there is a secret pass key. Read the text carefully "
+    "and remember the pass key."
+)
+QUESTION = "What is the secret pass key? Answer with the number only."
+NEEDLE_TEMPLATE = "The secret pass key is {key}."
+CHARS_PER_TOKEN = 4  #: length estimate when no tokenizer is given
+
+#: keys a suite may put on any task entry; accepted and ignored here
+GENERIC_KEYS = frozenset({"name", "type", "limit", "compress", "metric", "max_new_tokens", "chat_template"})
+NEEDLE_KEYS = frozenset({"lengths", "depths", "samples_per_cell", "seed"})
+
+_HEADING_LINE = re.compile(r"^\s*[*=\-^~#]{3,}\s*$")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+_FOOTNOTE = re.compile(r"\s*\[\d+\]")
+_EMPHASIS = re.compile(r"\*([^*\s][^*]*)\*")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One haystack sentence; ``para_end`` marks the last sentence of a paragraph."""
+
+    text: str
+    para_end: bool
+
+
+def _clean_paragraph(raw: str) -> str | None:
+    """Return one prose paragraph as a single line, or None if it is code, grammar or a heading."""
+    lines = raw.split("\n")
+    if not raw.strip():
+        return None
+    for line in lines:
+        if line[:1] in (" ", "\t") or _HEADING_LINE.match(line):
+            return None  # indented code / grammar block, or a heading underline
+    text = " ".join(line.strip() for line in lines)
+    if "::=" in text or ">>>" in text or "`" in text:
+        return None
+    text = _FOOTNOTE.sub("", text)
+    text = _EMPHASIS.sub(r"\1", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) < 80 or not text[0].isalpha() or not text.endswith("."):
+        return None
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    if letters / len(text) < 0.85:
+        return None
+    return text
+
+
+@functools.lru_cache(maxsize=1)
+def haystack_units() -> tuple[_Unit, ...]:
+    """All cleaned haystack sentences, in a fixed order (sorted topic names, document order)."""
+    from pydoc_data.topics import topics
+
+    units: list[_Unit] = []
+    for name in sorted(topics):
+        for raw in topics[name].split("\n\n"):
+            para = _clean_paragraph(raw)
+            if para is None:
+                continue
+            sentences = [s.strip() for s in _SENTENCE_SPLIT.split(para) if s.strip()]
+            for i, sentence in enumerate(sentences):
+                units.append(_Unit(sentence, para_end=i == len(sentences) - 1))
+    if not units:  # pragma: no cover - would mean a broken Python install
+        raise RuntimeError("pydoc_data.topics yielded no prose paragraphs for the needle haystack")
+    return tuple(units)
+
+
+def _join(units: list[_Unit]) -> str:
+    """Join sentences with spaces, and paragraphs with blank lines."""
+    parts: list[str] = []
+    for i, unit in enumerate(units):
+        parts.append(unit.text)
+        if i < len(units) - 1:
+            parts.append("\n\n" if unit.para_end else " ")
+    return "".join(parts)
+
+
+def _token_counter(tokenizer: Any | None) -> Callable[[str], int]:
+    """A function counting tokens with ``tokenizer`` (HF-style ``encode``), else ``len // 4``."""
+    if tokenizer is None:
+        return lambda text: -(-len(text) // CHARS_PER_TOKEN)
+
+    def count(text: str) -> int:
+        try:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            ids = tokenizer.encode(text)
+        ids = getattr(ids, "ids", ids)  # `tokenizers.Encoding`
+        return len(ids)
+
+    return count
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise UserError(f"needle task: `{key}` {msg}")
+
+
+class NeedleTask:
+    """Depth x length needle-in-a-haystack task (metric ``substring``)."""
+
+    metric = "substring"
+    data_source = DATA_SOURCE
+
+    def __init__(
+        self,
+        name: str = "needle",
+        lengths: list[int] | tuple[int, ...] = (500, 1000, 2000),
+        depths: list[float] | tuple[float, ...] = (0.1, 0.5, 0.9),
+        samples_per_cell: int = 1,
+        seed: int = 0,
+        tokenizer: Any | None = None,
+    ) -> None:
+        """Build the task; see :meth:`from_config` for validation of user input."""
+        self.name = name
+        self.lengths = [int(x) for x in lengths]
+        self.depths = [float(x) for x in depths]
+        self.samples_per_cell = int(samples_per_cell)
+        self.seed = int(seed)
+        self.tokenizer = tokenizer
+        self._count = _token_counter(tokenizer)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], tokenizer: Any | None = None) -> NeedleTask:
+        """Validate a suite task entry and build the task.
+
+        Raises :class:`~lukv_bench.errors.UserError` naming the offending key.
+        """
+        if not isinstance(cfg, Mapping):
+            raise UserError(f"needle task: the task entry must be a mapping, got {type(cfg).__name__}")
+        unknown = sorted(set(cfg) - GENERIC_KEYS - NEEDLE_KEYS)
+        if unknown:
+            raise UserError(
+                f"needle task: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(sorted(NEEDLE_KEYS | {'name', 'type'}))}"
+            )
+        name = cfg.get("name", "needle")
+        _require(isinstance(name, str) and bool(name), "name", "must be a non-empty string")
+        lengths = cfg.get("lengths", [500, 1000, 2000])
+        _require(
+            isinstance(lengths, (list, tuple))
+            and len(lengths) > 0
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in lengths),
+            "lengths",
+            f"must be a non-empty list of positive integers (tokens), got {lengths!r}",
+        )
+        depths = cfg.get("depths", [0.1, 0.5, 0.9])
+        _require(
+            isinstance(depths, (list, tuple))
+            and len(depths) > 0
+            and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in depths
+            ),
+            "depths",
+            f"must be a non-empty list of numbers in [0, 1], got {depths!r}",
+        )
+        spc = cfg.get("samples_per_cell", 1)
+        _require(
+            isinstance(spc, int) and not isinstance(spc, bool) and spc >= 1,
+            "samples_per_cell",
+            f"must be a positive integer, got {spc!r}",
+        )
+        seed = cfg.get("seed", 0)
+        _require(
+            isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}"
+        )
+        return cls(name, lengths, depths, spc, seed, tokenizer)
+
+    # -- samples -------------------------------------------------------------------------------
+
+    def _haystack(self, rng: random.Random, budget_tokens: int) -> list[_Unit]:
+        """Consecutive sentences from a seeded start, as many as fit in ``budget_tokens``."""
+        units = haystack_units()
+        start = rng.randrange(len(units))
+
+        def take(k: int) -> list[_Unit]:
+            return [units[(start + i) % len(units)] for i in range(k)]
+
+        # double until too long, then binary-search the largest k that fits
+        lo, hi = 1, 2
+        while self._count(_join(take(hi))) <= budget_tokens and hi < 1_000_000:
+            lo, hi = hi, hi * 2
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._count(_join(take(mid))) <= budget_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return take(lo)
+
+    def make_sample(self, length: int, depth: float, repeat: int) -> Sample:
+        """Build the sample of one grid cell; deterministic in (seed, length, depth, repeat)."""
+        rng = random.Random(f"lukv-needle-v1|{self.seed}|{length}|{depth!r}|{repeat}")
+        key = str(rng.randrange(10_000, 100_000))
+        needle = _Unit(NEEDLE_TEMPLATE.format(key=key), para_end=False)
+        budget = max(1, length - self._count(needle.text) - 1)
+        hay = self._haystack(rng, budget)
+        while key in _join(hay):  # the number must be unique to the needle
+            key = str(rng.randrange(10_000, 100_000))
+            needle = _Unit(NEEDLE_TEMPLATE.format(key=key), para_end=False)
+        # sentence boundary closest to `depth` of the haystack's characters
+        bounds = [0]
+        for unit in hay:
+            bounds.append(bounds[-1] + len(unit.text) + 1)
+        target = depth * bounds[-1]
+        i = bisect.bisect_left(bounds, target)
+        if i > 0 and (i == len(bounds) or target - bounds[i - 1] <= bounds[i] - target):
+            i -= 1
+        units = hay[:i] + [needle] + hay[i:]
+        context = _join(units)
+        position = context.index(needle.text) / max(1, len(context) - len(needle.text))
+        return Sample(
+            id=f"{self.name}-L{length}-d{depth:g}-r{repeat}",
+            context=context,
+            question=QUESTION,
+            answers=[key],
+            instruction=INSTRUCTION,
+            meta={
+                "depth": depth,
+                "length": length,
+                "repeat": repeat,
+                "needle_position": round(position, 4),
+                "context_tokens_est": self._count(context),
+            },
+        )
+
+    def samples(self, limit: int | None = None) -> Iterator[Sample]:
+        """Yield one sample per (length, depth, repeat), lengths outermost; at most ``limit``."""
+        n = 0
+        for length in self.lengths:
+            for depth in self.depths:
+                for repeat in range(self.samples_per_cell):
+                    if limit is not None and n >= limit:
+                        return
+                    yield self.make_sample(length, depth, repeat)
+                    n += 1
+
+    def __len__(self) -> int:
+        """Number of grid samples (before any limit)."""
+        return len(self.lengths) * len(self.depths) * self.samples_per_cell
+
+    def score(self, prediction: str, sample: Sample) -> float:
+        """1.0 if any gold answer occurs in the prediction (case-insensitive substring), else 0.0."""
+        pred = prediction.lower()
+        return 1.0 if any(a.lower() in pred for a in sample.answers) else 0.0

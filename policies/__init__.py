@@ -1,0 +1,93 @@
+"""The built-in scorers, allocators and policies, registered through the ``lukv_bench`` entry point.
+
+This module is the ``builtin`` plugin: pyproject declares ``builtin = "lukv_bench.policies"`` in the
+``lukv_bench`` entry point group, exactly as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lukv_bench.hookspecs import hookimpl
+from lukv_bench.policies.adakv import AdaKVAllocator
+from lukv_bench.policies.cake import CakeAllocator, CakeScorer
+from lukv_bench.policies.full import FullAllocator
+from lukv_bench.policies.h2o import H2OScorer
+from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
+from lukv_bench.policies.pyramidkv import PyramidAllocator
+from lukv_bench.policies.random_scores import RandomScorer
+from lukv_bench.policies.snapkv import SnapKVScorer
+from lukv_bench.policies.streaming import RecencyScorer
+from lukv_bench.policies.uniform import UniformAllocator
+from lukv_bench.policy import PolicySpec
+
+__all__ = [
+    "AdaKVAllocator",
+    "CakeAllocator",
+    "CakeScorer",
+    "FullAllocator",
+    "H2OScorer",
+    "LayerUncertaintyAllocator",
+    "PyramidAllocator",
+    "RandomScorer",
+    "RecencyScorer",
+    "SnapKVScorer",
+    "UniformAllocator",
+    "register_allocators",
+    "register_policies",
+    "register_scorers",
+]
+
+
+@hookimpl
+def register_scorers(register: Callable[[str, type], None]) -> None:
+    """The built-in scorers."""
+    for cls in (RandomScorer, RecencyScorer, H2OScorer, SnapKVScorer, CakeScorer):
+        register(cls.name, cls)
+
+
+@hookimpl
+def register_allocators(register: Callable[[str, type], None]) -> None:
+    """The built-in allocators."""
+    for cls in (
+        FullAllocator,
+        UniformAllocator,
+        PyramidAllocator,
+        AdaKVAllocator,
+        LayerUncertaintyAllocator,
+        CakeAllocator,
+    ):
+        register(cls.name, cls)
+
+
+@hookimpl
+def register_policies(register: Callable[[Any], None]) -> None:
+    """The built-in policies (policies.md)."""
+    register(PolicySpec("full", "recency", "full", "FullKV: no eviction (the reference)", aliases=("fullkv",)))
+    register(PolicySpec("random", "random", "uniform", "Seeded random eviction, uniform budgets (a floor)"))
+    register(
+        PolicySpec(
+            "streaming",
+            "recency",
+            "uniform",
+            "StreamingLLM: attention sinks + most recent tokens; also evicts during decoding",
+            params={"sinks": 4},
+            aliases=("streamingllm",),
+            decode="streaming",
+        )
+    )
+    register(PolicySpec("h2o", "h2o", "uniform", "H2O (prefill): accumulated causal attention, uniform budgets"))
+    register(PolicySpec("snapkv", "snapkv", "uniform", "SnapKV: pooled window votes, uniform budgets"))
+    register(PolicySpec("pyramidkv", "snapkv", "pyramid", "PyramidKV: SnapKV scores, budgets decreasing with depth"))
+    register(PolicySpec("adakv", "snapkv", "adakv", "AdaKV: SnapKV scores, head-wise adaptive budgets"))
+    register(
+        PolicySpec(
+            "layer-uncertainty",
+            "snapkv",
+            "layer-uncertainty",
+            "ZigZagKV: SnapKV scores, layer budgets from attention-mass uncertainty (LMBA) with a floor",
+            aliases=("zigzag", "zigzagkv"),
+        )
+    )
+    register(PolicySpec("cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"))

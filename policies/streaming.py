@@ -1,0 +1,49 @@
+"""StreamingLLM (policies.md §5): attention sinks plus the most recent tokens.
+
+The recency scorer ranks tokens by position, so with ``sinks`` always kept the selection is
+"first ``sinks`` + newest ``B - sinks``". During long decoding the same rule keeps each head at its
+budget (:func:`streaming_decode_keep`); there is no key re-rotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lukv_bench.policy import LayerStats, PrefillStats
+
+
+@dataclass
+class RecencyScorer:
+    """Score = token position (newer is more important)."""
+
+    name: ClassVar[str] = "recency"
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(self, layer: LayerStats, stats: PrefillStats) -> torch.Tensor:
+        """[S, n] positions 0..n-1 for every storage head."""
+        pos = torch.arange(layer.n, dtype=torch.float32, device=layer.keys.device)
+        return pos.repeat(stats.n_storage_heads, 1)
+
+
+def streaming_decode_keep(lens_per_head: list[int], budget_per_head: list[int], sinks: int) -> list[torch.Tensor] | None:
+    """Segment positions each head keeps so that it holds at most its budget: sinks, then the newest.
+
+    A head's segment is assumed in logical order (oldest first), so its first ``sinks`` entries are
+    the attention sinks. At least the newest token is always kept. Returns None when no head is
+    over budget (nothing to do).
+    """
+    if all(length <= budget for length, budget in zip(lens_per_head, budget_per_head, strict=True)):
+        return None
+    keep = []
+    for length, budget in zip(lens_per_head, budget_per_head, strict=True):
+        if length <= budget:
+            keep.append(torch.arange(length))
+            continue
+        budget = max(1, budget)
+        n_sink = min(sinks, budget - 1)
+        recent = budget - n_sink
+        keep.append(torch.cat([torch.arange(n_sink), torch.arange(length - recent, length)]))
+    return keep

@@ -1,0 +1,22 @@
+"""Uniform allocation: every layer and head keeps the same ``min(budget, n)`` tokens (SnapKV, H2O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lukv_bench.policy import Allocation, PrefillStats
+
+
+@dataclass
+class UniformAllocator:
+    """The mean budget, unchanged, in every layer."""
+
+    name: ClassVar[str] = "uniform"
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+        """``min(budget, n)`` tokens for every layer."""
+        return Allocation(per_layer=[min(budget, stats.n)] * stats.n_layers)

@@ -1,0 +1,153 @@
+"""Cache runtime and engine invariants on the tiny random GQA model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AttentionInterface, DynamicCache
+
+from lukv_bench.cache import RaggedCache
+from lukv_bench.engine import Engine, EngineSettings
+from lukv_bench.policy import Allocation, Budget
+from lukv_bench.selection import KeepSet, select_all
+
+
+class KeepAll:
+    """Minimal policy object: keeps every token (what any policy does at budget >= context)."""
+
+    name = "keep-all"
+
+    def plan(self, stats, budget, window):
+        alloc = Allocation([stats.n] * stats.n_layers)
+        scores = [torch.zeros(stats.n_storage_heads, stats.n) for _ in stats.layers]
+        return SimpleNamespace(allocation=alloc, keep=select_all(scores, alloc, 0, window))
+
+
+def random_keep(n_layers: int, n_heads: int, n: int, gen: torch.Generator) -> list[KeepSet]:
+    """Random ragged keep sets: every layer and head keeps a different number of tokens (>= 1)."""
+    out = []
+    for _ in range(n_layers):
+        pieces, counts = [], []
+        for _ in range(n_heads):
+            c = int(torch.randint(1, n + 1, (1,), generator=gen))
+            pieces.append(torch.sort(torch.randperm(n, generator=gen)[:c]).values)
+            counts.append(c)
+        cu = torch.zeros(n_heads + 1, dtype=torch.long)
+        cu[1:] = torch.cumsum(torch.tensor(counts), 0)
+        out.append(KeepSet(indices=torch.cat(pieces), cu_seqlens=cu))
+    return out
+
+
+def test_keep_all_matches_fullkv_and_generate(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    ids = torch.randint(0, 250, (1, 70), generator=torch.Generator().manual_seed(1))
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ref_tokens = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
+        )[0, 70:].tolist()
+        full = model(torch.cat([ids, torch.tensor([ref_tokens[:-1]])], 1)).logits[0, 69:].float()
+    eng = Engine(model, tok)
+    pre = eng.prefill(ids)
+    comp = eng.compress(pre, KeepAll(), Budget.resolve(1.0, pre.n))
+    gen = eng.generate(comp.cache, pre.last_logits, 12)
+    assert gen.tokens == ref_tokens
+    assert (gen.logits - full).abs().max().item() <= 1e-5
+    assert comp.kv_bytes == comp.kv_bytes_full
+
+
+def _masked_reference(model, ids, keep: list[KeepSet], n_kv: int, next_ids: list[int]) -> torch.Tensor:
+    """Next-token logits with full attention restricted by an explicit per-layer/per-head mask."""
+    n = ids.shape[1]
+    masks = []
+    for ks in keep:
+        m = torch.zeros(n_kv, n, dtype=torch.bool)
+        for h in range(n_kv):
+            m[h, ks.indices[ks.cu_seqlens[h] : ks.cu_seqlens[h + 1]]] = True
+        masks.append(m)
+
+    def masked_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kw):
+        # q: [1, Hq, Q, D]; k: [1, Hkv, n+Q, D]. Prompt keys follow the keep mask; new keys are causal.
+        hq, qn, tot = q.shape[1], q.shape[2], k.shape[2]
+        g = hq // k.shape[1]
+        kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+        s = (q @ kk.transpose(-1, -2)) * scaling
+        allow = torch.zeros(hq, qn, tot, dtype=torch.bool)
+        allow[:, :, :n] = masks[module.layer_idx].repeat_interleave(g, 0)[:, None, :]
+        allow[:, :, n:] = torch.ones(qn, qn, dtype=torch.bool).tril()
+        s = s.masked_fill(~allow[None], float("-inf"))
+        return (s.softmax(-1) @ vv).transpose(1, 2), None
+
+    AttentionInterface.register("lukv_test_masked", masked_attention)
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, cache=cache)
+        model.set_attn_implementation("lukv_test_masked")
+        out = model(torch.tensor([next_ids]), cache=cache).logits[0].float()
+    model.set_attn_implementation("sdpa")
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ragged_keep_equals_explicit_mask(tiny, seed):
+    model, tok = tiny.model, tiny.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 250, (1, 48), generator=gen)
+    next_ids = torch.randint(0, 250, (5,), generator=gen).tolist()
+    eng = Engine(model, tok)
+    pre = eng.prefill(ids)
+    keep = random_keep(len(pre.keys), eng.n_kv_heads, pre.n, gen)
+    cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads)
+    ours = eng.feed(cache, next_ids)
+    ref = _masked_reference(model, ids, keep, eng.n_kv_heads, next_ids)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    # positions continue from the logical length, not from what is stored
+    assert cache.get_seq_length() == pre.n + len(next_ids)
+    kept = sum(sum(ks.counts) for ks in keep)
+    assert sum(sum(c) for c in cache.stored_tokens()) == kept + len(next_ids) * eng.n_kv_heads * len(keep)
+
+
+def test_kv_bytes_track_kept_tokens(tiny):
+    eng = Engine(tiny.model, tiny.tokenizer)
+    pre = eng.prefill(torch.randint(0, 250, (1, 100), generator=torch.Generator().manual_seed(3)))
+    keep = random_keep(len(pre.keys), eng.n_kv_heads, pre.n, torch.Generator().manual_seed(4))
+    cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads)
+    kept = sum(sum(ks.counts) for ks in keep)
+    ratio = cache.kv_bytes() / pre.kv_bytes_full()
+    assert abs(ratio - kept / (pre.n * eng.n_kv_heads * len(keep))) <= 0.01 * ratio
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("storage", ["kv", "query"])
+def test_no_nan_at_any_budget(tiny, dtype, storage):
+    model = tiny.model.to(dtype)
+    try:
+        eng = Engine(model, tiny.tokenizer, EngineSettings(window=4, storage=storage))
+        ids = torch.randint(0, 250, (1, 24), generator=torch.Generator().manual_seed(5))
+        pre = eng.prefill(ids)
+        heads = pre.stats.n_storage_heads
+        for b in range(1, pre.n + 1):
+            scores = [torch.rand(heads, pre.n, generator=torch.Generator().manual_seed(b)) for _ in pre.keys]
+            alloc = Allocation([b] * len(pre.keys))
+            keep = select_all(scores, alloc, sinks=1, window=4)
+            cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads, storage=storage)
+            logits = eng.feed(cache, [7, 8])
+            assert torch.isfinite(logits).all(), b
+            assert cache.layers[0].store.lens.tolist() == [b + 2] * heads
+    finally:
+        tiny.model.to(torch.float32)
+
+
+def test_rollback_restores_cache(tiny):
+    eng = Engine(tiny.model, tiny.tokenizer)
+    pre = eng.prefill(torch.randint(0, 250, (1, 30), generator=torch.Generator().manual_seed(6)))
+    comp = eng.compress(pre, KeepAll(), Budget.resolve(1.0, pre.n))
+    mark = comp.cache.mark()
+    a = eng.generate(comp.cache, pre.last_logits, 40)  # forces the store to grow
+    comp.cache.rollback(mark)
+    b = eng.generate(comp.cache, pre.last_logits, 40)
+    assert a.tokens == b.tokens
+    assert comp.cache.get_seq_length() == pre.n + 39

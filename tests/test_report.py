@@ -1,0 +1,224 @@
+"""Report rendering from a synthetic results.jsonl (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from lukv_bench.errors import UserError
+from lukv_bench.report import load_results, render_report, summarize
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+POLICIES = ["full", "snapkv", "pyramidkv", "layer-uncertainty"]
+BUDGETS = [0.1, 0.2, 0.4]
+N_LAYERS = 6
+
+# layer-uncertainty: below snapkv at 0.1 (loss), tie at 0.2, above at 0.4 (win)
+QA_SCORES = {
+    "full": {None: [1.0, 1.0, 0.5, 1.0]},
+    "snapkv": {0.1: [0.8, 0.6, 0.7, 0.5], 0.2: [0.7, 0.7, 0.7, 0.7], 0.4: [0.6, 0.6, 0.6, 0.6]},
+    "pyramidkv": {0.1: [0.2, 0.2, 0.2, 0.2], 0.2: [0.5, 0.5, 0.5, 0.5], 0.4: [0.9, 0.9, 0.9, 0.9]},
+    "layer-uncertainty": {0.1: [0.3, 0.3, 0.3, 0.3], 0.2: [0.7, 0.7, 0.7, 0.7], 0.4: [0.8, 0.8, 0.8, 0.8]},
+}
+
+
+def _profile(policy: str, mean: int) -> list[int]:
+    if policy == "pyramidkv":
+        shape = [1.5, 1.3, 1.1, 0.9, 0.7, 0.5]
+    elif policy == "layer-uncertainty":
+        shape = [1.4, 0.6, 1.3, 0.7, 1.2, 0.8]
+    else:
+        shape = [1.0] * N_LAYERS
+    return [round(mean * x) for x in shape]
+
+
+def _record(task: str, sid: str, policy: str, budget, score, meta=None, **kw) -> dict:
+    ctx = 1000
+    if budget is None:
+        ratio = 1.0
+    elif isinstance(budget, dict):
+        ratio = budget["tokens"] / ctx
+    else:
+        ratio = float(budget)
+    tokens = int(ctx * ratio)
+    full_bytes = 46_000 * ctx
+    rec = {
+        "model": "tiny",
+        "task": task,
+        "sample_id": sid,
+        "policy": policy,
+        "policy_params": {"window": 8} if policy != "full" else {},
+        "budget": 1.0 if budget is None else budget,
+        "budget_ratio": ratio,
+        "budget_tokens_mean": tokens,
+        "context_tokens": ctx,
+        "layer_budgets": _profile(policy, tokens),
+        "head_budgets": None,
+        "score": score,
+        "metric": "substring",
+        "prediction": "x",
+        "answers": ["x"],
+        "kv_bytes": int(full_bytes * ratio),
+        "kv_bytes_full": full_bytes,
+        "prefill_s": 0.5,
+        "compress_s": 0.0 if policy == "full" else 0.01,
+        "decode_s": 0.2 if policy == "full" else 0.1,
+        "new_tokens": 8,
+        "peak_mem_bytes": 1,
+        "kl_mean": None
+        if policy == "full"
+        else (1 - ratio) * (0.5 if policy == "layer-uncertainty" else 1.0),
+        "greedy_agreement": None if policy == "full" else ratio + 0.5,
+        "data_source": "offline generated QA (synthetic test data)" if task == "qa" else "offline needle v1",
+        "seed": 0,
+        "versions": {"lukv_bench": "0.1.0"},
+        "meta": meta or {},
+        "allocation_info": None,
+    }
+    rec.update(kw)
+    return rec
+
+
+def _write_results(out: Path, torn: bool = True) -> None:
+    recs = []
+    for policy, by_budget in QA_SCORES.items():
+        for budget, scores in by_budget.items():
+            for i, sc in enumerate(scores):
+                recs.append(_record("qa", f"qa-{i}", policy, budget, sc))
+    rng = random.Random(0)
+    for length in (500, 1000):
+        for depth in (0.1, 0.5, 0.9):
+            sid = f"needle-L{length}-d{depth}"
+            meta = {"depth": depth, "length": length}
+            recs.append(_record("needle", sid, "full", None, 1.0, meta))
+            for policy in POLICIES[1:]:
+                for budget in BUDGETS:
+                    recs.append(
+                        _record("needle", sid, policy, budget, float(rng.random() < budget * 2), meta)
+                    )
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(json.dumps(r) for r in recs) + "\n"
+    if torn:
+        text += json.dumps(recs[0])[:37]  # interrupted append: no newline, cut mid-object
+    (out / "results.jsonl").write_text(text)
+    (out / "run.json").write_text(
+        json.dumps({"suite": {"name": "synthetic-suite"}, "versions": {"torch": "x"}})
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("out")
+    _write_results(out)
+    path = render_report(out)
+    return out, path.read_text()
+
+
+def _row(md: str, section_marker: str, label: str) -> list[str]:
+    """Cells of the first table row starting with ``label`` after ``section_marker``."""
+    tail = md[md.index(section_marker) :]
+    for line in tail.splitlines():
+        if line.startswith(f"| {label} |"):
+            return [c.strip() for c in line.strip("|").split("|")][1:]
+    raise AssertionError(f"no row {label!r} after {section_marker!r}")
+
+
+def test_header_states_suite_model_and_data(rendered):
+    _, md = rendered
+    assert md.startswith("# lukv-bench report: synthetic-suite")
+    assert "`tiny`" in md
+    assert "**offline generated QA (synthetic test data)**" in md
+    assert "**offline needle v1**" in md
+    assert "torn" in md or "Skipped 1" in md
+
+
+def test_score_table_means_by_hand(rendered):
+    _, md = rendered
+    qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
+    # snapkv @ 0.1 = mean(0.8, 0.6, 0.7, 0.5) = 0.65 ; FullKV = mean(1, 1, .5, 1) = 0.875
+    assert _row(qa, "### Mean score", "snapkv") == ["0.650", "0.700", "0.600"]
+    assert _row(qa, "### Mean score", "**FullKV (reference)**") == ["0.875"] * 3
+    assert _row(qa, "### Mean score", "layer-uncertainty") == ["0.300", "0.700", "0.800"]
+    assert "Samples per cell: 4 (every cell)." in qa
+    assert "| policy | 0.1 | 0.2 | 0.4 |" in qa
+
+
+def test_fidelity_and_cost_tables(rendered):
+    _, md = rendered
+    qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
+    # KL for layer-uncertainty at 0.1 = 0.9 * 0.5 = 0.45 ; agreement = 0.6
+    assert _row(qa, "### Fidelity", "layer-uncertainty")[0] == "0.45 / 0.600"
+    assert _row(qa, "### Fidelity", "snapkv")[2] == "0.6 / 0.900"
+    # memory ratio = budget ; latency = (0.01 + 0.1) / 0.2 = 0.55
+    assert _row(qa, "### Cost", "pyramidkv") == ["0.100 / 0.550", "0.200 / 0.550", "0.400 / 0.550"]
+
+
+def test_findings_state_loss_tie_and_win(rendered):
+    _, md = rendered
+    qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
+    findings = qa[qa.index("### Findings") :]
+    line = next(ln for ln in findings.splitlines() if "layer-uncertainty vs snapkv" in ln)
+    assert "1 win(s), 1 loss(es), 1 tie(s)" in line
+    assert "**loses** at 0.1 (0.300 vs 0.650" in line
+    assert "tie at 0.2" in line
+    assert "wins at 0.4" in line
+    # best per budget: snapkv at 0.1, snapkv and layer-uncertainty tied at 0.2, pyramidkv at 0.4
+    assert "0.1: snapkv 0.650" in findings
+    assert re.search(r"0\.2: snapkv and layer-uncertainty \(tied\) 0\.700", findings)
+    assert "0.4: pyramidkv 0.900" in findings
+    assert "layer-uncertainty vs pyramidkv" in findings
+
+
+def test_near_zero_fullkv_is_flagged(tmp_path):
+    recs = [_record("hard", f"h{i}", "full", None, 0.0) for i in range(3)]
+    recs += [_record("hard", f"h{i}", "snapkv", 0.2, 0.0) for i in range(3)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    md = render_report(tmp_path).read_text()
+    assert "FullKV itself scores 0.000" in md
+    assert "says little about compression" in md
+
+
+def test_plots_are_valid_pngs_and_linked(rendered):
+    out, md = rendered
+    pngs = sorted((out / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    for stem in ("qa", "needle"):
+        for kind in ("score", "kl", "layers"):
+            assert f"{stem}_{kind}.png" in names
+    assert "needle_heatmap.png" in names
+    assert "qa_heatmap.png" not in names  # qa samples carry no depth/length
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == PNG_MAGIC
+        assert len(data) > 5_000, p
+        assert f"](plots/{p.name})" in md
+
+
+def test_torn_last_line_is_tolerated(tmp_path):
+    _write_results(tmp_path, torn=True)
+    records, skipped = load_results(tmp_path / "results.jsonl")
+    assert skipped == 1
+    assert len(records) == 4 * 10 + 6 * (1 + 3 * 3)
+    assert {s.task for s in summarize(records)} == {"qa", "needle"}
+
+
+def test_duplicates_keep_last_and_missing_file_errors(tmp_path):
+    a = _record("qa", "s", "snapkv", 0.1, 0.0)
+    b = _record("qa", "s", "snapkv", 0.1, 1.0)
+    (tmp_path / "results.jsonl").write_text(json.dumps(a) + "\n" + json.dumps(b) + "\n")
+    records, _ = load_results(tmp_path / "results.jsonl")
+    assert [r["score"] for r in records] == [1.0]
+    with pytest.raises(UserError, match="results.jsonl"):
+        render_report(tmp_path / "nowhere")
+
+
+def test_token_budgets_and_no_full(tmp_path):
+    recs = [_record("qa", f"s{i}", "snapkv", {"tokens": 128}, 0.5) for i in range(2)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    md = render_report(tmp_path).read_text()
+    assert "| policy | 128 tok |" in md
+    assert "No FullKV reference" in md
