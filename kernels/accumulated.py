@@ -121,7 +121,7 @@ if HAS_TRITON:
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
     ):
-        """Pass 1, program (h, mb): online log2-sum-exp2 of query rows mb*BLOCK_M.. over their visible keys."""
+        """Pass 1, program (h, mb): online log2-sum-exp2 of query rows mb*BLOCK_M.. over visible keys."""
         h = tl.program_id(0).to(tl.int64)
         m0 = tl.program_id(1).to(tl.int64) * BLOCK_M
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -180,7 +180,7 @@ def _accumulated_triton(q: torch.Tensor, k: torch.Tensor, scaling: float) -> tor
         BLOCK_M=_BLOCK_M,
         BLOCK_N=_BLOCK_N,
         BLOCK_D=next_pow2(D, 16),
-        UPCAST=interpreting(),
+        UPCAST=interpreting() or q.dtype != k.dtype,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4,
     )

@@ -3,7 +3,7 @@
 import torch
 
 from ._triton import HAS_TRITON, next_pow2, tl, triton
-from .dispatch import interpreting, resolve
+from .dispatch import resolve
 
 __all__ = ["ragged_attention", "ragged_attention_torch"]
 
@@ -69,5 +69,162 @@ def ragged_attention(
     return _ragged_triton(q, k_flat, v_flat, starts, lens, scaling)
 
 
-def _ragged_triton(q, k_flat, v_flat, starts, lens, scaling):
-    raise NotImplementedError
+_LOG2E = 1.4426950408889634
+_BLOCK_N = 64  # keys per loop step
+_MAX_PROGRAMS = 4096  # cap on (query head x query x split) programs when choosing the split count
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _ragged_split_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        start_ptr,
+        len_ptr,
+        m_ptr,
+        l_ptr,
+        acc_ptr,
+        Q,
+        D,
+        G,
+        NSPLIT,
+        CHUNK,
+        qs_h,
+        qs_q,
+        qs_d,
+        k_m,
+        k_d,
+        v_m,
+        v_d,
+        qk_scale,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Program (h, i, sp): online softmax of query i of head h over keys sp*CHUNK.. of its segment.
+
+        Writes the running max (log2 units), the sum of exp2 and the unnormalised output for the
+        split; a split with no visible key writes (-1e30, 0, 0).
+        """
+        h = tl.program_id(0).to(tl.int64)
+        i = tl.program_id(1).to(tl.int64)
+        sp = tl.program_id(2).to(tl.int64)
+        seg = h // G
+        start = tl.load(start_ptr + seg)
+        visible = tl.load(len_ptr + seg) - Q + i + 1
+        lo = sp * CHUNK
+        hi = tl.minimum(visible, lo + CHUNK)
+        d = tl.arange(0, BLOCK_D).to(tl.int64)
+        d_ok = d < D
+        q = tl.load(q_ptr + h * qs_h + i * qs_q + d * qs_d, mask=d_ok, other=0.0).to(tl.float32)
+        q = q * qk_scale
+        m_i = tl.max(tl.full([BLOCK_N], -1.0e30, dtype=tl.float32), axis=0)
+        l_i = tl.sum(tl.zeros([BLOCK_N], dtype=tl.float32), axis=0)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            j = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+            j_ok = j < hi
+            ok = j_ok[:, None] & d_ok[None, :]
+            rows = start + j
+            k = tl.load(k_ptr + rows[:, None] * k_m + d[None, :] * k_d, mask=ok, other=0.0).to(tl.float32)
+            s = tl.where(j_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new)
+            v = tl.load(v_ptr + rows[:, None] * v_m + d[None, :] * v_d, mask=ok, other=0.0).to(tl.float32)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            m_i = m_new
+        part = (h * Q + i) * NSPLIT + sp
+        tl.store(m_ptr + part, m_i)
+        tl.store(l_ptr + part, l_i)
+        tl.store(acc_ptr + part * D + d, acc, mask=d_ok)
+
+    @triton.jit
+    def _ragged_combine_kernel(
+        m_ptr,
+        l_ptr,
+        acc_ptr,
+        out_ptr,
+        Q,
+        D,
+        NSPLIT,
+        os_h,
+        os_q,
+        os_d,
+        BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Program (h, i): merge the splits of query i of head h; zero output when nothing is visible."""
+        h = tl.program_id(0).to(tl.int64)
+        i = tl.program_id(1).to(tl.int64)
+        sp = tl.arange(0, BLOCK_S).to(tl.int64)
+        sp_ok = sp < NSPLIT
+        d = tl.arange(0, BLOCK_D).to(tl.int64)
+        d_ok = d < D
+        base = (h * Q + i) * NSPLIT
+        m = tl.load(m_ptr + base + sp, mask=sp_ok, other=-1.0e30)
+        l = tl.load(l_ptr + base + sp, mask=sp_ok, other=0.0)
+        acc = tl.load(acc_ptr + (base + sp)[:, None] * D + d[None, :], mask=sp_ok[:, None] & d_ok[None, :],
+                      other=0.0)
+        scale = tl.exp2(m - tl.max(m, axis=0))
+        total = tl.sum(scale * l, axis=0)
+        o = tl.sum(scale[:, None] * acc, axis=0) / tl.where(total > 0.0, total, 1.0)
+        tl.store(out_ptr + h * os_h + i * os_q + d * os_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+def _ragged_triton(
+    q: torch.Tensor,
+    k_flat: torch.Tensor,
+    v_flat: torch.Tensor,
+    starts: torch.Tensor,
+    lens: torch.Tensor,
+    scaling: float,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Flash-decoding: split each segment into chunks (programs), then merge the splits.
+
+    The longest segment is not read back to the host; the split count is bounded by the buffer
+    size M instead, so programs past a segment's end return at once. ``chunk`` overrides the keys
+    per split (tests use it to force several splits).
+    """
+    Hq, Q, D = q.shape
+    S = starts.shape[0]
+    M = max(k_flat.shape[0], 1)
+    if chunk is None:
+        max_splits = max(1, min(64, _MAX_PROGRAMS // (Hq * Q)))
+        chunk = max(_BLOCK_N * 4, next_pow2(triton.cdiv(M, max_splits)))
+    nsplit = triton.cdiv(M, chunk)
+    dev = q.device
+    m = torch.empty(Hq, Q, nsplit, dtype=torch.float32, device=dev)
+    l = torch.empty_like(m)
+    acc = torch.empty(Hq, Q, nsplit, D, dtype=torch.float32, device=dev)
+    block_d = next_pow2(D)
+    _ragged_split_kernel[(Hq, Q, nsplit)](
+        q,
+        k_flat,
+        v_flat,
+        starts,
+        lens,
+        m,
+        l,
+        acc,
+        Q,
+        D,
+        Hq // S,
+        nsplit,
+        chunk,
+        *q.stride(),
+        *k_flat.stride(),
+        *v_flat.stride(),
+        scaling * _LOG2E,
+        BLOCK_N=_BLOCK_N,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
+    out = torch.empty(Hq, Q, D, dtype=q.dtype, device=dev)
+    _ragged_combine_kernel[(Hq, Q)](
+        m, l, acc, out, Q, D, nsplit, *out.stride(), BLOCK_S=next_pow2(nsplit), BLOCK_D=block_d, num_warps=1
+    )
+    return out

@@ -239,7 +239,7 @@ def _window_stats_triton(
         BLOCK_W=next_pow2(w, 16),
         BLOCK_T=_BLOCK_T,
         BLOCK_D=next_pow2(D, 16),
-        UPCAST=interpreting(),
+        UPCAST=interpreting() or q_win.dtype != k.dtype,
         DOT_PREC="ieee" if q_win.dtype == f32 else "tf32",
         num_warps=4,
     )

@@ -231,3 +231,75 @@ class Engine:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass
+class Outcome:
+    """The result of one (policy, budget) on one prompt."""
+
+    policy: object
+    budget_spec: object
+    budget: Budget
+    compressed: Compressed
+    generation: Generation
+    peak_mem_bytes: int
+    kl_mean: float | None  #: mean KL(FullKV || policy) over the answer positions (teacher-forced)
+    greedy_agreement: float | None  #: share of answer positions where the argmax equals FullKV's
+
+
+def sweep(
+    engine: Engine,
+    context_ids: Sequence[int],
+    question_ids: Sequence[int],
+    runs: Sequence[tuple[object, object]],
+    full_policy,
+    compress: str = "prompt",
+    max_new_tokens: int = 32,
+    eos_ids: Sequence[int] = (),
+    stop: Sequence[str] = (),
+):
+    """Prefill once, then yield an :class:`Outcome` for each (policy, budget spec) in ``runs``.
+
+    ``compress="prompt"`` prefills and compresses context + question (the window sees the question);
+    ``compress="context"`` compresses only the context and feeds the question afterwards.
+    FullKV (``full_policy``) runs first as the reference for the fidelity metrics.
+    Yields ``(prefill, outcome)`` pairs, lazily, so callers can persist each as it finishes.
+    """
+    from lukv_bench.metrics import greedy_agreement, kl_divergence
+
+    needs = set().union(*(p.needs for p, _ in runs), full_policy.needs)
+    if compress == "prompt":
+        pre = engine.prefill(torch.tensor([list(context_ids) + list(question_ids)]), needs)
+        tail: list[int] = []
+    elif compress == "context":
+        pre = engine.prefill(torch.tensor([list(context_ids)]), needs)
+        tail = list(question_ids)
+    else:
+        raise ValueError(f"compress must be 'prompt' or 'context' (got {compress!r})")
+
+    def run_one(policy, budget_spec) -> tuple[Outcome, RaggedCache]:
+        budget = Budget.resolve(budget_spec, pre.n)
+        with PeakMemory(engine.device) as mem:
+            comp = engine.compress(pre, policy, budget)
+            mark = comp.cache.mark()
+            first = engine.feed(comp.cache, tail)[-1] if tail else pre.last_logits
+            gen = engine.generate(comp.cache, first, max_new_tokens, eos_ids, stop)
+        comp.cache.rollback(mark)
+        return Outcome(policy, budget_spec, budget, comp, gen, mem.peak, None, None), comp.cache
+
+    ref, _ = run_one(full_policy, 1.0)
+    ref_tokens, ref_logits = ref.generation.tokens, ref.generation.logits
+    m = len(ref_tokens)
+    for policy, budget_spec in runs:
+        if policy.name == full_policy.name:
+            yield pre, ref
+            continue
+        out, cache = run_one(policy, budget_spec)
+        # teacher-force FullKV's answer and compare next-token distributions position by position
+        fed = engine.feed(cache, tail + ref_tokens[: m - 1])
+        test = fed[-m:] if tail else fed
+        want = ref_logits if tail else ref_logits[1:]
+        if len(test):
+            out.kl_mean = float(kl_divergence(want, test).mean())
+            out.greedy_agreement = float(greedy_agreement(want, test))
+        yield pre, out

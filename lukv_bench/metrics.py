@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import string
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -166,16 +167,16 @@ def _first_code_line(prediction: str) -> str:
 
 def code_sim_score(prediction: str, answer: str) -> float:
     """fuzzywuzzy ratio (0-100, scaled to [0, 1]) between the first code-looking line and the answer."""
-    from fuzzywuzzy import fuzz
+    with warnings.catch_warnings():  # "Using slow pure-python SequenceMatcher": fine for one line
+        warnings.simplefilter("ignore")
+        from fuzzywuzzy import fuzz
 
     return fuzz.ratio(_first_code_line(prediction), answer.strip()) / 100.0
 
 
 def _classification(prediction: str, answer: str, sample: Sample) -> float:
     if not sample.all_classes:
-        raise UserError(
-            f"sample {sample.id!r}: the 'classification' metric needs the sample's all_classes (label set)"
-        )
+        raise UserError(f"sample {sample.id!r}: the 'classification' metric needs the sample's all_classes (label set)")
     return classification_score(prediction, answer, sample.all_classes)
 
 
@@ -218,8 +219,7 @@ def score(metric: str, prediction: str, sample: Sample) -> float:
 def _check_pair(ref_logits: torch.Tensor, logits: torch.Tensor) -> None:
     if ref_logits.shape != logits.shape or ref_logits.dim() != 2:
         raise ValueError(
-            f"expected two [m, V] logit tensors of equal shape, got {tuple(ref_logits.shape)} "
-            f"and {tuple(logits.shape)}"
+            f"expected two [m, V] logit tensors of equal shape, got {tuple(ref_logits.shape)} and {tuple(logits.shape)}"
         )
 
 

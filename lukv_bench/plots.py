@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DPI = 110
 _MARKERS = "osD^v<>phX*"
+_COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")  #: no red: red is the proposed method
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -39,7 +40,11 @@ def _style(policy: str, i: int) -> dict[str, object]:
     from lukv_bench.report import POLICY_ORDER, PROPOSED
 
     k = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + i
-    style: dict[str, object] = {"marker": _MARKERS[k % len(_MARKERS)], "label": policy, "color": f"C{k % 10}"}
+    style: dict[str, object] = {
+        "marker": _MARKERS[k % len(_MARKERS)],
+        "label": policy,
+        "color": _COLORS[k % len(_COLORS)],
+    }
     if policy == PROPOSED:
         style.update(linewidth=2.6, color="crimson", zorder=5)
     return style

@@ -40,7 +40,9 @@ def record_broken(name: str, error: str) -> None:
     if (name, error) in _broken:
         return
     _broken.append((name, error))
-    warnings.warn(f"lukv-bench plugin {name!r} is broken and was skipped: {error}", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"lukv-bench plugin {name!r} is broken and was skipped: {error}", RuntimeWarning, stacklevel=3
+    )
 
 
 def _register(plugin: object, name: str) -> None:

@@ -219,7 +219,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[TaskSummary]:
         groups[(str(r.get("model")), str(r.get("task")))].append(r)
     out = []
     for (model, task), recs in groups.items():
-        full_recs = [r for r in recs if r.get("policy") == FULL]
+        # FullKV does not depend on the budget: one record per sample (a runner may repeat it per budget)
+        full_recs = list({str(r.get("sample_id")): r for r in recs if r.get("policy") == FULL}.values())
         comp = [r for r in recs if r.get("policy") != FULL]
         by_cell: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         budgets: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -10,17 +10,14 @@ import json
 import logging
 import platform
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from lukv_bench.engine import Engine, EngineSettings, Prefill
+from lukv_bench.engine import Engine, EngineSettings, sweep
 from lukv_bench.errors import UserError
-from lukv_bench.memory import PeakMemory
-from lukv_bench.policy import Budget
 from lukv_bench.prompts import build_prompt, use_chat_template
 from lukv_bench.results import ResultsWriter, record_key
 
@@ -56,16 +53,6 @@ def resolve_device(setting: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: {setting} was requested but CUDA is not available; use device: auto or cpu")
     return dev
-
-
-@dataclass
-class SampleRun:
-    """Everything shared by the (policy, budget) runs of one sample."""
-
-    pre: Prefill
-    tail: list[int]  #: tokens fed after compression (the question in compress: context mode)
-    ref_tokens: list[int]
-    ref_logits: torch.Tensor  #: [m, V] FullKV logits each reference token was chosen from
 
 
 class Runner:
@@ -111,7 +98,6 @@ class Runner:
         settings = EngineSettings(window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce)
         engine = Engine(lm.model, lm.tokenizer, settings)
         chat = use_chat_template(lm.tokenizer, suite.chat_template)
-        needs = set().union(*(p.needs for p in self.policies))
         tasks = [build_task(t, suite, tokenizer=lm.tokenizer) for t in suite.tasks]
         per_sample = sum(len(self._policy_budgets(p)) for p in self.policies)
         samples = [(task, list(task.samples(suite.limit))) for task in tasks]
@@ -128,7 +114,7 @@ class Runner:
                 ]
                 if not todo:
                     continue
-                self._run_sample(engine, lm.name, task, sample, todo, chat, needs, bar)
+                self._run_sample(engine, lm.name, task, sample, todo, chat, bar)
         bar.close()
         return self.writer.path
 
@@ -137,72 +123,37 @@ class Runner:
             {"model": model, "task": task.name, "sample_id": sample.id, "policy": policy.name, "budget": budget}
         )
 
-    def _prepare(self, engine: Engine, ids, needs) -> SampleRun:
-        suite = self.suite
-        if suite.compress == "prompt":
-            pre = engine.prefill(torch.tensor([ids.full]), needs)
-            tail: list[int] = []
-        else:
-            pre = engine.prefill(torch.tensor([ids.context]), needs)
-            tail = ids.question
-        full = next(p for p in self.policies if p.name == "full")
-        comp = engine.compress(pre, full, Budget.resolve(1.0, pre.n))
-        first = engine.feed(comp.cache, tail)[-1] if tail else pre.last_logits
-        gen = engine.generate(comp.cache, first, suite.max_new_tokens, self._eos(engine), suite.stop)
-        return SampleRun(pre=pre, tail=tail, ref_tokens=gen.tokens, ref_logits=gen.logits)
-
     def _eos(self, engine: Engine) -> list[int]:
         eos = engine.model.generation_config.eos_token_id if engine.model.generation_config else None
         if eos is None:
             eos = engine.tokenizer.eos_token_id
         return [eos] if isinstance(eos, int) else list(eos or [])
 
-    def _run_sample(self, engine, model_name, task, sample, todo, chat, needs, bar) -> None:
-        from lukv_bench.metrics import greedy_agreement, kl_divergence
-
+    def _run_sample(self, engine, model_name, task, sample, todo, chat, bar) -> None:
         suite = self.suite
         ids = build_prompt(engine.tokenizer, sample, chat)
-        ref = self._prepare(engine, ids, needs)
-        pre = ref.pre
+        full = next(p for p in self.policies if p.name == "full")
         inner = tqdm(total=len(todo), desc=f"{task.name}:{sample.id}", leave=False, disable=not self.progress)
-        for policy, budget_spec in todo:
-            budget = Budget.resolve(budget_spec, pre.n)
-            with PeakMemory(engine.device) as mem:
-                comp = engine.compress(pre, policy, budget)
-                cache = comp.cache
-                mark = cache.mark()
-                t_tail = engine.feed(cache, ref.tail)[-1] if ref.tail else pre.last_logits
-                gen = engine.generate(cache, t_tail, suite.max_new_tokens, self._eos(engine), suite.stop)
-            cache.rollback(mark)
-            kl_mean = agree = None
-            if policy.name != "full":
-                # teacher-force FullKV's answer: compare next-token distributions position by position
-                m = len(ref.ref_tokens)
-                fed = engine.feed(cache, ref.tail + ref.ref_tokens[: m - 1])
-                if ref.tail:
-                    test_logits = fed[-m:]
-                    ref_logits = ref.ref_logits
-                else:
-                    test_logits = fed
-                    ref_logits = ref.ref_logits[1:]
-                if len(test_logits):
-                    kl_mean = float(kl_divergence(ref_logits, test_logits).mean())
-                    agree = float(greedy_agreement(ref_logits, test_logits))
-            score = task.score(gen.text, sample)
+        outcomes = sweep(
+            engine, ids.context, ids.question, todo, full, compress=suite.compress,
+            max_new_tokens=suite.max_new_tokens, eos_ids=self._eos(engine), stop=suite.stop,
+        )
+        for pre, out in outcomes:
+            comp, gen = out.compressed, out.generation
             rec = {
                 "model": model_name,
                 "task": task.name,
                 "sample_id": sample.id,
-                "policy": policy.name,
-                "policy_params": policy.params,
-                "budget": budget_spec,
-                "budget_ratio": budget.ratio,
-                "budget_tokens_mean": budget.tokens,
+                "policy": out.policy.name,
+                "policy_params": out.policy.params,
+                "budget": out.budget_spec,
+                "budget_ratio": out.budget.ratio,
+                "budget_tokens_mean": out.budget.tokens,
                 "context_tokens": pre.n,
                 "layer_budgets": comp.layer_budgets,
                 "head_budgets": comp.head_budgets,
                 "allocation_info": comp.allocation_info,
-                "score": score,
+                "score": task.score(gen.text, sample),
                 "metric": task.metric,
                 "prediction": gen.text,
                 "answers": sample.answers,
@@ -212,10 +163,10 @@ class Runner:
                 "compress_s": comp.compress_s,
                 "decode_s": gen.decode_s,
                 "new_tokens": len(gen.tokens),
-                "peak_mem_bytes": mem.peak,
+                "peak_mem_bytes": out.peak_mem_bytes,
                 "prefill_peak_mem_bytes": pre.peak_mem_bytes,
-                "kl_mean": kl_mean,
-                "greedy_agreement": agree,
+                "kl_mean": out.kl_mean,
+                "greedy_agreement": out.greedy_agreement,
                 "data_source": task.data_source,
                 "seed": suite.seed,
                 "compress_mode": suite.compress,

@@ -74,6 +74,16 @@ class Suite:
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
 
     @property
+    def max_new_tokens(self) -> int:
+        """Shortcut for ``generation.max_new_tokens``."""
+        return self.generation.max_new_tokens
+
+    @property
+    def stop(self) -> list[str]:
+        """Shortcut for ``generation.stop``."""
+        return self.generation.stop
+
+    @property
     def folder(self) -> Path:
         """Folder that relative paths resolve against (the suite file's, or the working directory)."""
         return self.path.parent if self.path is not None else Path.cwd()
@@ -101,7 +111,10 @@ class Suite:
             "budgets": copy.deepcopy(self.budgets),
             "tasks": copy.deepcopy(self.tasks),
             "limit": self.limit,
-            "generation": {"max_new_tokens": self.generation.max_new_tokens, "stop": list(self.generation.stop)},
+            "generation": {
+                "max_new_tokens": self.generation.max_new_tokens,
+                "stop": list(self.generation.stop),
+            },
             "compress": self.compress,
             "chat_template": self.chat_template,
             "window": self.window,
@@ -203,6 +216,7 @@ _CHOICES = {
     "gqa_reduce": ("mean", "max", "sum"),
     "dtype": ("float32", "bfloat16", "float16"),
 }
+_TOKENS_HINT = "for token counts write budgets: {tokens: [...]}"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -316,9 +330,12 @@ def _check_budgets(c: _Checker, value: Any) -> list[float | dict[str, int]]:
     for i, r in enumerate(value):
         path = f"budgets[{i}]"
         if isinstance(r, bool) or not isinstance(r, (int, float)):
-            c.fail(path, f"expected a ratio in (0, 1], got {_show(r)}; for token counts write budgets: {{tokens: [...]}}")
+            c.fail(
+                path,
+                f"expected a ratio in (0, 1], got {_show(r)}; {_TOKENS_HINT}",
+            )
         elif not 0 < r <= 1:
-            c.fail(path, f"ratio must be in (0, 1], got {r}; for token counts write budgets: {{tokens: [...]}}")
+            c.fail(path, f"ratio must be in (0, 1], got {r}; {_TOKENS_HINT}")
         elif float(r) in out:
             c.fail(path, f"duplicate budget {r}")
         else:
@@ -328,24 +345,33 @@ def _check_budgets(c: _Checker, value: Any) -> list[float | dict[str, int]]:
 
 def _check_policies(c: _Checker, value: Any) -> list[str | dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        c.fail("policies", f"expected a non-empty list of policy names or {{name: ..., ...}} maps, got {_show(value)}")
+        c.fail(
+            "policies",
+            f"expected a non-empty list of policy names or {{name: ..., ...}} maps, got {_show(value)}",
+        )
         return []
     out: list[str | dict[str, Any]] = []
     for i, p in enumerate(value):
         path = f"policies[{i}]"
+        entry: str | dict[str, Any] | None = None
         if isinstance(p, str):
             if c.is_str(path, p):
-                out.append(p)
+                entry = p
         elif isinstance(p, dict):
             if "name" not in p:
-                c.fail(path, "a policy map needs a 'name' key (e.g. {name: mixed, scorer: h2o, allocator: pyramid})")
+                c.fail(
+                    path,
+                    "a policy map needs a 'name' key (e.g. {name: mixed, scorer: h2o, allocator: pyramid})",
+                )
             elif c.is_str(_join(path, "name"), p["name"]):
-                out.append(dict(p))
+                entry = dict(p)
         else:
             c.fail(path, f"expected a policy name or a map with 'name', got {_show(p)}")
+        if entry is None:
             continue
-        if out and out[-1] in out[:-1]:
+        if entry in out:
             c.fail(path, "duplicate policy entry")
+        out.append(entry)
     return out
 
 
@@ -452,8 +478,8 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
                 c.fail(_join(path, "subsets"), "duplicate subset names")
         task.setdefault("context_tokens", longbench.DEFAULT_CONTEXT_TOKENS)
         c.is_int(_join(path, "context_tokens"), task["context_tokens"], minimum=128)
-        task.setdefault("num_samples", longbench.DEFAULT_NUM_SAMPLES)
-        c.is_int(_join(path, "num_samples"), task["num_samples"], minimum=1)
+        task.setdefault("num_samples", None)  # offline sets: as many as the limit asks for
+        c.is_int(_join(path, "num_samples"), task["num_samples"], minimum=1, allow_none=True)
         task.setdefault("seed", seed)
         c.is_int(_join(path, "seed"), task["seed"])
         task.setdefault("hub_repo", longbench.HUB_REPO)
@@ -481,6 +507,17 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
             task["include_path"] = str(resolved)
         if "metadata" in task and not isinstance(task["metadata"], dict):
             c.fail(_join(path, "metadata"), f"expected a map, got {_show(task['metadata'])}")
+    elif ttype == "needle":  # its own module validates its keys; report them with the line here
+        try:
+            from lukv_bench.tasks.needle import NeedleTask
+        except ImportError:  # pragma: no cover - the module is part of the package
+            return task
+        try:
+            NeedleTask.from_config(value)
+        except UserError as e:
+            key = re.search(r"`(\w+)`|key\(s\) '(\w+)'", str(e))
+            sub = next((g for g in key.groups() if g), "") if key else ""
+            c.fail(_join(path, sub) if sub in value else path, str(e), at_key=sub in value)
     return task
 
 
@@ -500,8 +537,11 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
     if c.is_str("model", model):
         resolved = _resolve_model(model, folder)
         if resolved is None:
-            c.fail("model", f"model path not found: {_resolve_path(folder, model)} (use 'embedded', a hub id, "
-                   "a local model folder or a .gguf file)")
+            c.fail(
+                "model",
+                f"model path not found: {_resolve_path(folder, model)} (use 'embedded', a hub id, "
+                "a local model folder or a .gguf file)",
+            )
         else:
             out["model"] = resolved
     if "policies" in data:
@@ -541,6 +581,12 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
     return out
 
 
+def _problem_line(problem: str) -> int:
+    """Line number in a formatted problem (0 when it has none), to list problems in file order."""
+    m = re.match(r"^.*?:(\d+): ", problem)
+    return int(m.group(1)) if m else 0
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; raise :class:`UserError` listing every problem found."""
     file = Path(path).expanduser()
@@ -559,7 +605,7 @@ def load_suite(path: str | Path) -> Suite:
         raise UserError(f"{file}: the suite file is empty; required keys: name, policies, budgets, tasks")
     fields = _validate(data, c, file.parent)
     if c.problems:
-        raise SuiteError(c.problems)
+        raise SuiteError(sorted(c.problems, key=_problem_line))
     return Suite(path=file, lines=values, **fields)
 
 

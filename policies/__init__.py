@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lukv_bench.hookspecs import hookimpl
 from lukv_bench.policies.adakv import AdaKVAllocator
 from lukv_bench.policies.cake import CakeAllocator, CakeScorer
 from lukv_bench.policies.full import FullAllocator
@@ -20,6 +19,8 @@ from lukv_bench.policies.random_scores import RandomScorer
 from lukv_bench.policies.snapkv import SnapKVScorer
 from lukv_bench.policies.streaming import RecencyScorer
 from lukv_bench.policies.uniform import UniformAllocator
+
+from lukv_bench.hookspecs import hookimpl
 from lukv_bench.policy import PolicySpec
 
 __all__ = [
@@ -64,7 +65,9 @@ def register_allocators(register: Callable[[str, type], None]) -> None:
 @hookimpl
 def register_policies(register: Callable[[Any], None]) -> None:
     """The built-in policies (policies.md)."""
-    register(PolicySpec("full", "recency", "full", "FullKV: no eviction (the reference)", aliases=("fullkv",)))
+    register(
+        PolicySpec("full", "recency", "full", "FullKV: no eviction (the reference)", aliases=("fullkv",))
+    )
     register(PolicySpec("random", "random", "uniform", "Seeded random eviction, uniform budgets (a floor)"))
     register(
         PolicySpec(
@@ -77,9 +80,15 @@ def register_policies(register: Callable[[Any], None]) -> None:
             decode="streaming",
         )
     )
-    register(PolicySpec("h2o", "h2o", "uniform", "H2O (prefill): accumulated causal attention, uniform budgets"))
+    register(
+        PolicySpec("h2o", "h2o", "uniform", "H2O (prefill): accumulated causal attention, uniform budgets")
+    )
     register(PolicySpec("snapkv", "snapkv", "uniform", "SnapKV: pooled window votes, uniform budgets"))
-    register(PolicySpec("pyramidkv", "snapkv", "pyramid", "PyramidKV: SnapKV scores, budgets decreasing with depth"))
+    register(
+        PolicySpec(
+            "pyramidkv", "snapkv", "pyramid", "PyramidKV: SnapKV scores, budgets decreasing with depth"
+        )
+    )
     register(PolicySpec("adakv", "snapkv", "adakv", "AdaKV: SnapKV scores, head-wise adaptive budgets"))
     register(
         PolicySpec(
@@ -90,4 +99,8 @@ def register_policies(register: Callable[[Any], None]) -> None:
             aliases=("zigzag", "zigzagkv"),
         )
     )
-    register(PolicySpec("cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"))
+    register(
+        PolicySpec(
+            "cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"
+        )
+    )

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-
 from lukv_bench.policies._allocation import largest_remainder
 from lukv_bench.policies._checks import check_range
+
 from lukv_bench.policy import Allocation, PrefillStats
 
 
-def head_counts(scores: torch.Tensor, selectable: int, alpha: float, normalize: bool, min_count: int = 0) -> list[int]:
+def head_counts(
+    scores: torch.Tensor, selectable: int, alpha: float, normalize: bool, min_count: int = 0
+) -> list[int]:
     """Selected prefix tokens per head for [S, P] prefix ``scores``: AdaKV's adaptive split of ``S * C``."""
     n_heads, prefix = scores.shape
     s = torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
@@ -48,7 +50,9 @@ class AdaKVAllocator:
     def __post_init__(self) -> None:
         check_range("adakv allocator", "alpha", self.alpha, lo=0.0, hi=1.0)
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """Per-head counts (incl. the window) for every layer; each layer's mean is ``min(budget, n)``."""
         n, n_layers = stats.n, stats.n_layers
         b = min(budget, n)

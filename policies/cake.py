@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-
 from lukv_bench.policies._allocation import proportional_split
 from lukv_bench.policies._checks import check_choice, check_kernel, check_range
 from lukv_bench.policies.snapkv import POOLINGS, pool_prefix
+
 from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
 
 
@@ -39,7 +39,10 @@ def preferences(dispersion: list[float], shift: list[float], tau1: float, tau2: 
     shares are unchanged) and keeps small taus from overflowing.
     """
     d_max, v_max = max(dispersion) or 1.0, max(shift) or 1.0
-    p = [(d / d_max) ** (1.0 / tau1) * (v / v_max) ** (1.0 / tau2) for d, v in zip(dispersion, shift, strict=True)]
+    p = [
+        (d / d_max) ** (1.0 / tau1) * (v / v_max) ** (1.0 / tau2)
+        for d, v in zip(dispersion, shift, strict=True)
+    ]
     total = sum(p)
     return [x / total for x in p] if total > 0 else [1.0 / len(p)] * len(p)
 
@@ -80,7 +83,9 @@ class CakeAllocator:
         check_range("cake allocator", "tau1", self.tau1, lo=0.0, lo_open=True)
         check_range("cake allocator", "tau2", self.tau2, lo=0.0, lo_open=True)
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """Per-layer budgets; ``info`` records D, V and the preference shares ``P_l / sum P`` per layer."""
         n, n_layers = stats.n, stats.n_layers
         dispersion, shift = zip(*(layer_statistics(layer) for layer in stats.layers), strict=True)

@@ -18,6 +18,8 @@ class FullAllocator:
     needs: ClassVar[frozenset[str]] = frozenset()
     exact_total: ClassVar[bool] = False  # ignores the budget by design
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """``n`` tokens for every layer."""
         return Allocation(per_layer=[stats.n] * stats.n_layers)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-
 from lukv_bench.policies._allocation import proportional_split
 from lukv_bench.policies._checks import check_range
+
 from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
 
 
@@ -56,7 +56,9 @@ class LayerUncertaintyAllocator:
         check_range("layer-uncertainty allocator", "tau", self.tau, lo=0.0, hi=1.0, lo_open=True)
         check_range("layer-uncertainty allocator", "floor_ratio", self.floor_ratio, lo=0.0, hi=1.0)
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """Per-layer budgets; ``info`` records lmba, u, the effective floor and tau."""
         n, n_layers = stats.n, stats.n_layers
         lmba = [layer_minimum_budget(layer, self.tau) for layer in stats.layers]

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-
 from lukv_bench.policies._allocation import largest_remainder
 from lukv_bench.policies._checks import check_range
+
 from lukv_bench.policy import Allocation, PrefillStats
 
 
-def pyramid_schedule(n_layers: int, budget: int, window: int, n: int, beta: float, exact: bool = False) -> list[int]:
+def pyramid_schedule(
+    n_layers: int, budget: int, window: int, n: int, beta: float, exact: bool = False
+) -> list[int]:
     """Tokens per layer (incl. the window) for a mean budget ``budget`` and prompt length ``n``."""
     if budget >= n:
         return [n] * n_layers
@@ -65,7 +67,9 @@ class PyramidAllocator:
         """Whether the counts sum exactly to ``L * min(budget, n)`` (only with ``exact=True``)."""
         return self.exact
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """The pyramid schedule for this prompt."""
         per_layer = pyramid_schedule(stats.n_layers, budget, window, stats.n, self.beta, self.exact)
         return Allocation(per_layer=per_layer)

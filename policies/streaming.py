@@ -28,7 +28,9 @@ class RecencyScorer:
         return pos.repeat(stats.n_storage_heads, 1)
 
 
-def streaming_decode_keep(lens_per_head: list[int], budget_per_head: list[int], sinks: int) -> list[torch.Tensor] | None:
+def streaming_decode_keep(
+    lens_per_head: list[int], budget_per_head: list[int], sinks: int
+) -> list[torch.Tensor] | None:
     """Segment positions each head keeps so that it holds at most its budget: sinks, then the newest.
 
     A head's segment is assumed in logical order (oldest first), so its first ``sinks`` entries are

@@ -17,6 +17,8 @@ class UniformAllocator:
     name: ClassVar[str] = "uniform"
     needs: ClassVar[frozenset[str]] = frozenset()
 
-    def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
+    def allocate(
+        self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
+    ) -> Allocation:
         """``min(budget, n)`` tokens for every layer."""
         return Allocation(per_layer=[min(budget, stats.n)] * stats.n_layers)

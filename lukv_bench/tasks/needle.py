@@ -180,9 +180,7 @@ class NeedleTask:
         _require(
             isinstance(depths, (list, tuple))
             and len(depths) > 0
-            and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in depths
-            ),
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in depths),
             "depths",
             f"must be a non-empty list of numbers in [0, 1], got {depths!r}",
         )
@@ -193,9 +191,7 @@ class NeedleTask:
             f"must be a positive integer, got {spc!r}",
         )
         seed = cfg.get("seed", 0)
-        _require(
-            isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}"
-        )
+        _require(isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}")
         return cls(name, lengths, depths, spc, seed, tokenizer)
 
     # -- samples -------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""A task from the user's own JSONL file.
+
+One JSON object per line with ``context``, ``question`` and ``answers`` (a list of strings, or one
+string), and optionally ``id``, ``instruction``, ``all_classes`` (label set, for the classification
+metric) and ``meta`` (a map copied to ``Sample.meta``; other unknown fields are copied there too).
+Blank lines are skipped. Any bad row is a :class:`~lukv_bench.errors.UserError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lukv_bench import metrics
+from lukv_bench.errors import UserError
+from lukv_bench.tasks.base import Sample
+
+__all__ = ["JsonlTask", "load_jsonl"]
+
+_KNOWN = ("id", "context", "question", "answers", "instruction", "all_classes", "meta")
+
+
+def _row_to_sample(row: Any, where: str, line_no: int, default_instruction: str) -> Sample:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+    missing = [k for k in ("context", "question", "answers") if k not in row]
+    if missing:
+        raise UserError(
+            f"{where}: missing field(s) {', '.join(missing)}; each row needs context, question, answers "
+            "(optional: id, instruction, all_classes, meta)"
+        )
+    for key in ("context", "question"):
+        if not isinstance(row[key], str):
+            raise UserError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+    answers = row["answers"]
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, (str, int, float)) for a in answers):
+        raise UserError(f"{where}: field 'answers' must be a non-empty list of strings, got {answers!r}")
+    instruction = row.get("instruction", default_instruction)
+    if not isinstance(instruction, str):
+        raise UserError(f"{where}: field 'instruction' must be a string")
+    all_classes = row.get("all_classes")
+    if all_classes is not None and (
+        not isinstance(all_classes, list) or not all(isinstance(c, str) and c for c in all_classes)
+    ):
+        raise UserError(f"{where}: field 'all_classes' must be a list of non-empty strings")
+    meta = row.get("meta", {})
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: field 'meta' must be a JSON object")
+    meta = {**{k: v for k, v in row.items() if k not in _KNOWN}, **meta, "line": line_no}
+    rid = row.get("id", f"line{line_no}")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise UserError(f"{where}: field 'id' must be a string or an integer")
+    return Sample(
+        id=str(rid),
+        context=row["context"],
+        question=row["question"],
+        answers=[str(a) for a in answers],
+        instruction=instruction,
+        all_classes=all_classes,
+        meta=meta,
+    )
+
+
+def load_jsonl(path: str | Path, instruction: str = "", metric: str | None = None) -> list[Sample]:
+    """Read and check every row of a JSONL task file."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise UserError(f"JSONL task file not found: {file}")
+    samples: list[Sample] = []
+    ids: dict[str, int] = {}
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: cannot read: {e}") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+        sample = _row_to_sample(row, where, line_no, instruction)
+        if sample.id in ids:
+            raise UserError(f"{where}: duplicate id {sample.id!r} (first on line {ids[sample.id]})")
+        if metric == "classification" and not sample.all_classes:
+            raise UserError(f"{where}: the classification metric needs 'all_classes' on every row")
+        ids[sample.id] = line_no
+        samples.append(sample)
+    if not samples:
+        raise UserError(f"{file}: no rows (expected one JSON object per line)")
+    return samples
+
+
+class JsonlTask:
+    """Samples from a JSONL file, in file order (or a seeded shuffle), scored with ``metric``."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        metric: str = "substring",
+        instruction: str = "",
+        shuffle: bool = False,
+        seed: int = 0,
+        limit: int | None = None,
+    ) -> None:
+        metrics.check_metric(metric)
+        self.name = name
+        self.metric = metric
+        self.limit = limit
+        self.path = Path(path).expanduser().resolve()
+        self._samples = load_jsonl(self.path, instruction=instruction, metric=metric)
+        if shuffle:
+            random.Random(f"jsonl:{seed}").shuffle(self._samples)
+        order = f", shuffled with seed {seed}" if shuffle else ""
+        self.data_source = f"jsonl: {self.path} ({len(self._samples)} rows{order})"
+
+    def samples(self, limit: int | None = None) -> Iterator[Sample]:
+        """Yield up to ``limit`` samples in the fixed order."""
+        yield from self._samples[: limit if limit is not None else len(self._samples)]
+
+    def score(self, prediction: str, sample: Sample) -> float:
+        """Score with the task's metric (best over the gold answers)."""
+        return metrics.score(self.metric, prediction, sample)

@@ -1,0 +1,97 @@
+"""Synthetic prefill statistics for the policy tests (and checks that they are what they claim).
+
+``make_stats`` runs real causal softmax attention on small random q/k, so window sums, variances,
+entropies and H2O column sums are consistent with each other, like the capture step's output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lukv_bench.policy import LayerStats, PrefillStats
+
+
+def attention_stats(
+    layer: int, q: torch.Tensor, k: torch.Tensor, window: int, storage: str = "kv"
+) -> LayerStats:
+    """LayerStats of one layer from q [Hq, n, D] and k [Hkv, n, D] (values are random)."""
+    hq, n, d = q.shape
+    group = hq // k.shape[0]
+    kq = k.repeat_interleave(group, 0)
+    logits = q @ kq.transpose(1, 2) / math.sqrt(d)
+    causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+    attn = torch.softmax(logits.masked_fill(causal, float("-inf")), dim=-1)  # [Hq, n, n]
+    w = min(window, n)
+    win = attn[:, n - w :, :]
+    prefix = win[:, :, : n - w]
+    gen = torch.Generator().manual_seed(1000 + layer)
+    keys = k if storage == "kv" else kq
+    return LayerStats(
+        layer=layer,
+        keys=keys.clone(),
+        values=torch.randn(keys.shape, generator=gen),
+        win_sum=win.sum(1),
+        win_sumsq=(win * win).sum(1),
+        win_entropy=-(prefix * torch.log(prefix + 1e-10)).sum((1, 2)),
+        window=w,
+        acc_attn=attn.sum(1),
+    )
+
+
+def make_stats(
+    n_layers: int = 4,
+    n_q_heads: int = 4,
+    n_kv_heads: int = 2,
+    n: int = 24,
+    head_dim: int = 8,
+    window: int = 4,
+    seed: int = 0,
+    storage: str = "kv",
+    sharpness: list[float] | None = None,
+) -> PrefillStats:
+    """Random-q/k prefill statistics; ``sharpness[l]`` scales layer l's queries (peakier attention)."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = []
+    for layer in range(n_layers):
+        scale = sharpness[layer] if sharpness else 1.0 + layer
+        q = torch.randn(n_q_heads, n, head_dim, generator=gen) * scale
+        k = torch.randn(n_kv_heads, n, head_dim, generator=gen)
+        layers.append(attention_stats(layer, q, k, window, storage))
+    return PrefillStats(layers=layers, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads, storage=storage)
+
+
+def hand_stats(win_means: list[torch.Tensor], window: int, n_kv_heads: int | None = None) -> PrefillStats:
+    """Stats with given window-mean attention per layer ([Hq, n] each); keys zero, no variance."""
+    hq, n = win_means[0].shape
+    hkv = n_kv_heads or hq
+    layers = []
+    for layer, mean in enumerate(win_means):
+        mean = mean.float()
+        layers.append(
+            LayerStats(
+                layer=layer,
+                keys=torch.zeros(hkv, n, 2),
+                values=torch.zeros(hkv, n, 2),
+                win_sum=mean * window,
+                win_sumsq=mean * mean * window,
+                win_entropy=torch.zeros(hq),
+                window=window,
+            )
+        )
+    return PrefillStats(layers=layers, n_q_heads=hq, n_kv_heads=hkv)
+
+
+def test_make_stats_is_consistent() -> None:
+    """Window rows are distributions, variances are >= 0, column sums add up to the query count."""
+    stats = make_stats(n=16, window=4)
+    assert stats.n == 16 and stats.n_layers == 4 and stats.n_storage_heads == 2
+    for layer in stats.layers:
+        assert torch.allclose(layer.win_mean.sum(-1), torch.ones(4))
+        assert (layer.win_var >= 0).all()
+        assert layer.acc_attn is not None
+        assert torch.allclose(layer.acc_attn.sum(-1), torch.full((4,), 16.0))
+        assert (layer.win_entropy > 0).all()
+    query_mode = make_stats(storage="query")
+    assert query_mode.n_storage_heads == 4 and query_mode.layers[0].keys.shape[0] == 4

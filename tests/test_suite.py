@@ -1,0 +1,236 @@
+"""Suite-file schema: valid files, path resolution, and one test per class of error."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lukv_bench.errors import UserError
+from lukv_bench.suite import Suite, SuiteError, apply_overrides, load_suite
+
+VALID = """\
+name: example
+model: embedded
+policies: [full, snapkv, {name: mixed, scorer: h2o, allocator: layer-uncertainty}]
+budgets: [0.1, 0.2, 0.4]
+tasks:
+  - {name: my-niah, type: jsonl, path: data/niah.jsonl, metric: substring}
+  - {name: lb, type: longbench, subsets: [qasper, trec_like], source: auto}
+  - {name: ruler, type: lm_eval, tasks: [niah_single_1], max_seq_lengths: [1024]}
+  - {name: needle, type: needle, lengths: [512], depths: [0.5], samples_per_cell: 1}
+limit: 20
+generation: {max_new_tokens: 32, stop: ["\\n\\n"]}
+compress: prompt
+chat_template: auto
+window: 32
+storage: kv
+gqa_reduce: mean
+seed: 0
+device: auto
+dtype: float32
+threads: 1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    """Write a suite file and the JSONL file the VALID suite refers to."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "niah.jsonl").write_text(json.dumps({"context": "c", "question": "q", "answers": ["a"]}) + "\n")
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problem(tmp_path: Path, text: str) -> str:
+    """Load a broken suite and return the error message."""
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        load_suite(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+def test_valid_suite_loads_with_defaults_and_resolved_paths(tmp_path, monkeypatch):
+    path = write(tmp_path, VALID)
+    monkeypatch.chdir("/")  # relative paths resolve against the suite's folder, not the cwd
+    suite = load_suite(path)
+    assert isinstance(suite, Suite)
+    assert suite.name == "example" and suite.model == "embedded"
+    assert suite.policies[2] == {"name": "mixed", "scorer": "h2o", "allocator": "layer-uncertainty"}
+    assert suite.budgets == [0.1, 0.2, 0.4]
+    assert suite.tasks[0]["path"] == str((tmp_path / "data" / "niah.jsonl").resolve())
+    assert suite.tasks[1]["source"] == "auto" and suite.tasks[1]["seed"] == 0
+    assert suite.tasks[3]["lengths"] == [512]  # needle keys pass through
+    assert suite.generation.max_new_tokens == 32 and suite.generation.stop == ["\n\n"]
+    assert (suite.limit, suite.window, suite.threads, suite.chat_template) == (20, 32, 1, "auto")
+    assert suite.where("policies[1]") == f"{path}:3: policies[1]"
+    json.dumps(suite.to_dict())  # recordable
+
+
+def test_minimal_suite_defaults(tmp_path):
+    suite = load_suite(
+        write(
+            tmp_path,
+            "name: m\npolicies: [full]\nbudgets: {tokens: [128, 256]}\n"
+            "tasks: [{name: t, type: jsonl, path: data/niah.jsonl}]\n",
+        )
+    )
+    assert suite.model == "embedded" and suite.limit is None and suite.threads == 1
+    assert suite.budgets == [{"tokens": 128}, {"tokens": 256}]
+    assert suite.tasks[0]["metric"] == "substring"
+    assert (suite.compress, suite.storage, suite.gqa_reduce, suite.dtype) == ("prompt", "kv", "mean", "float32")
+
+
+def test_model_folder_resolves_against_suite_folder(tmp_path):
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    suite = load_suite(write(tmp_path, VALID.replace("model: embedded", "model: models/tiny")))
+    assert suite.model == str((tmp_path / "models" / "tiny").resolve())
+    # something that is not a local path stays a hub id
+    suite = load_suite(write(tmp_path, VALID.replace("model: embedded", "model: HuggingFaceTB/SmolLM2-135M")))
+    assert suite.model == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_missing_model_file(tmp_path):
+    msg = problem(tmp_path, VALID.replace("model: embedded", "model: weights/m.gguf"))
+    assert ":2: model: model path not found" in msg and str(tmp_path / "weights" / "m.gguf") in msg
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    msg = problem(tmp_path, "name: x\npolicies: [full\nbudgets: [0.1]\n")
+    assert "invalid YAML" in msg
+    assert ":3:" in msg or ":4:" in msg  # the parser reports where it noticed the missing ']'
+
+
+def test_unknown_key_suggests_close_match(tmp_path):
+    msg = problem(tmp_path, VALID.replace("window: 32", "windw: 32"))
+    assert ":14: windw: unknown key 'windw'; did you mean 'window'?" in msg
+
+
+def test_unknown_task_key_suggests_close_match(tmp_path):
+    msg = problem(tmp_path, VALID.replace("path: data/niah.jsonl", "pth: data/niah.jsonl"))
+    assert ":6: tasks[0].pth: unknown key 'pth'; did you mean 'path'?" in msg
+    assert "tasks[0]: missing required key 'path'" in msg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("window: 32", "window: many", ":14: window: expected an integer >= 1, got 'many' (str)"),
+        ("window: 32", "window: 0", ":14: window: must be >= 1, got 0"),
+        ("threads: 1", "threads: true", ":20: threads: expected an integer >= 1 or null"),
+        ("limit: 20", "limit: 0", ":10: limit: must be >= 1"),
+        ("max_new_tokens: 32", "max_new_tokens: 0", ":11: generation.max_new_tokens: must be >= 1"),
+        ("compress: prompt", "compress: all", ":12: compress: got 'all' (str); allowed: prompt, context"),
+        ("storage: kv", "storage: heads", ":15: storage: got 'heads' (str); allowed: kv, query"),
+        ("gqa_reduce: mean", "gqa_reduce: min", "gqa_reduce: got 'min' (str); allowed: mean, max, sum"),
+        ("dtype: float32", "dtype: fp8", ":19: dtype: got 'fp8' (str); allowed: float32, bfloat16, float16"),
+        ("device: auto", "device: tpu", ":18: device: got 'tpu' (str); allowed: auto, cpu, cuda, cuda:N"),
+        ("chat_template: auto", "chat_template: maybe", ":13: chat_template: got 'maybe'"),
+        ("name: example", "name: [a]", ":1: name: expected a non-empty string"),
+        ("policies: [full, snapkv,", "policies: [7, snapkv,", ":3: policies[0]: expected a policy name"),
+        ("{name: mixed, scorer", "{nam: mixed, scorer", ":3: policies[2]: a policy map needs a 'name' key"),
+        ("type: lm_eval, tasks: [niah_single_1]", "type: lm_eval, tasks: []", ":8: tasks[2].tasks: expected a non"),
+        ("max_seq_lengths: [1024]", "max_seq_lengths: [0]", ":8: tasks[2].max_seq_lengths[0]: must be >= 1"),
+        ("type: needle", "type: haystack", ":9: tasks[3].type: got 'haystack' (str); allowed: jsonl, longbench"),
+        ("metric: substring", "metric: bleu", ":6: tasks[0].metric: got 'bleu' (str); allowed: substring"),
+    ],
+)
+def test_wrong_values_name_key_path_and_line(tmp_path, old, new, expected):
+    assert old in VALID
+    assert expected in problem(tmp_path, VALID.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    ("budgets", "expected"),
+    [
+        ("[0.1, 1.5]", "budgets[1]: ratio must be in (0, 1], got 1.5"),
+        ("[0, 0.5]", "budgets[0]: ratio must be in (0, 1], got 0"),
+        ("[0.1, high]", "budgets[1]: expected a ratio in (0, 1], got 'high' (str)"),
+        ("[0.2, 0.2]", "budgets[1]: duplicate budget 0.2"),
+        ("[]", "budgets: expected a non-empty list of ratios"),
+        ("{tokens: [128, 0]}", "budgets.tokens[1]: must be >= 1, got 0"),
+        ("{tokens: 128}", "budgets.tokens: expected a non-empty list of integers"),
+        ("{tokns: [128]}", "budgets.tokns: unknown key 'tokns'; did you mean 'tokens'?"),
+    ],
+)
+def test_bad_budgets(tmp_path, budgets, expected):
+    msg = problem(tmp_path, VALID.replace("budgets: [0.1, 0.2, 0.4]", f"budgets: {budgets}"))
+    assert f":4: {expected}" in msg
+
+
+def test_needle_entries_are_checked_by_the_needle_task(tmp_path):
+    msg = problem(tmp_path, VALID.replace("samples_per_cell: 1", "sample_per_cell: 1"))
+    assert ":9: tasks[3].sample_per_cell: needle task: unknown key(s) 'sample_per_cell'" in msg
+    msg = problem(tmp_path, VALID.replace("depths: [0.5]", "depths: [1.5]"))
+    assert ":9: tasks[3].depths: needle task: `depths` must be a non-empty list of numbers in [0, 1]" in msg
+
+
+def test_missing_task_file_names_resolved_path(tmp_path):
+    msg = problem(tmp_path, VALID.replace("data/niah.jsonl", "data/missing.jsonl"))
+    assert f":6: tasks[0].path: file not found: {(tmp_path / 'data' / 'missing.jsonl').resolve()}" in msg
+
+
+def test_longbench_subset_errors(tmp_path):
+    msg = problem(tmp_path, VALID.replace("subsets: [qasper, trec_like]", "subsets: [qaspr]"))
+    assert ":7: tasks[1].subsets[0]: unknown LongBench subset 'qaspr'; did you mean 'qasper'?" in msg
+    msg = problem(tmp_path, VALID.replace("source: auto", "source: hub"))
+    assert "tasks[1].subsets[1]: 'trec_like' is an offline generated subset, but source is 'hub'" in msg
+    msg = problem(tmp_path, VALID.replace("[qasper, trec_like], source: auto", "[gov_report], source: offline"))
+    assert "tasks[1].subsets[0]: LongBench subset 'gov_report' has no offline analogue" in msg
+    msg = problem(tmp_path, VALID.replace("source: auto", "source: web"))
+    assert "tasks[1].source: got 'web' (str); allowed: auto, hub, offline" in msg
+
+
+def test_missing_required_keys_and_duplicates(tmp_path):
+    msg = problem(
+        tmp_path,
+        "name: x\nname: y\n"
+        "tasks: [{name: a, type: jsonl, path: data/niah.jsonl}, {name: a, type: lm_eval, tasks: [t]}]\n",
+    )
+    assert ":2: name: duplicate key" in msg
+    assert "<top level>: missing required key 'policies'" in msg
+    assert "<top level>: missing required key 'budgets'" in msg
+    assert ":3: tasks[1].name: duplicate task name 'a'" in msg
+    assert msg.count("\n") >= 4  # one error, one line per problem
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    path = write(tmp_path, VALID.replace("window: 32", "window: 0").replace("seed: 0", "seed: x"))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert len(info.value.problems) == 2
+
+
+def test_not_a_map_and_empty_file(tmp_path):
+    assert "a suite file must be a YAML map" in problem(tmp_path, "- a\n- b\n")
+    assert "the suite file is empty" in problem(tmp_path, "\n")
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+def test_apply_overrides(tmp_path, monkeypatch):
+    suite = load_suite(write(tmp_path, VALID))
+    (tmp_path / "cwdmodel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    new = apply_overrides(suite, limit=3, model="cwdmodel")
+    assert new.limit == 3 and all(t["limit"] == 3 for t in new.tasks)
+    assert new.model == str((tmp_path / "cwdmodel").resolve())
+    assert suite.limit == 20  # the original is untouched
+    assert apply_overrides(suite) == suite
+    with pytest.raises(UserError, match="--limit"):
+        apply_overrides(suite, limit=0)
+    with pytest.raises(UserError, match="--model: path not found"):
+        apply_overrides(suite, model="./nowhere")
+
+
+def test_shipped_suites_validate():
+    root = Path(__file__).resolve().parents[1] / "suites"
+    quick = load_suite(root / "quick.yaml")
+    assert quick.limit == 2 and quick.budgets == [0.2, 0.5]
+    assert Path(quick.tasks[0]["path"]).is_file()
+    lb = load_suite(root / "longbench.yaml")
+    assert lb.budgets == [0.1, 0.2, 0.4, 0.8] and len(lb.policies) == 8
