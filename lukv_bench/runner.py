@@ -86,7 +86,8 @@ class Runner:
     def run(self) -> Path:
         """Run everything not yet in results.jsonl; returns the results path."""
         from lukv_bench.models import load_model
-        from lukv_bench.tasks import build_task
+        from lukv_bench.tasks import build_tasks
+        from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig
 
         suite = self.suite
         if suite.threads:
@@ -98,12 +99,14 @@ class Runner:
         settings = EngineSettings(window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce)
         engine = Engine(lm.model, lm.tokenizer, settings)
         chat = use_chat_template(lm.tokenizer, suite.chat_template)
-        tasks = [build_task(t, suite, tokenizer=lm.tokenizer) for t in suite.tasks]
+        tasks = build_tasks(suite, tokenizer=lm.tokenizer)
+        lm_eval_tasks = [t for t in tasks if isinstance(t, LmEvalTaskConfig)]
+        sample_tasks = [t for t in tasks if not isinstance(t, LmEvalTaskConfig)]
         per_sample = sum(len(self._policy_budgets(p)) for p in self.policies)
-        samples = [(task, list(task.samples(suite.limit))) for task in tasks]
+        samples = [(task, list(task.samples(task.limit))) for task in sample_tasks]
         total = per_sample * sum(len(s) for _, s in samples)
         bar = tqdm(total=total, desc="overall", unit="run", disable=not self.progress, position=0)
-        bar.update(sum(1 for _ in self.writer.done))
+        bar.update(min(total, len(self.writer.done)))
         for task, task_samples in samples:
             for sample in task_samples:
                 todo = [
@@ -115,6 +118,18 @@ class Runner:
                 if not todo:
                     continue
                 self._run_sample(engine, lm.name, task, sample, todo, chat, bar)
+        if lm_eval_tasks:
+            from lukv_bench.lm_eval_model import run_lm_eval
+            from lukv_bench.models import resolve_model_path
+
+            tokenizer_path = resolve_model_path(suite.model)[0] if suite.model != "tiny" else ""
+            runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+            full = next(p for p in self.policies if p.name == "full")
+            base = {"seed": suite.seed, "compress_mode": "prompt", "window": settings.window,
+                    "storage": settings.storage, "gqa_reduce": settings.gqa_reduce, "versions": versions(),
+                    "meta": {}}
+            for cfg in lm_eval_tasks:
+                run_lm_eval(cfg, engine, lm.name, tokenizer_path, runs, full, self.writer, base, chat, progress=bar)
         bar.close()
         return self.writer.path
 
