@@ -15,9 +15,7 @@ def _check(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"{q.shape[0]} query heads are not a multiple of {k.shape[0]} KV heads")
 
 
-def accumulated_attention_torch(
-    q: torch.Tensor, k: torch.Tensor, scaling: float, block: int = 128
-) -> torch.Tensor:
+def accumulated_attention_torch(q: torch.Tensor, k: torch.Tensor, scaling: float, block: int = 128) -> torch.Tensor:
     """Torch reference of :func:`accumulated_attention`: ``block`` query rows at a time."""
     Hq, T, D = q.shape
     S = k.shape[0]
@@ -89,10 +87,16 @@ if HAS_TRITON:
         i = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         j = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         d = tl.arange(0, BLOCK_D).to(tl.int64)
-        q = tl.load(q_ptr + h * qs_h + i[:, None] * qs_t + d[None, :] * qs_d,
-                    mask=(i < T)[:, None] & (d < D)[None, :], other=0.0)
-        k = tl.load(k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
-                    mask=(j < T)[:, None] & (d < D)[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + h * qs_h + i[:, None] * qs_t + d[None, :] * qs_d,
+            mask=(i < T)[:, None] & (d < D)[None, :],
+            other=0.0,
+        )
+        k = tl.load(
+            k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
+            mask=(j < T)[:, None] & (d < D)[None, :],
+            other=0.0,
+        )
         if UPCAST:
             q = q.to(tl.float32)
             k = k.to(tl.float32)
@@ -128,8 +132,28 @@ if HAS_TRITON:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         hi = tl.minimum(m0 + BLOCK_M, T)
         for n0 in range(0, hi, BLOCK_N):
-            s, visible = _scores(q_ptr, k_ptr, h, m0, n0, T, D, G, qs_h, qs_t, qs_d, ks_s, ks_t, ks_d,
-                                 qk_scale, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC)
+            s, visible = _scores(
+                q_ptr,
+                k_ptr,
+                h,
+                m0,
+                n0,
+                T,
+                D,
+                G,
+                qs_h,
+                qs_t,
+                qs_d,
+                ks_s,
+                ks_t,
+                ks_d,
+                qk_scale,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                UPCAST,
+                DOT_PREC,
+            )
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
             m_i = m_new
@@ -164,8 +188,28 @@ if HAS_TRITON:
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         # rows before n0 cannot see these keys; start at the query tile holding row n0
         for m0 in range((n0 // BLOCK_M) * BLOCK_M, T, BLOCK_M):
-            s, visible = _scores(q_ptr, k_ptr, h, m0, n0, T, D, G, qs_h, qs_t, qs_d, ks_s, ks_t, ks_d,
-                                 qk_scale, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC)
+            s, visible = _scores(
+                q_ptr,
+                k_ptr,
+                h,
+                m0,
+                n0,
+                T,
+                D,
+                G,
+                qs_h,
+                qs_t,
+                qs_d,
+                ks_s,
+                ks_t,
+                ks_d,
+                qk_scale,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                UPCAST,
+                DOT_PREC,
+            )
             i = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
             lse = tl.load(lse_ptr + h * T + i, mask=i < T, other=0.0)
             acc += tl.sum(tl.where(visible, tl.exp2(s - lse[:, None]), 0.0), axis=0)

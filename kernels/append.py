@@ -91,9 +91,7 @@ def append_torch(store: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor) -
     store.v.index_copy_(0, rows, new_v.reshape(S * Q, D).to(store.v.dtype))
 
 
-def append(
-    store: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor, backend: str | None = None
-) -> RaggedStore:
+def append(store: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor, backend: str | None = None) -> RaggedStore:
     """Append ``Q`` new tokens per segment (``new_k``/``new_v`` [S, Q, D]) and return the store.
 
     Writes in place at ``starts + lens`` and increments ``lens`` in place. If a segment lacks room,

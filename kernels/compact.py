@@ -8,7 +8,15 @@ from .dispatch import resolve
 __all__ = ["compact", "compact_torch"]
 
 
-def _check(src_k, src_v, indices, cu_seqlens, dest_starts, dest_k, dest_v) -> None:
+def _check(
+    src_k: torch.Tensor,
+    src_v: torch.Tensor,
+    indices: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    dest_starts: torch.Tensor,
+    dest_k: torch.Tensor,
+    dest_v: torch.Tensor,
+) -> None:
     if src_k.dim() != 3 or src_k.shape != src_v.shape:
         raise ValueError(f"src_k/src_v must be [S, T, D] with equal shapes, got {src_k.shape}, {src_v.shape}")
     if dest_k.dim() != 2 or dest_k.shape != dest_v.shape or dest_k.shape[1] != src_k.shape[2]:
@@ -117,7 +125,15 @@ if HAS_TRITON:
         tl.store(dest_v + row[:, None] * dv_m + d[None, :] * dv_d, vx.to(dest_v.dtype.element_ty), mask=ok)
 
 
-def _compact_triton(src_k, src_v, indices, cu_seqlens, dest_starts, dest_k, dest_v) -> None:
+def _compact_triton(
+    src_k: torch.Tensor,
+    src_v: torch.Tensor,
+    indices: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    dest_starts: torch.Tensor,
+    dest_k: torch.Tensor,
+    dest_v: torch.Tensor,
+) -> None:
     S, _, D = src_k.shape
     N = indices.shape[0]
     if N == 0:

@@ -77,9 +77,7 @@ def _variants(full: bool) -> list[tuple[object, str, dict[str, str], dict[str, o
                 "DOT_PREC": prec,
             }
             fp = {"q_ptr": _ptr(dt), "k_ptr": _ptr(dt), "qk_scale": "fp32"}
-            out.append(
-                (window_scores._window_lse_kernel, f"{dt} w={w}", fp | {"part_ptr": "*fp32"}, common, 4)
-            )
+            out.append((window_scores._window_lse_kernel, f"{dt} w={w}", fp | {"part_ptr": "*fp32"}, common, 4))
             out.append(
                 (
                     window_scores._window_stats_kernel,

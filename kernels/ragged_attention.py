@@ -8,7 +8,9 @@ from .dispatch import resolve
 __all__ = ["ragged_attention", "ragged_attention_torch"]
 
 
-def _check(q, k_flat, v_flat, starts, lens) -> None:
+def _check(
+    q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor
+) -> None:
     if q.dim() != 3 or k_flat.dim() != 2 or k_flat.shape != v_flat.shape or k_flat.shape[1] != q.shape[2]:
         raise ValueError(
             f"q must be [Hq, Q, D] and k_flat/v_flat [M, D], got {q.shape}, {k_flat.shape}, {v_flat.shape}"
@@ -166,8 +168,7 @@ if HAS_TRITON:
         base = (h * Q + i) * NSPLIT
         m = tl.load(m_ptr + base + sp, mask=sp_ok, other=-1.0e30)
         l = tl.load(l_ptr + base + sp, mask=sp_ok, other=0.0)
-        acc = tl.load(acc_ptr + (base + sp)[:, None] * D + d[None, :], mask=sp_ok[:, None] & d_ok[None, :],
-                      other=0.0)
+        acc = tl.load(acc_ptr + (base + sp)[:, None] * D + d[None, :], mask=sp_ok[:, None] & d_ok[None, :], other=0.0)
         scale = tl.exp2(m - tl.max(m, axis=0))
         total = tl.sum(scale * l, axis=0)
         o = tl.sum(scale[:, None] * acc, axis=0) / tl.where(total > 0.0, total, 1.0)

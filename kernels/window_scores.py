@@ -138,10 +138,16 @@ if HAS_TRITON:
         i = tl.arange(0, BLOCK_W).to(tl.int64)
         j = kb * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
         d = tl.arange(0, BLOCK_D).to(tl.int64)
-        q = tl.load(q_ptr + h * qs_h + i[:, None] * qs_w + d[None, :] * qs_d,
-                    mask=(i < w)[:, None] & (d < D)[None, :], other=0.0)
-        k = tl.load(k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
-                    mask=(j < T)[:, None] & (d < D)[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + h * qs_h + i[:, None] * qs_w + d[None, :] * qs_d,
+            mask=(i < w)[:, None] & (d < D)[None, :],
+            other=0.0,
+        )
+        k = tl.load(
+            k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
+            mask=(j < T)[:, None] & (d < D)[None, :],
+            other=0.0,
+        )
         if UPCAST:
             q = q.to(tl.float32)
             k = k.to(tl.float32)
@@ -175,8 +181,28 @@ if HAS_TRITON:
         """Pass 1, program (h, kb): log2-sum-exp2 of each window row over key block kb -> part[h, kb, :]."""
         h = tl.program_id(0).to(tl.int64)
         kb = tl.program_id(1).to(tl.int64)
-        s, visible = _window_scores(q_ptr, k_ptr, h, kb, w, T, D, G, qs_h, qs_w, qs_d, ks_s, ks_t, ks_d,
-                                    qk_scale, BLOCK_W, BLOCK_T, BLOCK_D, UPCAST, DOT_PREC)
+        s, visible = _window_scores(
+            q_ptr,
+            k_ptr,
+            h,
+            kb,
+            w,
+            T,
+            D,
+            G,
+            qs_h,
+            qs_w,
+            qs_d,
+            ks_s,
+            ks_t,
+            ks_d,
+            qk_scale,
+            BLOCK_W,
+            BLOCK_T,
+            BLOCK_D,
+            UPCAST,
+            DOT_PREC,
+        )
         m = tl.max(s, axis=1)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
         l = tl.sum(tl.where(visible, tl.exp2(s - m_safe[:, None]), 0.0), axis=1)
@@ -214,8 +240,28 @@ if HAS_TRITON:
         """Pass 2, program (h, kb): column sums of A and A^2 over key block kb, and its entropy share."""
         h = tl.program_id(0).to(tl.int64)
         kb = tl.program_id(1).to(tl.int64)
-        s, visible = _window_scores(q_ptr, k_ptr, h, kb, w, T, D, G, qs_h, qs_w, qs_d, ks_s, ks_t, ks_d,
-                                    qk_scale, BLOCK_W, BLOCK_T, BLOCK_D, UPCAST, DOT_PREC)
+        s, visible = _window_scores(
+            q_ptr,
+            k_ptr,
+            h,
+            kb,
+            w,
+            T,
+            D,
+            G,
+            qs_h,
+            qs_w,
+            qs_d,
+            ks_s,
+            ks_t,
+            ks_d,
+            qk_scale,
+            BLOCK_W,
+            BLOCK_T,
+            BLOCK_D,
+            UPCAST,
+            DOT_PREC,
+        )
         i = tl.arange(0, BLOCK_W)
         lse = tl.load(lse_ptr + h * w + i, mask=i < w, other=0.0)
         a = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)

@@ -64,7 +64,12 @@ class Runner:
         self.suite = suite
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.policies = [resolve_policy(p) for p in suite.policies]
+        self.policies = []
+        for i, spec in enumerate(suite.policies):
+            try:
+                self.policies.append(resolve_policy(spec))
+            except UserError as e:
+                raise type(e)(f"{suite.where(f'policies[{i}]')}: {e}") from e
         if not any(p.name == "full" for p in self.policies):
             # FullKV is the reference for fidelity and for the report; it always runs
             self.policies.insert(0, resolve_policy("full"))

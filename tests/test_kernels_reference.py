@@ -62,8 +62,8 @@ def test_window_stats_matches_dense(G: int, w: int, prefix: int) -> None:
     torch.testing.assert_close(ent.double(), want_ent, rtol=1e-4, atol=1e-5)
 
 
-def _make_store(counts: list[int], D: int, headroom: int, g: torch.Generator, dtype=torch.float32) -> RaggedStore:
-    st = RaggedStore.empty(counts, D, dtype, "cpu", headroom=headroom)
+def _make_store(counts: list[int], D: int, headroom: int, g: torch.Generator) -> RaggedStore:
+    st = RaggedStore.empty(counts, D, torch.float32, "cpu", headroom=headroom)
     st.k.copy_(torch.randn(st.k.shape, generator=g))
     st.v.copy_(torch.randn(st.v.shape, generator=g))
     return st

@@ -122,7 +122,9 @@ def test_accumulated_attention(dtype: torch.dtype, G: int, D: int, strided: bool
     _close(got, want, atol=1e-4)
 
 
-def _ragged_inputs(dtype, G, D, strided, Q, g):
+def _ragged_inputs(
+    dtype: torch.dtype, G: int, D: int, strided: bool, Q: int, g: torch.Generator
+) -> tuple[torch.Tensor, RaggedStore]:
     counts = [0, 1, 2, 200, 65]  # empty, length 1, shorter than Q, several key blocks
     st = RaggedStore.empty(counts, D, dtype, "cpu", headroom=1)
     if strided:
