@@ -11,10 +11,11 @@ the test-suite sets process-wide before any kernel module is imported. Productio
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
+
+from ._triton import HAS_TRITON
 
 __all__ = ["BACKEND_ENV", "backend", "has_triton", "interpreting", "resolve"]
 
@@ -25,8 +26,8 @@ _VALID = ("torch", "triton")
 
 
 def has_triton() -> bool:
-    """True when the ``triton`` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package imported successfully."""
+    return HAS_TRITON
 
 
 def interpreting() -> bool:

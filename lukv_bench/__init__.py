@@ -5,4 +5,13 @@ Built-in policies live in :mod:`lukv_bench.policies`, the cache runtime's kernel
 ``kernels/`` folders.
 """
 
+from pathlib import Path as _Path
+
 __version__ = "0.1.0"
+
+# Imported straight from a source checkout (e.g. `python -m ...` in the repository root, which puts
+# the checkout before the installed package on sys.path), the top-level policies/ and kernels/
+# folders are not inside this package; let submodule lookup find them there too.
+_root = _Path(__file__).resolve().parent.parent
+if not (_Path(__file__).parent / "policies").is_dir() and (_root / "policies" / "__init__.py").is_file():
+    __path__.append(str(_root))  # noqa: F821 - __path__ is defined for packages
