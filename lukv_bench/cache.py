@@ -122,6 +122,27 @@ class RaggedCache(Cache):
         out = ragged_attention(query[0], store.k, store.v, store.starts, store.lens, scaling)
         return out.unsqueeze(0).transpose(1, 2)
 
+    def evict(self, layer_idx: int, keep: list[torch.Tensor]) -> None:
+        """Keep only the given segment positions (one int64 tensor per storage head) of a layer.
+
+        The layer gets a new, exactly sized store (evicted entries are freed, not masked); the
+        logical length is unchanged, so later tokens keep their true positions.
+        """
+        layer = self.layers[layer_idx]
+        old = layer.store
+        counts = [int(k.numel()) for k in keep]
+        device = old.k.device
+        rows = torch.cat([old.starts[s] + k.to(device) for s, k in enumerate(keep)]) if keep else old.lens[:0]
+        cu = torch.zeros(len(keep) + 1, dtype=torch.long, device=device)
+        cu[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.long, device=device), 0)
+        new = RaggedStore.empty(counts, old.k.shape[-1], old.k.dtype, device)
+        # the flat buffer seen as S identical "sequences" lets compact gather absolute rows
+        n_seg = len(keep)
+        src_k = old.k.unsqueeze(0).expand(n_seg, -1, -1)
+        src_v = old.v.unsqueeze(0).expand(n_seg, -1, -1)
+        compact(src_k, src_v, rows, cu, new.starts, new.k, new.v)
+        layer.store = new
+
     # -- bookkeeping ---------------------------------------------------------------------------
     def kv_bytes(self) -> int:
         """Bytes of K and V buffers actually allocated by this cache."""

@@ -29,6 +29,7 @@ class EngineSettings:
     storage: str = "kv"  #: "kv" (per KV head) or "query" (per query head, G x memory)
     gqa_reduce: str = "mean"  #: mean | max | sum over a GQA group's query heads
     h2o_block: int = 256  #: query block for H2O's chunked column sums
+    decode_every: int = 1  #: run a policy's decode-time eviction rule every k generated tokens
 
 
 @dataclass
@@ -176,6 +177,26 @@ class Engine:
             allocation_info=getattr(plan.allocation, "info", None),
         )
 
+    def decode_hook(self, policy, comp: Compressed):
+        """The decode-time eviction callback of ``policy`` (None if it has no decode rule).
+
+        Each layer and head is held at the size it had right after compression.
+        """
+        if getattr(policy, "decode_rule", None) is None:
+            return None
+        budgets = [list(layer.stored_tokens()) for layer in comp.cache.layers]
+        every = self.settings.decode_every
+
+        def hook(cache: RaggedCache, step: int) -> None:
+            if step % every:
+                return
+            for i, layer in enumerate(cache.layers):
+                keep = policy.decode_keep(layer.stored_tokens(), layer.logical_len, budgets[i])
+                if keep is not None:
+                    cache.evict(i, keep)
+
+        return hook
+
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def feed(self, cache: RaggedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -283,9 +304,14 @@ def sweep(
             comp = engine.compress(pre, policy, budget)
             mark = comp.cache.mark()
             first = engine.feed(comp.cache, tail)[-1] if tail else pre.last_logits
-            gen = engine.generate(comp.cache, first, max_new_tokens, eos_ids, stop)
-        comp.cache.rollback(mark)
-        return Outcome(policy, budget_spec, budget, comp, gen, mem.peak, None, None), comp.cache
+            hook = engine.decode_hook(policy, comp) if budget.tokens < pre.n else None
+            gen = engine.generate(comp.cache, first, max_new_tokens, eos_ids, stop, decode_hook=hook)
+        if hook is None:
+            comp.cache.rollback(mark)
+            cache = comp.cache
+        else:  # decode-time eviction dropped tokens a rollback cannot bring back: rebuild for fidelity
+            cache = engine.compress(pre, policy, budget).cache
+        return Outcome(policy, budget_spec, budget, comp, gen, mem.peak, None, None), cache
 
     ref, _ = run_one(full_policy, 1.0)
     ref_tokens, ref_logits = ref.generation.tokens, ref.generation.logits

@@ -101,7 +101,9 @@ class Runner:
         device = resolve_device(suite.device)
         lm = load_model(suite.model, dtype=suite.dtype, device=str(device))
         self._write_run_json(lm.name)
-        settings = EngineSettings(window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce)
+        settings = EngineSettings(
+            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
+        )
         engine = Engine(lm.model, lm.tokenizer, settings)
         chat = use_chat_template(lm.tokenizer, suite.chat_template)
         tasks = build_tasks(suite, tokenizer=lm.tokenizer)

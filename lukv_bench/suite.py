@@ -65,6 +65,7 @@ class Suite:
     compress: str = "prompt"  #: "prompt" (context+question compressed) or "context" (context only)
     chat_template: bool | str = "auto"  #: "auto": on when the tokenizer has a template
     window: int = 32  #: observation window (queries at the end of the compressed block)
+    decode_every: int = 1  #: run policies' decode-time eviction rule every k generated tokens
     storage: str = "kv"  #: "kv" or "query" (GQA storage mode)
     gqa_reduce: str = "mean"  #: "mean" | "max" | "sum"
     seed: int = 0
@@ -118,6 +119,7 @@ class Suite:
             "compress": self.compress,
             "chat_template": self.chat_template,
             "window": self.window,
+            "decode_every": self.decode_every,
             "storage": self.storage,
             "gqa_reduce": self.gqa_reduce,
             "seed": self.seed,
@@ -203,6 +205,7 @@ _TOP_KEYS = (
     "compress",
     "chat_template",
     "window",
+    "decode_every",
     "storage",
     "gqa_reduce",
     "seed",
@@ -558,6 +561,8 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         out["chat_template"] = data["chat_template"]
     if "window" in data and c.is_int("window", data["window"], minimum=1):
         out["window"] = data["window"]
+    if "decode_every" in data and c.is_int("decode_every", data["decode_every"], minimum=1):
+        out["decode_every"] = data["decode_every"]
     seed = 0
     if "seed" in data and c.is_int("seed", data["seed"]):
         out["seed"] = seed = data["seed"]
