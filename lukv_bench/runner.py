@@ -70,6 +70,14 @@ class Runner:
                 self.policies.append(resolve_policy(spec))
             except UserError as e:
                 raise type(e)(f"{suite.where(f'policies[{i}]')}: {e}") from e
+            # records are keyed by policy name: a second entry with the same name would be skipped
+            first = next(j for j, p in enumerate(self.policies) if p.name == self.policies[-1].name)
+            if first != i:
+                raise UserError(
+                    f"{suite.where(f'policies[{i}]')}: policy name {self.policies[-1].name!r} is already used by "
+                    f"policies[{first}] (results are keyed by name); give this variant its own name, e.g. "
+                    f"{{name: my-{self.policies[-1].name}, scorer: ..., allocator: ..., <params>}}"
+                )
         if not any(p.name == "full" for p in self.policies):
             # FullKV is the reference for fidelity and for the report; it always runs
             self.policies.insert(0, resolve_policy("full"))

@@ -9,8 +9,10 @@ KVCache-Factory's schedule, with ``C = B - w`` selectable tokens on average::
 Short inputs (``n < 2C``), ``C <= 0`` and ``L = 1`` fall back to uniform. Token selection is SnapKV.
 
 Total: flooring ``step`` makes the layer counts sum to slightly MORE than ``L * B`` (by less than
-``(L - 1) / 2`` tokens per layer on average); that is the reference behaviour. ``exact=True`` uses
-the unfloored schedule and largest remainders instead, so the total is exactly ``L * B``.
+``(L - 1) / 2`` tokens per layer on average) — up to ~20% more memory than the budget at small
+budgets on a 30-layer model. The default (``exact=True``) therefore uses the unfloored schedule and
+largest remainders, so the total is exactly ``L * B`` and comparisons run at equal memory;
+``exact=False`` reproduces the reference rounding.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class PyramidAllocator:
     """Arithmetic depth schedule (layer 0 largest); ``beta`` sets the smallest layer at ``C / beta``."""
 
     beta: float = 20.0
-    exact: bool = False
+    exact: bool = True
 
     name: ClassVar[str] = "pyramid"
     needs: ClassVar[frozenset[str]] = frozenset()

@@ -33,24 +33,65 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_example_plugin_registers_keynorm(tmp_path: Path) -> None:
-    source = tmp_path / "lukv-plugin-example"
+SUITE = """name: plugin
+model: tiny
+policies: [full, keynorm, {name: keynorm-sq, scorer: keynorm, allocator: uniform, power: 2.0}, snapkv]
+budgets: [0.25]
+tasks:
+  - {name: facts, type: jsonl, path: data.jsonl}
+generation: {max_new_tokens: 4}
+window: 8
+device: cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The example plugin pip-installed from a copy for this module's tests, uninstalled afterwards."""
+    source = tmp_path_factory.mktemp("plugin") / "lukv-plugin-example"
     shutil.copytree(EXAMPLE, source)  # pip builds in-tree: keep build/ and egg-info out of the repo
     installed = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(source))
     if installed.returncode != 0:
         installed = _pip("install", "--no-deps", str(source))
     assert installed.returncode == 0, installed.stderr
     try:
-        run = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr
-        out = json.loads(run.stdout.strip().splitlines()[-1])
-        assert out["policy"]["plugin"] == "lukv-plugin-example"
-        assert out["policy"]["scorer"] == "keynorm" and out["policy"]["allocator"] == "uniform"
-        assert out["scorer"]["plugin"] == "lukv-plugin-example"
-        assert out["scorer"]["params"] == {"power": 1.0}
-        assert out["broken"] == []
-        # lowest key norms: positions 1 (0.1) and 3 (0.5), plus the window (position 5)
-        assert out["kept"] == [1, 3, 5]
+        yield source
     finally:
         _pip("uninstall", "-y", "lukv-plugin-example")
+
+
+@pytest.mark.slow
+def test_example_plugin_registers_keynorm(installed: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["policy"]["plugin"] == "lukv-plugin-example"
+    assert out["policy"]["scorer"] == "keynorm" and out["policy"]["allocator"] == "uniform"
+    assert out["scorer"]["plugin"] == "lukv-plugin-example"
+    assert out["scorer"]["params"] == {"power": 1.0}
+    assert out["broken"] == []
+    # lowest key norms: positions 1 (0.1) and 3 (0.5), plus the window (position 5)
+    assert out["kept"] == [1, 3, 5]
+
+
+@pytest.mark.slow
+def test_example_plugin_runs_in_a_suite(installed: Path, tmp_path: Path) -> None:
+    """``lukv-bench run`` with the plugin's policy (twice, with a param) writes its records."""
+    row = {"id": "q1", "context": "The key is under the blue mat by the door. " * 5, "question": "Where?",
+           "answers": ["mat"]}
+    (tmp_path / "data.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    cli = [sys.executable, "-c", "from lukv_bench.cli import main; main()"]
+    run = subprocess.run([*cli, "run", "suite.yaml", "--out", "out", "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["policy"] for r in recs) == ["full", "keynorm", "keynorm-sq", "snapkv"]
+    mine = sorted((r for r in recs if r["policy"].startswith("keynorm")), key=lambda r: r["policy"])
+    assert [r["policy_params"]["power"] for r in mine] == [1.0, 2.0]
+    for r in mine:
+        assert abs(r["kv_bytes"] / r["kv_bytes_full"] - 0.25) <= 0.01
+        assert r["kl_mean"] is not None and r["kl_mean"] >= 0 and r["new_tokens"] >= 1
+    # power only sharpens the ranking: the same tokens are kept, so the outputs are identical
+    assert mine[0]["prediction"] == mine[1]["prediction"] and mine[0]["kl_mean"] == mine[1]["kl_mean"]
+    assert "keynorm" in (tmp_path / "out" / "report.md").read_text()

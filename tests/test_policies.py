@@ -156,7 +156,8 @@ def test_pyramid_schedule_l4_by_hand() -> None:
     # exact: 36, 25.33, 14.67, 4 -> largest remainder to 80
     assert pyramid_schedule(4, 20, 4, 100, beta=20, exact=True) == [36, 25, 15, 4]
     stats = make_stats(n_layers=4, n=100)
-    assert PyramidAllocator().allocate(stats, 20, 4, []).per_layer == [36, 26, 16, 6]
+    assert PyramidAllocator(exact=False).allocate(stats, 20, 4, []).per_layer == [36, 26, 16, 6]
+    assert PyramidAllocator().allocate(stats, 20, 4, []).per_layer == [36, 25, 15, 4]  # default: exact
 
 
 def _lu_stats(n: int) -> PrefillStats:
@@ -334,8 +335,6 @@ def test_every_budget_gives_valid_keep_sets(name: str, storage: str) -> None:
         per_layer = plan.allocation.per_layer
         if name == "full":
             assert per_layer == [n] * 4
-        elif name == "pyramidkv":
-            assert sum(per_layer) >= 4 * budget
         else:
             assert sum(per_layer) == 4 * budget
         for layer, keep in enumerate(plan.keep):

@@ -1,0 +1,255 @@
+"""lm-eval integration on the tiny random model: exactness, shared prefill, records and resume.
+
+Local lm-eval tasks are built from a YAML and a small JSONL in ``tmp_path`` (no hub, no built-in
+task index). The tiny model has random weights and a byte tokenizer, so scores are meaningless;
+what is checked is that the numbers equal an uncompressed computation and that the bookkeeping
+(one prefill per shared context, one record per (doc, policy, budget), resume) is right.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from lukv_bench.engine import Engine  # noqa: E402
+from lukv_bench.lm_eval_model import LukvEvalLM, _sample_score, run_lm_eval  # noqa: E402
+from lukv_bench.registry import resolve_policy  # noqa: E402
+from lukv_bench.results import ResultsWriter, read_records  # noqa: E402
+from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig  # noqa: E402
+
+MC_DOCS = [
+    {"question": "Question: what colour is the sky on a clear day at noon?\nAnswer:",
+     "choices": ["blue", "green", "red"], "label": 0},
+    {"question": "Question: how many legs does a spider have, counting all of them?\nAnswer:",
+     "choices": ["six", "eight", "ten", "four"], "label": 1},
+    {"question": "Question: which one of these is a prime number, if any?\nAnswer:",
+     "choices": ["nine", "seven"], "label": 1},
+]
+GEN_DOCS = [
+    {"prompt": "The pass key is 4821. Remember it. Some filler text follows here. The pass key is", "answer": "4821"},
+    {"prompt": "Alice lives in Paris and Bob lives in Rome. More filler text here. Bob lives in", "answer": "Rome"},
+]
+
+MC_YAML = """task: lukv_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+
+GEN_YAML = """task: lukv_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+metadata:
+  version: 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the two task YAMLs; data_files are absolute (lm-eval resolves them against the CWD)."""
+    d = tmp_path_factory.mktemp("lm_eval_tasks")
+    for name, docs, yaml in (("mc", MC_DOCS, MC_YAML), ("gen", GEN_DOCS, GEN_YAML)):
+        data = d / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+        (d / f"{name}.yaml").write_text(yaml.format(path=json.dumps(str(data.resolve()))))
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(tiny: Any) -> Engine:
+    """An engine over the session's tiny model."""
+    return Engine(tiny.model, tiny.tokenizer)
+
+
+@pytest.fixture
+def prefills(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts Engine.prefill calls (the prompt length of each)."""
+    calls: list[int] = []
+    real = Engine.prefill
+
+    def counting(self: Engine, input_ids: torch.Tensor, needs: Any = ()) -> Any:
+        calls.append(int(input_ids.shape[1]))
+        return real(self, input_ids, needs)
+
+    monkeypatch.setattr(Engine, "prefill", counting)
+    return calls
+
+
+def _settings(full_only_budget: float = 1.0, budget: Any = 1.0) -> tuple[list[tuple[Any, Any]], Any]:
+    full = resolve_policy("full")
+    return [(full, full_only_budget), (resolve_policy("snapkv"), budget),
+            (resolve_policy("layer-uncertainty"), budget)], full
+
+
+def _reference_loglik(model: torch.nn.Module, tok: Any, context: str, continuation: str) -> float:
+    """Sum of log-softmax of the continuation tokens from one plain forward over context + continuation."""
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([whole])).logits[0].float()
+    logp = torch.log_softmax(logits[len(ctx) - 1 : len(whole) - 1], -1)
+    return float(logp.gather(1, torch.tensor(whole[len(ctx):])[:, None]).sum())
+
+
+def _ll_requests(docs: list[dict[str, Any]]) -> list[Instance]:
+    reqs = []
+    for d, doc in enumerate(docs):
+        for i, choice in enumerate(doc["choices"]):
+            reqs.append(Instance("loglikelihood", doc, (doc["question"], " " + choice), i,
+                                 metadata=("lukv_mc", d, 1)))
+    return reqs
+
+
+def test_loglikelihood_at_full_budget_matches_plain_forward(engine: Engine, prefills: list[int]) -> None:
+    settings, full = _settings(budget=1.0)
+    lm = LukvEvalLM(engine, settings, full, chat=False)
+    reqs = _ll_requests(MC_DOCS)
+    per_setting = [lm.use(i).loglikelihood(reqs) for i in range(len(settings))]
+    assert len(prefills) == len(MC_DOCS)  # one prefill per shared context, reused by every setting
+    for r, *answers in zip(reqs, *per_setting):
+        want = _reference_loglik(engine.model, engine.tokenizer, *r.args)
+        for got, _greedy in answers:
+            assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_loglikelihood_compressed_differs_and_keeps_fewer_tokens(engine: Engine) -> None:
+    settings, full = _settings(budget=0.3)
+    lm = LukvEvalLM(engine, settings, full, chat=False)
+    reqs = _ll_requests(MC_DOCS[:1])
+    full_ll = [a for a, _ in lm.use(0).loglikelihood(reqs)]
+    comp_ll = [a for a, _ in lm.use(1).loglikelihood(reqs)]
+    assert full_ll != pytest.approx(comp_ll, abs=1e-6)
+    st = lm.doc_stats("lukv_mc", 0)
+    assert st is not None and st[1].kv_bytes < st[0].kv_bytes == st[0].kv_bytes_full
+
+
+def test_loglikelihood_rolling_matches_uncompressed(engine: Engine) -> None:
+    settings, full = _settings(budget=0.3)
+    tok = engine.tokenizer
+    text = "A short document whose perplexity is computed without any eviction at all."
+    req = Instance("loglikelihood_rolling", {}, (text,), 0, metadata=("roll", 0, 1))
+    ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([ids])).logits[0].float()
+    want = float(torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None]).sum())
+    lm = LukvEvalLM(engine, settings, full, chat=False)
+    assert lm.use(1).loglikelihood_rolling([req])[0] == pytest.approx(want, abs=1e-4)
+    # windows shorter than the document: each window scored from scratch, one token of overlap
+    win = 16
+    short = LukvEvalLM(engine, settings, full, chat=False, max_length=win)
+    want_win = 0.0
+    for start in range(1, len(ids), win):
+        chunk = ids[start - 1 : start + win - 1]
+        with torch.no_grad():
+            lg = engine.model(torch.tensor([chunk])).logits[0].float()
+        target = torch.tensor(ids[start : start + win])
+        want_win += float(torch.log_softmax(lg[: len(target)], -1).gather(1, target[:, None]).sum())
+    assert short.loglikelihood_rolling([req])[0] == pytest.approx(want_win, abs=1e-4)
+
+
+def test_generate_until_stops_and_shares_prefill(engine: Engine, prefills: list[int]) -> None:
+    settings, full = _settings(budget=0.5)
+    lm = LukvEvalLM(engine, settings, full, chat=False)
+    reqs = [Instance("generate_until", doc, (doc["prompt"], {"until": ["\n"], "max_gen_toks": 5}), 0,
+                     metadata=("lukv_gen", d, 1)) for d, doc in enumerate(GEN_DOCS)]
+    outs = [lm.use(i).generate_until(reqs) for i in range(len(settings))]
+    assert len(prefills) == len(GEN_DOCS)
+    for per_setting in outs:
+        assert all(isinstance(t, str) and "\n" not in t for t in per_setting)
+    st = lm.doc_stats("lukv_gen", 0)
+    assert st is not None and all(0 < s.new_tokens <= 5 for s in st)
+    assert st[0].kl_mean is None and st[1].kl_mean is not None  # FullKV is the fidelity reference
+
+
+def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
+    from lukv_bench.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+        "{% if not (loop.last and continue_final_message) %}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    settings, full = _settings()
+    lm = LukvEvalLM(Engine(engine.model, tok), settings, full)
+    chat = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "The answer is"}]
+    assert lm.apply_chat_template(chat, add_generation_prompt=False).endswith("The answer is")
+    assert lm.apply_chat_template(chat[:1]).endswith("<assistant>")
+
+
+def test_sample_score_picks_ruler_length() -> None:
+    sample = {"metrics": ["4096", "1024"], "4096": -1.0, "1024": 0.5, "doc": {"max_length": 1024}}
+    assert _sample_score(sample) == ("1024", 0.5)
+    assert _sample_score({"metrics": ["acc", "acc_norm"], "acc": 1.0, "acc_norm": 0.0}) == ("acc", 1.0)
+
+
+def test_run_lm_eval_records_and_resume(engine: Engine, tasks_dir: Path, tmp_path: Path,
+                                        prefills: list[int]) -> None:
+    settings, full = _settings(budget=0.4)
+    cfg = LmEvalTaskConfig(name="local", tasks=["lukv_mc", "lukv_gen"], include_path=str(tasks_dir))
+    out = tmp_path / "out"
+    base = {"seed": 0, "compress_mode": "prompt", "window": engine.settings.window, "storage": "kv",
+            "gqa_reduce": "mean", "versions": {}, "meta": {}}
+    run_lm_eval(cfg, engine, "tiny", "", settings, full, ResultsWriter(out), base, chat=False)
+    assert len(prefills) == len(MC_DOCS) + len(GEN_DOCS)  # once per doc, for every setting
+    recs = list(read_records(out / "results.jsonl"))
+    keys = {(r["task"], r["sample_id"], r["policy"], json.dumps(r["budget"])) for r in recs}
+    want = {(f"local/{t}", str(d), p.name, json.dumps(b))
+            for t, n in (("lukv_mc", len(MC_DOCS)), ("lukv_gen", len(GEN_DOCS)))
+            for d in range(n) for p, b in settings}
+    assert keys == want and len(recs) == len(want)
+    for r in recs:
+        assert r["score"] in (0.0, 1.0)
+        assert r["metric"] == ("acc" if r["task"].endswith("mc") else "exact_match")
+        assert r["kv_bytes"] > 0 and r["kv_bytes_full"] > 0 and r["context_tokens"] > 0
+        assert (r["kv_bytes"] < r["kv_bytes_full"]) == (r["policy"] != "full")
+        assert r["prefill_s"] is not None and r["compress_s"] is not None
+        assert "local files" in r["data_source"] and r["meta"]["lm_eval_task"] in r["task"]
+    mc0 = next(r for r in recs if r["task"] == "local/lukv_mc" and r["sample_id"] == "0" and r["policy"] == "full")
+    assert mc0["answers"] == ["blue"] and mc0["prediction"] in MC_DOCS[0]["choices"]
+    gen = [r for r in recs if r["task"] == "local/lukv_gen"]
+    assert all(r["new_tokens"] > 0 and r["answers"] in (["4821"], ["Rome"]) for r in gen)
+    assert all(r["kl_mean"] is not None for r in gen if r["policy"] != "full")
+
+    # a rerun finds everything done: no prefill, no new records
+    prefills.clear()
+    run_lm_eval(cfg, engine, "tiny", "", settings, full, ResultsWriter(out), base, chat=False)
+    assert prefills == []
+    assert len(list(read_records(out / "results.jsonl"))) == len(recs)
+
+    # a new setting runs alone: only its records are added
+    more = [*settings, (resolve_policy("pyramidkv"), 0.4)]
+    run_lm_eval(cfg, engine, "tiny", "", more, full, ResultsWriter(out), base, chat=False)
+    recs2 = list(read_records(out / "results.jsonl"))
+    assert len(recs2) == len(recs) + len(MC_DOCS) + len(GEN_DOCS)
+    assert {r["policy"] for r in recs2[len(recs):]} == {"pyramidkv"}
