@@ -72,7 +72,9 @@ def test_every_builtin_on_real_text(model) -> None:
     lm, tok = model.model, model.tokenizer
     eng = Engine(lm, tok)  # default window 32
     ids = torch.tensor([reference_text_ids(tok, 600)])
-    policies = [resolve_policy(p) for p in BUILTINS] + [resolve_policy({"name": "pyramidkv-ref", "scorer": "snapkv", "allocator": "pyramid", "exact": False})]
+    policies = [resolve_policy(p) for p in BUILTINS] + [
+        resolve_policy({"name": "pyramidkv-ref", "scorer": "snapkv", "allocator": "pyramid", "exact": False})
+    ]
     pre = eng.prefill(ids, set().union(*(p.needs for p in policies)))
     n_layers = len(pre.keys)
     probe = tok(" The", add_special_tokens=False)["input_ids"] * 2
