@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from lukv_bench.kernels import attention_mass_budget
 from lukv_bench.policies._allocation import proportional_split
 from lukv_bench.policies._checks import check_range
 
@@ -29,12 +30,9 @@ def minimum_budget(attention: torch.Tensor, tau: float) -> torch.Tensor:
     """MBA per row of [H, n] ``attention``: fewest tokens whose attention reaches ``tau`` of the row.
 
     The threshold is ``tau`` times the row's own total, so rows that do not sum exactly to 1 (float
-    error) still give ``MBA = n`` at ``tau = 1``.
+    error) still give ``MBA = n`` at ``tau = 1``. Computed by the kernels' ``attention_mass_budget``.
     """
-    ranked = torch.sort(attention.float(), dim=-1, descending=True).values
-    cum = torch.cumsum(ranked, dim=-1)
-    below = (cum < tau * cum[:, -1:]).sum(-1)
-    return (below + 1).clamp(max=attention.shape[-1])
+    return attention_mass_budget(attention.float(), tau)
 
 
 def layer_minimum_budget(layer: LayerStats, tau: float) -> float:
