@@ -89,17 +89,11 @@ def lukv_attention(
     return out.transpose(1, 2), None
 
 
-def _sdpa_mask(*args, **kwargs):
-    """Mask builder for the ``lukv`` implementation: defer to SDPA's own, which knows padding."""
-    from transformers.masking_utils import sdpa_mask
-
-    return sdpa_mask(*args, **kwargs)
-
-
 def register() -> None:
     """Register the ``lukv`` attention function (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, lukv_attention)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _sdpa_mask)
+    # masks as for SDPA (the fallback path uses them; capture and ragged attention are causal by design)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from lukv_bench.errors import ConfigError
+from lukv_bench.kernels import group_reduce
 
 #: Statistics a scorer/allocator may ask the capture step for (``needs``).
 WINDOW = "window"  # window attention sums (always captured; cheap)
@@ -90,14 +91,9 @@ class PrefillStats:
         """Reduce a [Hq, n] per-query-head score to storage heads [S, n] (identity in query mode)."""
         if self.storage == "query":
             return per_query_head
-        g = per_query_head.view(self.n_kv_heads, self.group, -1)
-        if self.gqa_reduce == "mean":
-            return g.mean(1)
-        if self.gqa_reduce == "max":
-            return g.amax(1)
-        if self.gqa_reduce == "sum":
-            return g.sum(1)
-        raise ConfigError(f"gqa_reduce must be one of mean, max, sum (got {self.gqa_reduce!r})")
+        if self.gqa_reduce not in ("mean", "max", "sum"):
+            raise ConfigError(f"gqa_reduce must be one of mean, max, sum (got {self.gqa_reduce!r})")
+        return group_reduce(per_query_head, self.n_kv_heads, self.gqa_reduce)
 
 
 @dataclass
