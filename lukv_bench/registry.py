@@ -13,6 +13,7 @@ import difflib
 import json as _json
 import types
 import typing
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -433,6 +434,8 @@ class Policy:
     plugin: str = ""  #: plugin that registered the policy ("" for a custom combination)
     #: decode-time eviction rule: None (append only) or "streaming" (sinks + most recent at the budget)
     decode_rule: str | None = None
+    #: scores of the last prefill seen: they do not depend on the budget, so a sweep scores once
+    _last_scores: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -469,6 +472,18 @@ class Policy:
             cu = torch.arange(n_heads + 1, dtype=torch.long, device=everything.device) * n
             keep = [KeepSet(indices=everything.clone(), cu_seqlens=cu.clone()) for _ in range(n_layers)]
             return Plan(allocation=Allocation(per_layer=[n] * n_layers), keep=keep)
+        scores = self._scores(stats)
+        allocation = self.allocator.allocate(stats, tokens, window, scores)
+        self._check(allocation, stats, tokens)
+        return Plan(
+            allocation=allocation, keep=select_all(scores, allocation, self.sinks, window), scores=scores
+        )
+
+    def _scores(self, stats: PrefillStats) -> list[torch.Tensor]:
+        """The scorer's [S, n] scores per layer, computed once per prefill (budgets share them)."""
+        if self._last_scores is not None and self._last_scores[0]() is stats:
+            return self._last_scores[1]
+        n, n_heads = stats.n, stats.n_storage_heads
         scores = [self.scorer.score(layer, stats) for layer in stats.layers]
         for layer, s in enumerate(scores):
             if tuple(s.shape) != (n_heads, n):
@@ -476,11 +491,8 @@ class Policy:
                     f"scorer {self.scorer_name!r} returned shape {tuple(s.shape)} for layer {layer}; "
                     f"expected [{n_heads}, {n}]"
                 )
-        allocation = self.allocator.allocate(stats, tokens, window, scores)
-        self._check(allocation, stats, tokens)
-        return Plan(
-            allocation=allocation, keep=select_all(scores, allocation, self.sinks, window), scores=scores
-        )
+        self._last_scores = (weakref.ref(stats), scores)
+        return scores
 
     def _check(self, alloc: Allocation, stats: PrefillStats, tokens: int) -> None:
         n, n_layers, n_heads = stats.n, stats.n_layers, stats.n_storage_heads
