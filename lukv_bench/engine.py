@@ -146,6 +146,16 @@ class Engine:
             peak_mem_bytes=mem.peak,
         )
 
+    def eos_ids(self) -> list[int]:
+        """Token ids that end generation: the generation config's, else the tokenizer's EOS."""
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
     def _storage_view(self, x: torch.Tensor) -> torch.Tensor:
         """[Hkv, n, D] -> storage heads (a repeated copy in query-head mode)."""
         if self.settings.storage == "query":

@@ -56,6 +56,16 @@ class RequestStats:
     prefill_peak_mem_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, pre, comp, budget, **more: Any) -> RequestStats:
+        """Figures of one compressed cache (``comp``) built from prefill ``pre`` at ``budget``."""
+        return cls(
+            context_tokens=pre.n, kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full,
+            layer_budgets=comp.layer_budgets, prefill_s=pre.prefill_s, compress_s=comp.compress_s,
+            budget_ratio=budget.ratio, budget_tokens_mean=budget.tokens, head_budgets=comp.head_budgets,
+            allocation_info=comp.allocation_info, prefill_peak_mem_bytes=pre.peak_mem_bytes, **more,
+        )
+
 
 Setting = tuple[Any, Any]  #: (policy, budget spec)
 
@@ -152,15 +162,6 @@ class LukvEvalLM(LM):
         ctx = self._encode(context)
         return ctx, whole[len(ctx):]
 
-    def _eos(self) -> list[int]:
-        gen = getattr(self.engine.model, "generation_config", None)
-        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-        if eos is None:
-            eos = self.engine.tokenizer.eos_token_id
-        if eos is None:
-            return []
-        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-
     def _truncate(self, ids: list[int], room: int) -> list[int]:
         """Left-truncate ``ids`` so that ``room`` more tokens fit in the context window."""
         keep = max(1, self.max_length - room)
@@ -245,12 +246,8 @@ class LukvEvalLM(LM):
                     total = float(logp.gather(1, target[:, None]).sum())
                     greedy = bool((logits.argmax(-1) == target).all())
                     answers[i].append((total, greedy))
-                stats[i].append(RequestStats(
-                    context_tokens=pre.n, kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full,
-                    layer_budgets=comp.layer_budgets, prefill_s=pre.prefill_s, compress_s=comp.compress_s,
-                    budget_ratio=budget.ratio, budget_tokens_mean=budget.tokens, head_budgets=comp.head_budgets,
-                    allocation_info=comp.allocation_info, prefill_peak_mem_bytes=pre.peak_mem_bytes,
-                    extra={"continuation_tokens": len(cont), "group_size": len(items)},
+                stats[i].append(RequestStats.of(
+                    pre, comp, budget, extra={"continuation_tokens": len(cont), "group_size": len(items)}
                 ))
         for (key, _), a, s in zip(items, answers, stats):
             self._answers[key] = a
@@ -278,17 +275,13 @@ class LukvEvalLM(LM):
             ctx_ids = self._truncate(ctx_ids, max_toks)
             answers, stats = [], []
             for pre, out in sweep(self.engine, ctx_ids, [], self.settings, self.full_policy, compress="prompt",
-                                  max_new_tokens=max_toks, eos_ids=self._eos(), stop=until):
+                                  max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until):
                 comp, gen = out.compressed, out.generation
                 answers.append(gen.text)
-                stats.append(RequestStats(
-                    context_tokens=pre.n, kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full,
-                    layer_budgets=comp.layer_budgets, prefill_s=pre.prefill_s, compress_s=comp.compress_s,
-                    decode_s=gen.decode_s, new_tokens=len(gen.tokens), kl_mean=out.kl_mean,
-                    greedy_agreement=out.greedy_agreement, budget_ratio=out.budget.ratio,
-                    budget_tokens_mean=out.budget.tokens, head_budgets=comp.head_budgets,
-                    allocation_info=comp.allocation_info, peak_mem_bytes=out.peak_mem_bytes,
-                    prefill_peak_mem_bytes=pre.peak_mem_bytes, extra={"stopped": gen.stopped},
+                stats.append(RequestStats.of(
+                    pre, comp, out.budget, decode_s=gen.decode_s, new_tokens=len(gen.tokens),
+                    kl_mean=out.kl_mean, greedy_agreement=out.greedy_agreement,
+                    peak_mem_bytes=out.peak_mem_bytes, extra={"stopped": gen.stopped},
                 ))
             self._answers[key] = answers
             self._req_stats[key] = stats

@@ -153,12 +153,6 @@ class Runner:
             {"model": model, "task": task.name, "sample_id": sample.id, "policy": policy.name, "budget": budget}
         )
 
-    def _eos(self, engine: Engine) -> list[int]:
-        eos = engine.model.generation_config.eos_token_id if engine.model.generation_config else None
-        if eos is None:
-            eos = engine.tokenizer.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
-
     def _run_sample(self, engine, model_name, task, sample, todo, chat, bar) -> None:
         suite = self.suite
         ids = build_prompt(engine.tokenizer, sample, chat)
@@ -166,7 +160,7 @@ class Runner:
         inner = tqdm(total=len(todo), desc=f"{task.name}:{sample.id}", leave=False, disable=not self.progress)
         outcomes = sweep(
             engine, ids.context, ids.question, todo, full, compress=suite.compress,
-            max_new_tokens=suite.max_new_tokens, eos_ids=self._eos(engine), stop=suite.stop,
+            max_new_tokens=suite.max_new_tokens, eos_ids=engine.eos_ids(), stop=suite.stop,
         )
         for pre, out in outcomes:
             comp, gen = out.compressed, out.generation
