@@ -6,6 +6,7 @@ same command skips what is done. ``OUT/run.json`` holds the suite and the softwa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -24,6 +25,7 @@ from lukv_bench.results import ResultsWriter, record_key
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     """Versions of the software that produced a result."""
     import transformers
