@@ -4,7 +4,7 @@ A *policy* is a named combination of a **scorer** (how important each cached pro
 storage head) and an **allocator** (how many tokens each layer — and optionally each head — keeps),
 plus always-kept tokens (attention sinks, the recent window) and an optional decode-time rule.
 
-Budgets are *mean tokens per layer, including the always-kept window* (see docs/policies.md §0).
+Budgets are *mean tokens per layer, including the always-kept window* (see docs/policies.md §2.3).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def register_allocators(register: Callable[[str, type], None]) -> None:
 
 @hookimpl
 def register_policies(register: Callable[[Any], None]) -> None:
-    """The built-in policies (policies.md)."""
+    """The built-in policies (docs/policies.md §1)."""
     register(
         PolicySpec("full", "recency", "full", "FullKV: no eviction (the reference)", aliases=("fullkv",))
     )

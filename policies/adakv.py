@@ -1,4 +1,4 @@
-"""AdaKV (policies.md §6): head-wise budgets inside a layer from a flattened top-k over heads.
+"""AdaKV (docs/policies.md §9): head-wise budgets inside a layer from a flattened top-k over heads.
 
 Per layer with ``C = B - w`` selectable tokens per head: optionally rescale each head's prefix
 scores by ``rho_h = (sum of its top-C scores) / (sum of all its scores)``, take the global top

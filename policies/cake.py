@@ -1,4 +1,4 @@
-"""CAKE (policies.md §7.1): layer budgets from attention dispersion and shift; a mean+variance indicator.
+"""CAKE (docs/policies.md §11): layer budgets from attention dispersion and shift; a mean+variance indicator.
 
 Per layer, over the window queries and prefix keys ``j < n - w``:
 

@@ -1,4 +1,4 @@
-"""H2O, prefill-only form (policies.md §2): keep the heavy hitters of the whole causal attention.
+"""H2O, prefill-only form (docs/policies.md §6): keep the heavy hitters of the whole causal attention.
 
 ``S(j) = sum_{i >= j} A[i, j]`` over every prompt query (``LayerStats.acc_attn``), reduced to
 storage heads. ``normalize=True`` divides by the number of queries that see token j, ``n - j``

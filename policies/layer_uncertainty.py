@@ -1,4 +1,4 @@
-"""Layer-uncertainty allocation, i.e. ZigZagKV (policies.md §1.2, Variant A).
+"""Layer-uncertainty allocation, i.e. ZigZagKV (docs/policies.md §10).
 
 Per layer ``l`` and query head ``h``, with ``abar`` the window-averaged attention over all ``n`` keys:
 

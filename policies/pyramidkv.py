@@ -1,4 +1,4 @@
-"""PyramidKV (policies.md §4): per-layer budgets decreasing arithmetically with depth.
+"""PyramidKV (docs/policies.md §8): per-layer budgets decreasing arithmetically with depth.
 
 KVCache-Factory's schedule, with ``C = B - w`` selectable tokens on average::
 

@@ -1,4 +1,4 @@
-"""SnapKV (policies.md §3): the window queries vote for prefix tokens, votes are pooled, top-k kept.
+"""SnapKV (docs/policies.md §7): the window queries vote for prefix tokens, votes are pooled, top-k kept.
 
 ``s_h(j) = pool(sum_{i in W} A_h[i, j])`` for prefix tokens ``j < n - w``, computed per query head
 and then reduced to storage heads (``stats.to_storage``). Window tokens are always kept by the

@@ -1,4 +1,4 @@
-"""StreamingLLM (policies.md §5): attention sinks plus the most recent tokens.
+"""StreamingLLM (docs/policies.md §5): attention sinks plus the most recent tokens.
 
 The recency scorer ranks tokens by position, so with ``sinks`` always kept the selection is
 "first ``sinks`` + newest ``B - sinks``". During long decoding the same rule keeps each head at its
