@@ -11,7 +11,7 @@
 """
 
 from .accumulated import accumulated_attention
-from .append import RaggedStore, append, truncate
+from .append import RaggedStore, append, reserve, truncate
 from .compact import compact
 from .dispatch import backend, interpreting
 from .ragged_attention import ragged_attention
@@ -27,6 +27,7 @@ __all__ = [
     "group_reduce",
     "interpreting",
     "ragged_attention",
+    "reserve",
     "truncate",
     "window_stats",
 ]

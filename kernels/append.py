@@ -7,7 +7,7 @@ import torch
 from ._triton import HAS_TRITON, next_pow2, tl, triton
 from .dispatch import resolve
 
-__all__ = ["RaggedStore", "append", "append_torch", "truncate"]
+__all__ = ["RaggedStore", "append", "append_torch", "reserve", "truncate"]
 
 _MIN_GROW = 16  # extra rows per segment on regrowth, at least
 
@@ -83,6 +83,13 @@ def _regrow(store: RaggedStore, Q: int) -> RaggedStore:
     return RaggedStore(k=k, v=v, starts=starts, lens=lens.clone(), caps=caps)
 
 
+def reserve(store: RaggedStore, Q: int) -> RaggedStore:
+    """``store`` if every segment has room for ``Q`` more tokens, else a regrown copy that has (one sync)."""
+    if Q > 0 and bool((store.lens + Q > store.caps).any()):
+        return _regrow(store, Q)
+    return store
+
+
 def append_torch(store: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
     """Torch path of the in-place write of :func:`append` (assumes every segment has room)."""
     S, Q, D = new_k.shape
@@ -106,8 +113,7 @@ def append(store: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor, backend
         raise ValueError(f"new tokens {tuple(new_k.shape)} vs {store.n_segments} segments of width {D}")
     if Q == 0:
         return store
-    if bool((store.lens + Q > store.caps).any()):
-        store = _regrow(store, Q)
+    store = reserve(store, Q)
     if resolve(backend, store.k, new_k, new_v) == "torch":
         append_torch(store, new_k, new_v)
     else:

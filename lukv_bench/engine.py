@@ -1,15 +1,16 @@
-"""Prefill once, compress many: the engine that evaluates policies and budgets on one sample.
+"""Prefill once, compress many, decode together: the engine that evaluates settings on one sample.
 
 One prefill runs with the :class:`~lukv_bench.capture.Capture` attention and keeps the full K/V
-plus the statistics every policy needs. Each (policy, budget) then builds its compressed
-:class:`~lukv_bench.cache.RaggedCache` from that capture — no second prefill — and decodes or
-scores continuations on it.
+plus the statistics every policy needs. Every (policy, budget) *setting* then builds its compressed
+cache from that capture — no second prefill — into one batched
+:class:`~lukv_bench.cache.RaggedCache`, and all settings decode together: one model forward per
+step for the whole sweep of a sample (:func:`sweep`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from lukv_bench import capture as capture_mod
 from lukv_bench.cache import RaggedCache
 from lukv_bench.memory import PeakMemory
 from lukv_bench.policy import ACCUMULATED, Budget, LayerStats, PrefillStats
+from lukv_bench.selection import KeepSet
 
 
 @dataclass
@@ -56,32 +58,41 @@ class Prefill:
 
 @dataclass
 class Compressed:
-    """A compressed cache and what it cost."""
+    """What compressing the prefill for one setting kept and cost (the cache itself is shared)."""
 
-    cache: RaggedCache
     policy: str
     budget: Budget
+    keep: list[KeepSet]  #: kept prompt positions per layer (to rebuild the cache)
     layer_budgets: list[int]  #: tokens kept per layer (mean over storage heads, rounded)
     head_budgets: list[list[int]] | None  #: per layer and head when heads differ
-    kv_bytes: int
-    kv_bytes_full: int
-    compress_s: float
+    kv_bytes: int  #: bytes of this setting's compressed K/V, measured from the cache's buffers
+    kv_bytes_full: int  #: bytes of the uncompressed (FullKV) cache of the same prompt
+    compress_s: float  #: planning (scoring, allocation, selection) + this setting's share of the gather
     allocation_info: dict | None = None
+
+    @property
+    def kept_tokens_mean(self) -> float:
+        """Mean tokens kept per layer and storage head (what the budget became)."""
+        return sum(sum(c) / len(c) for c in (ks.counts for ks in self.keep)) / max(1, len(self.keep))
 
 
 @dataclass
 class Generation:
-    """Greedy decoding output."""
+    """Greedy decoding output of one setting."""
 
     tokens: list[int]
     logits: torch.Tensor  #: [m, V] the logits each token was chosen from
-    decode_s: float
+    decode_s: float  #: this setting's share of the batched decode steps it took part in
     text: str = ""
     stopped: str = field(default="length")  #: "eos", "stop" or "length"
 
 
+#: a decode-time eviction callback: ``hook(cache, setting, step)`` after each appended token
+DecodeHook = Callable[[RaggedCache, int, int], None]
+
+
 class Engine:
-    """Runs capture prefills, compression and decoding for one loaded model."""
+    """Runs capture prefills, batched compression and batched decoding for one loaded model."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, settings: EngineSettings | None = None):
         self.model = model
@@ -94,6 +105,7 @@ class Engine:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_q_heads = cfg.num_attention_heads
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.device = next(model.parameters()).device
 
     # -- prefill ---------------------------------------------------------------------------------
@@ -101,7 +113,7 @@ class Engine:
     def prefill(self, input_ids: torch.Tensor, needs: Sequence[str] = ()) -> Prefill:
         """One forward pass over the prompt with capture; ``needs`` may include ``"accumulated"``."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-            raise ValueError("lukv-bench evaluates batch size 1: pass input_ids of shape [1, n]")
+            raise ValueError("a prefill takes one prompt: pass input_ids of shape [1, n]")
         input_ids = input_ids.to(self.device)
         cap = capture_mod.Capture(
             window=self.settings.window, accumulated=ACCUMULATED in needs, block=self.settings.h2o_block
@@ -164,58 +176,84 @@ class Engine:
 
     # -- compression -----------------------------------------------------------------------------
     @torch.no_grad()
-    def compress(self, pre: Prefill, policy, budget: Budget) -> Compressed:
-        """Build ``policy``'s compressed cache at ``budget`` from the captured prefill."""
+    def compress(
+        self, pre: Prefill, settings: Sequence[tuple[object, Budget]], headroom: int = 0
+    ) -> tuple[RaggedCache, list[Compressed]]:
+        """Build the compressed caches of ``settings`` ((policy, budget) pairs) as one batched cache.
+
+        ``headroom`` free rows per segment hold tokens appended later (question, answer). Each
+        setting's figures are its own: ``kv_bytes`` counts only its kept tokens, exactly what a
+        cache holding that setting alone would allocate.
+        """
+        window = pre.stats.layers[0].window if pre.stats.layers else 0
+        plans, plan_s = [], []
+        for policy, budget in settings:
+            t0 = time.perf_counter()
+            plans.append(policy.plan(pre.stats, budget, window))
+            plan_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        plan = policy.plan(pre.stats, budget, pre.stats.layers[0].window if pre.stats.layers else 0)
-        cache = RaggedCache.from_keep(
-            pre.keys, pre.values, plan.keep, n_q_heads=self.n_q_heads, storage=self.settings.storage
+        cache = RaggedCache.build(
+            pre.keys, pre.values, [p.keep for p in plans], n_q_heads=self.n_q_heads,
+            storage=self.settings.storage, headroom=headroom,
         )
         _sync(self.device)
-        compress_s = time.perf_counter() - t0
-        counts = [ks.counts for ks in plan.keep]
-        ragged = any(len(set(c)) > 1 for c in counts)
-        return Compressed(
-            cache=cache,
-            policy=policy.name,
-            budget=budget,
-            layer_budgets=[round(sum(c) / len(c)) for c in counts],
-            head_budgets=counts if ragged else None,
-            kv_bytes=cache.kv_bytes(),
-            kv_bytes_full=pre.kv_bytes_full(),
-            compress_s=compress_s,
-            allocation_info=getattr(plan.allocation, "info", None),
-        )
+        build_s = time.perf_counter() - t0
+        kept = [sum(sum(ks.counts) for ks in p.keep) for p in plans]
+        out = []
+        for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
+            counts = [ks.counts for ks in plan.keep]
+            ragged = any(len(set(c)) > 1 for c in counts)
+            out.append(Compressed(
+                policy=policy.name,
+                budget=budget,
+                keep=plan.keep,
+                layer_budgets=[round(sum(c) / len(c)) for c in counts],
+                head_budgets=counts if ragged else None,
+                kv_bytes=cache.kv_bytes(b),
+                kv_bytes_full=pre.kv_bytes_full(),
+                compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
+                allocation_info=getattr(plan.allocation, "info", None),
+            ))
+        return cache, out
 
-    def decode_hook(self, policy, comp: Compressed):
-        """The decode-time eviction callback of ``policy`` (None if it has no decode rule).
+    def decode_hook(self, policy, cache: RaggedCache, setting: int) -> DecodeHook | None:
+        """The decode-time eviction callback of ``policy`` for one setting of ``cache`` (None: no rule).
 
-        Each layer and head is held at the size it had right after compression.
+        Each layer and head of the setting is held at the size it has now (after compression and
+        any question tokens).
         """
         if getattr(policy, "decode_rule", None) is None:
             return None
-        budgets = [list(layer.stored_tokens()) for layer in comp.cache.layers]
+        budgets = [layer.stored_tokens(setting) for layer in cache.layers]
         every = self.settings.decode_every
 
-        def hook(cache: RaggedCache, step: int) -> None:
+        def hook(cache: RaggedCache, setting: int, step: int) -> None:
             if step % every:
                 return
             for i, layer in enumerate(cache.layers):
-                keep = policy.decode_keep(layer.stored_tokens(), layer.logical_len, budgets[i])
+                keep = policy.decode_keep(layer.stored_tokens(setting), cache.logical[setting], budgets[i])
                 if keep is not None:
-                    cache.evict(i, keep)
+                    cache.evict(i, setting, keep)
 
         return hook
 
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def feed(self, cache: RaggedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Run tokens through the compressed cache (appending them); returns their logits [m, V] fp32."""
-        ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
+        """Run tokens through the active settings of ``cache`` (appending them) -> logits [B, m, V] fp32.
+
+        ``ids`` is [B, m] (one row per active setting) or a list of m ids fed to every active setting.
+        """
+        B = len(cache.active)
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        if ids_t.dim() == 1:
+            ids_t = ids_t.view(1, -1).expand(B, -1)
+        if ids_t.shape[0] != B:
+            raise ValueError(f"{ids_t.shape[0]} rows of ids for {B} active settings")
         if ids_t.shape[1] == 0:
-            return torch.empty(0, self.model.config.vocab_size)
+            return torch.empty(B, 0, self.model.config.vocab_size)
         out = self.model(input_ids=ids_t, cache=cache, use_cache=True, lukv=cache)
-        return out.logits[0].float()
+        return out.logits.float()
 
     @torch.no_grad()
     def generate(
@@ -225,38 +263,63 @@ class Engine:
         max_new_tokens: int,
         eos_ids: Sequence[int] = (),
         stop: Sequence[str] = (),
-        decode_hook=None,
-    ) -> Generation:
-        """Greedy decoding from ``first_logits`` (the logits after the last prompt token).
+        decode_hooks: Sequence[DecodeHook | None] | None = None,
+    ) -> list[Generation]:
+        """Greedy decoding of every active setting together; one :class:`Generation` per setting.
 
-        ``decode_hook(cache, step)``, if given, runs after every appended token (decode-time eviction).
+        ``first_logits`` ([B, V], or [V] shared by all) are the logits after the last prompt token.
+        A setting that emits EOS, produces a stop string or reaches ``max_new_tokens`` leaves the
+        batch; the others go on unchanged. ``decode_hooks[i]`` (decode-time eviction) runs for
+        setting ``i`` after each of its appended tokens. Each step's wall time is shared equally
+        by the settings in it.
         """
-        t0 = time.perf_counter()
-        tokens: list[int] = []
-        logits = [first_logits.float()]
-        stopped = "length"
+        settings = list(cache.active)
+        B = len(settings)
+        first = first_logits.float()
+        first = first.expand(B, -1) if first.dim() == 1 else first
+        hooks = list(decode_hooks) if decode_hooks is not None else [None] * B
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logits: list[list[torch.Tensor]] = [[first[i]] for i in range(B)]
+        stopped = ["length"] * B
+        decode_s = [0.0] * B
         eos = set(int(e) for e in eos_ids)
-        while True:
-            tok = int(torch.argmax(logits[-1]))
-            tokens.append(tok)
-            if tok in eos:
-                stopped = "eos"
-                break
-            if stop and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in stop):
-                stopped = "stop"
-                break
-            if len(tokens) >= max_new_tokens:
-                break
-            logits.append(self.feed(cache, [tok])[-1])
-            if decode_hook is not None:
-                decode_hook(cache, len(tokens))
-        _sync(self.device)
-        decode_s = time.perf_counter() - t0
-        text = self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
-        for s in stop:
-            if s in text:
-                text = text[: text.index(s)]
-        return Generation(tokens=tokens, logits=torch.stack(logits), decode_s=decode_s, text=text, stopped=stopped)
+        alive, cur = list(range(B)), first
+        while alive:
+            t0 = time.perf_counter()
+            picks = torch.argmax(cur, dim=-1).tolist()
+            still, rows = [], []
+            for row, i in enumerate(alive):
+                tok = int(picks[row])
+                tokens[i].append(tok)
+                if tok in eos:
+                    stopped[i] = "eos"
+                elif stop and any(s in self.tokenizer.decode(tokens[i], skip_special_tokens=True) for s in stop):
+                    stopped[i] = "stop"
+                elif len(tokens[i]) < max_new_tokens:
+                    still.append(i)
+                    rows.append(tok)
+            if still:
+                if still != alive:
+                    cache.set_active([settings[i] for i in still])
+                cur = self.feed(cache, torch.tensor(rows).view(-1, 1))[:, -1]
+                for row, i in enumerate(still):
+                    logits[i].append(cur[row])
+                    if hooks[i] is not None:
+                        hooks[i](cache, settings[i], len(tokens[i]))
+            _sync(self.device)
+            share = (time.perf_counter() - t0) / len(alive)
+            for i in alive:
+                decode_s[i] += share
+            alive = still
+        out = []
+        for i in range(B):
+            text = self.tokenizer.decode([t for t in tokens[i] if t not in eos], skip_special_tokens=True)
+            for s in stop:
+                if s in text:
+                    text = text[: text.index(s)]
+            out.append(Generation(tokens=tokens[i], logits=torch.stack(logits[i]), decode_s=decode_s[i],
+                                  text=text, stopped=stopped[i]))
+        return out
 
 
 def _sync(device: torch.device) -> None:
@@ -266,16 +329,38 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class Outcome:
-    """The result of one (policy, budget) on one prompt."""
+    """The result of one (policy, budget) setting on one prompt."""
 
     policy: object
     budget_spec: object
     budget: Budget
     compressed: Compressed
     generation: Generation
-    peak_mem_bytes: int
-    kl_mean: float | None  #: mean KL(FullKV || policy) over the answer positions (teacher-forced)
-    greedy_agreement: float | None  #: share of answer positions where the argmax equals FullKV's
+    peak_mem_bytes: int  #: peak of the batch the setting ran in (compression + decoding)
+    batch_size: int  #: settings decoded together with this one (itself included)
+    kl_mean: float | None = None  #: mean KL(FullKV || policy) over the answer positions (teacher-forced)
+    greedy_agreement: float | None = None  #: share of answer positions where the argmax equals FullKV's
+    #: how fidelity was measured: "teacher-forced", "teacher-forced+decode-eviction", or None (FullKV)
+    fidelity: str | None = None
+
+
+def _teacher_forced(engine: Engine, cache: RaggedCache, forced: list[int], tail_len: int, make_hooks=None):
+    """Logits [B, len(forced), V] of feeding ``forced`` (tail + FullKV's answer) to the active settings.
+
+    Without decode-time eviction (``make_hooks`` None) this is one forward. With it, the tail goes
+    in one forward, then ``make_hooks()`` gives each setting's eviction hook (sized as after the
+    tail, as while decoding) and the answer goes token by token, each hook evicting as it did.
+    """
+    if make_hooks is None:
+        return engine.feed(cache, forced)
+    parts = [engine.feed(cache, forced[:tail_len])] if tail_len else []
+    hooks = make_hooks()
+    for step, tok in enumerate(forced[tail_len:], start=1):
+        parts.append(engine.feed(cache, [tok]))
+        for row, s in enumerate(cache.active):
+            if hooks[row] is not None:
+                hooks[row](cache, s, step)
+    return torch.cat(parts, dim=1)
 
 
 def sweep(
@@ -288,16 +373,18 @@ def sweep(
     max_new_tokens: int = 32,
     eos_ids: Sequence[int] = (),
     stop: Sequence[str] = (),
+    batch_settings: int | None = None,
 ):
-    """Prefill once, then yield an :class:`Outcome` for each (policy, budget spec) in ``runs``.
+    """Prefill once, then yield ``(prefill, Outcome)`` for each (policy, budget spec) in ``runs``.
 
     ``compress="prompt"`` prefills and compresses context + question (the window sees the question);
-    ``compress="context"`` compresses only the context and feeds the question afterwards.
-    FullKV (``full_policy``) runs first as the reference for the fidelity metrics.
-    Yields ``(prefill, outcome)`` pairs, lazily, so callers can persist each as it finishes.
+    ``compress="context"`` compresses only the context and feeds the question afterwards, to every
+    setting of a batch at once. FullKV (``full_policy``) runs in the first batch as the reference of
+    the fidelity metrics. Settings decode together in batches of ``batch_settings`` (None: all);
+    then the teacher-forced fidelity pass over FullKV's answer runs for a whole batch in one forward
+    (token by token for settings with decode-time eviction, which evict as they did while decoding).
+    Outcomes are yielded batch by batch, so callers can persist each as soon as it is done.
     """
-    from lukv_bench.metrics import greedy_agreement, kl_divergence
-
     needs = set().union(*(p.needs for p, _ in runs), full_policy.needs)
     if compress == "prompt":
         pre = engine.prefill(torch.tensor([list(context_ids) + list(question_ids)]), needs)
@@ -307,35 +394,65 @@ def sweep(
         tail = list(question_ids)
     else:
         raise ValueError(f"compress must be 'prompt' or 'context' (got {compress!r})")
+    if batch_settings is not None and batch_settings < 1:
+        raise ValueError(f"batch_settings must be >= 1 (got {batch_settings})")
 
-    def run_one(policy, budget_spec) -> tuple[Outcome, RaggedCache]:
-        budget = Budget.resolve(budget_spec, pre.n)
+    order = [(full_policy, 1.0)] + [(p, b) for p, b in runs if p.name != full_policy.name]
+    full_wanted = any(p.name == full_policy.name for p, _ in runs)
+    size = batch_settings or len(order)
+    ref: Generation | None = None
+    for lo in range(0, len(order), size):
+        chunk = order[lo : lo + size]
+        budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
         with PeakMemory(engine.device) as mem:
-            comp = engine.compress(pre, policy, budget)
-            mark = comp.cache.mark()
-            first = engine.feed(comp.cache, tail)[-1] if tail else pre.last_logits
-            hook = engine.decode_hook(policy, comp) if budget.tokens < pre.n else None
-            gen = engine.generate(comp.cache, first, max_new_tokens, eos_ids, stop, decode_hook=hook)
-        if hook is None:
-            comp.cache.rollback(mark)
-            cache = comp.cache
-        else:  # decode-time eviction dropped tokens a rollback cannot bring back: rebuild for fidelity
-            cache = engine.compress(pre, policy, budget).cache
-        return Outcome(policy, budget_spec, budget, comp, gen, mem.peak, None, None), cache
+            cache, comps = engine.compress(pre, list(zip([p for p, _ in chunk], budgets)),
+                                           headroom=len(tail) + max_new_tokens)
+            mark = cache.mark()
+            first = engine.feed(cache, tail)[:, -1] if tail else pre.last_logits
+            evicting = [b.tokens < pre.n and getattr(p, "decode_rule", None) is not None
+                        for (p, _), b in zip(chunk, budgets)]
+            hooks = [engine.decode_hook(p, cache, i) if ev else None for i, ((p, _), ev) in
+                     enumerate(zip(chunk, evicting))]
+            gens = engine.generate(cache, first, max_new_tokens, eos_ids, stop, decode_hooks=hooks)
+        if ref is None:
+            ref = gens[0]
+        outs = [Outcome(p, spec, b, c, g, mem.peak, len(chunk))
+                for (p, spec), b, c, g in zip(chunk, budgets, comps, gens)]
+        _fidelity(engine, pre, cache, mark, chunk, comps, outs, evicting, tail, ref, full_policy)
+        for out in outs:
+            if out.policy is full_policy and not full_wanted:
+                continue
+            yield pre, out
 
-    ref, _ = run_one(full_policy, 1.0)
-    ref_tokens, ref_logits = ref.generation.tokens, ref.generation.logits
-    m = len(ref_tokens)
-    for policy, budget_spec in runs:
-        if policy.name == full_policy.name:
-            yield pre, ref
-            continue
-        out, cache = run_one(policy, budget_spec)
-        # teacher-force FullKV's answer and compare next-token distributions position by position
-        fed = engine.feed(cache, tail + ref_tokens[: m - 1])
-        test = fed[-m:] if tail else fed
-        want = ref_logits if tail else ref_logits[1:]
-        if len(test):
-            out.kl_mean = float(kl_divergence(want, test).mean())
-            out.greedy_agreement = float(greedy_agreement(want, test))
-        yield pre, out
+
+def _fidelity(engine, pre, cache, mark, chunk, comps, outs, evicting, tail, ref, full_policy):
+    """Teacher-force FullKV's answer through every non-FullKV setting of a batch; fill KL and agreement."""
+    from lukv_bench.metrics import greedy_agreement, kl_divergence
+
+    m = len(ref.tokens)
+    forced = tail + ref.tokens[: m - 1]
+    if not forced:
+        return
+    want = ref.logits if tail else ref.logits[1:]
+    plain = [i for i, (p, _) in enumerate(chunk) if p is not full_policy and not evicting[i]]
+    groups = []
+    if plain:
+        cache.rollback(mark)
+        cache.set_active(plain)
+        groups.append((plain, cache, None))
+    evict = [i for i in range(len(chunk)) if evicting[i]]
+    if evict:  # eviction during decoding dropped tokens a rollback cannot bring back: rebuild those
+        fresh = RaggedCache.build(pre.keys, pre.values, [comps[i].keep for i in evict], n_q_heads=engine.n_q_heads,
+                                  storage=engine.settings.storage, headroom=len(forced))
+
+        def make_hooks(fresh=fresh, evict=evict):
+            return [engine.decode_hook(chunk[i][0], fresh, j) for j, i in enumerate(evict)]
+
+        groups.append((evict, fresh, make_hooks))
+    for members, c, make_hooks in groups:
+        fed = _teacher_forced(engine, c, forced, len(tail), make_hooks)
+        test = fed[:, -m:] if tail else fed
+        for row, i in enumerate(members):
+            outs[i].kl_mean = float(kl_divergence(want, test[row]).mean())
+            outs[i].greedy_agreement = float(greedy_agreement(want, test[row]))
+            outs[i].fidelity = "teacher-forced+decode-eviction" if evicting[i] else "teacher-forced"

@@ -9,7 +9,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 
 from lukv_bench.cache import RaggedCache
-from lukv_bench.engine import Engine, EngineSettings
+from lukv_bench.engine import Engine, EngineSettings, sweep
 from lukv_bench.policy import Allocation, Budget
 from lukv_bench.selection import KeepSet, select_all
 
@@ -51,8 +51,8 @@ def test_keep_all_matches_fullkv_and_generate(tiny):
         full = model(torch.cat([ids, torch.tensor([ref_tokens[:-1]])], 1)).logits[0, 69:].float()
     eng = Engine(model, tok)
     pre = eng.prefill(ids)
-    comp = eng.compress(pre, KeepAll(), Budget.resolve(1.0, pre.n))
-    gen = eng.generate(comp.cache, pre.last_logits, 12)
+    cache, (comp,) = eng.compress(pre, [(KeepAll(), Budget.resolve(1.0, pre.n))])
+    (gen,) = eng.generate(cache, pre.last_logits, 12)
     assert gen.tokens == ref_tokens
     assert (gen.logits - full).abs().max().item() <= 1e-5
     assert comp.kv_bytes == comp.kv_bytes_full
@@ -100,24 +100,30 @@ def test_ragged_keep_equals_explicit_mask(tiny, seed):
     eng = Engine(model, tok)
     pre = eng.prefill(ids)
     keep = random_keep(len(pre.keys), eng.n_kv_heads, pre.n, gen)
-    cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads)
-    ours = eng.feed(cache, next_ids)
+    cache = RaggedCache.build(pre.keys, pre.values, [keep], n_q_heads=eng.n_q_heads)
+    ours = eng.feed(cache, next_ids)[0]
     ref = _masked_reference(model, ids, keep, eng.n_kv_heads, next_ids)
     assert (ours - ref).abs().max().item() <= 1e-4
     # positions continue from the logical length, not from what is stored
     assert cache.get_seq_length() == pre.n + len(next_ids)
     kept = sum(sum(ks.counts) for ks in keep)
-    assert sum(sum(c) for c in cache.stored_tokens()) == kept + len(next_ids) * eng.n_kv_heads * len(keep)
+    assert sum(sum(c) for c in cache.stored_tokens(0)) == kept + len(next_ids) * eng.n_kv_heads * len(keep)
 
 
 def test_kv_bytes_track_kept_tokens(tiny):
     eng = Engine(tiny.model, tiny.tokenizer)
     pre = eng.prefill(torch.randint(0, 250, (1, 100), generator=torch.Generator().manual_seed(3)))
     keep = random_keep(len(pre.keys), eng.n_kv_heads, pre.n, torch.Generator().manual_seed(4))
-    cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads)
+    cache = RaggedCache.build(pre.keys, pre.values, [keep], n_q_heads=eng.n_q_heads)
     kept = sum(sum(ks.counts) for ks in keep)
     ratio = cache.kv_bytes() / pre.kv_bytes_full()
     assert abs(ratio - kept / (pre.n * eng.n_kv_heads * len(keep))) <= 0.01 * ratio
+    assert cache.kv_bytes(0) == cache.kv_bytes()  # no headroom: the setting's bytes are the buffers'
+    # in a batch with headroom, each setting still reports exactly its kept tokens
+    other = random_keep(len(pre.keys), eng.n_kv_heads, pre.n, torch.Generator().manual_seed(5))
+    both = RaggedCache.build(pre.keys, pre.values, [keep, other], n_q_heads=eng.n_q_heads, headroom=7)
+    assert both.kv_bytes(0) == cache.kv_bytes()
+    assert both.kv_bytes() > both.kv_bytes(0) + both.kv_bytes(1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -133,7 +139,7 @@ def test_no_nan_at_any_budget(tiny, dtype, storage):
             scores = [torch.rand(heads, pre.n, generator=torch.Generator().manual_seed(b)) for _ in pre.keys]
             alloc = Allocation([b] * len(pre.keys))
             keep = select_all(scores, alloc, sinks=1, window=4)
-            cache = RaggedCache.from_keep(pre.keys, pre.values, keep, n_q_heads=eng.n_q_heads, storage=storage)
+            cache = RaggedCache.build(pre.keys, pre.values, [keep], n_q_heads=eng.n_q_heads, storage=storage)
             logits = eng.feed(cache, [7, 8])
             assert torch.isfinite(logits).all(), b
             assert cache.layers[0].store.lens.tolist() == [b + 2] * heads
@@ -144,13 +150,13 @@ def test_no_nan_at_any_budget(tiny, dtype, storage):
 def test_rollback_restores_cache(tiny):
     eng = Engine(tiny.model, tiny.tokenizer)
     pre = eng.prefill(torch.randint(0, 250, (1, 30), generator=torch.Generator().manual_seed(6)))
-    comp = eng.compress(pre, KeepAll(), Budget.resolve(1.0, pre.n))
-    mark = comp.cache.mark()
-    a = eng.generate(comp.cache, pre.last_logits, 40)  # forces the store to grow
-    comp.cache.rollback(mark)
-    b = eng.generate(comp.cache, pre.last_logits, 40)
+    cache, _ = eng.compress(pre, [(KeepAll(), Budget.resolve(1.0, pre.n))])
+    mark = cache.mark()
+    (a,) = eng.generate(cache, pre.last_logits, 40)  # forces the store to grow
+    cache.rollback(mark)
+    (b,) = eng.generate(cache, pre.last_logits, 40)
     assert a.tokens == b.tokens
-    assert comp.cache.get_seq_length() == pre.n + 39
+    assert cache.get_seq_length() == pre.n + 39
 
 
 def test_streaming_evicts_during_decoding(tiny):
@@ -160,31 +166,78 @@ def test_streaming_evicts_during_decoding(tiny):
     eng = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=4))
     pre = eng.prefill(torch.randint(0, 250, (1, 40), generator=torch.Generator().manual_seed(7)))
     policy = resolve_policy("streaming")
-    comp = eng.compress(pre, policy, Budget.resolve(0.25, pre.n))
-    sizes = comp.cache.stored_tokens()
-    bytes_before = comp.cache.kv_bytes()
-    hook = eng.decode_hook(policy, comp)
-    gen = eng.generate(comp.cache, pre.last_logits, 20, decode_hook=hook)
+    cache, _ = eng.compress(pre, [(policy, Budget.resolve(0.25, pre.n))], headroom=1)
+    sizes = cache.stored_tokens(0)
+    bytes_before = cache.kv_bytes()
+    hook = eng.decode_hook(policy, cache, 0)
+    (gen,) = eng.generate(cache, pre.last_logits, 20, decode_hooks=[hook])
     assert len(gen.tokens) == 20
-    assert comp.cache.stored_tokens() == sizes  # held at budget, sinks + newest
-    assert comp.cache.kv_bytes() == bytes_before
-    assert comp.cache.get_seq_length() == pre.n + 19  # positions keep counting
-    # the kept entries are the sinks and the most recent tokens: compare with an explicit rebuild
-    layer = comp.cache.layers[0]
+    assert cache.stored_tokens(0) == sizes  # held at budget, sinks + newest
+    assert cache.kv_bytes() == bytes_before  # evicted rows are reused: the cache never grew
+    assert cache.get_seq_length() == pre.n + 19  # positions keep counting
+    layer = cache.layers[0]
     seg_k, _ = layer.store.segment(0)
     assert torch.isfinite(seg_k).all()
     # a policy without a decode rule has no hook
-    assert eng.decode_hook(resolve_policy("snapkv"), comp) is None
+    assert eng.decode_hook(resolve_policy("snapkv"), cache, 0) is None
 
 
 def test_evict_keeps_selected_rows(tiny):
     eng = Engine(tiny.model, tiny.tokenizer)
     pre = eng.prefill(torch.randint(0, 250, (1, 16), generator=torch.Generator().manual_seed(8)))
-    comp = eng.compress(pre, KeepAll(), Budget.resolve(1.0, pre.n))
-    before = [comp.cache.layers[1].store.segment(h)[0].clone() for h in range(eng.n_kv_heads)]
+    all_ = (KeepAll(), Budget.resolve(1.0, pre.n))
+    cache, _ = eng.compress(pre, [all_, all_])
+    H = eng.n_kv_heads
+    before = [cache.layers[1].store.segment(s)[0].clone() for s in range(2 * H)]
     keep = [torch.tensor([0, 3, 15]), torch.tensor([7])]
-    comp.cache.evict(1, keep)
+    cache.evict(1, 1, keep)  # setting 1 only
     for h, k in enumerate(keep):
-        assert torch.equal(comp.cache.layers[1].store.segment(h)[0], before[h][k])
-    assert comp.cache.layers[1].stored_tokens() == [3, 1]
-    assert comp.cache.get_seq_length() == pre.n
+        assert torch.equal(cache.layers[1].store.segment(H + h)[0], before[H + h][k])
+        assert torch.equal(cache.layers[1].store.segment(h)[0], before[h])  # setting 0 untouched
+    assert cache.layers[1].stored_tokens(1) == [3, 1]
+    assert cache.layers[1].stored_tokens(0) == [pre.n] * H
+    assert cache.get_seq_length() == pre.n
+
+
+def _sweep_all(eng, ctx, question, runs, full, batch, mode, eos=(), stop=()):
+    return {(o.policy.name, str(o.budget_spec)): o for _, o in sweep(
+        eng, ctx, question, runs, full, compress=mode, max_new_tokens=10, eos_ids=eos, stop=stop,
+        batch_settings=batch)}
+
+
+@pytest.mark.parametrize("mode", ["prompt", "context"])
+def test_batched_sweep_equals_single_setting_decoding(tiny, mode):
+    """Decoding all settings together gives each one the tokens, fidelity and memory it has alone."""
+    from lukv_bench.registry import resolve_policy
+
+    eng = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=4))
+    gen = torch.Generator().manual_seed(11)
+    ctx = torch.randint(0, 250, (60,), generator=gen).tolist()
+    question = torch.randint(0, 250, (6,), generator=gen).tolist()
+    full = resolve_policy("full")
+    names = ["snapkv", "streaming", "layer-uncertainty", "adakv", "h2o", "pyramidkv"]
+    runs = [(full, 1.0)] + [(resolve_policy(n), b) for n in names for b in (0.2, 0.5)]
+    alone = _sweep_all(eng, ctx, question, runs, full, 1, mode)
+    # an EOS that the first decoded answers hit early: settings leave the batch at different steps
+    eos = [alone[("snapkv", "0.2")].generation.tokens[2]]
+    for batch in (None, 4):
+        together = _sweep_all(eng, ctx, question, runs, full, batch, mode)
+        assert together.keys() == alone.keys()
+        for key, a in alone.items():
+            t = together[key]
+            assert t.generation.tokens == a.generation.tokens, key
+            assert t.compressed.kv_bytes == a.compressed.kv_bytes, key
+            assert t.compressed.layer_budgets == a.compressed.layer_budgets, key
+            if a.kl_mean is None:
+                assert t.kl_mean is None
+            else:
+                assert abs(t.kl_mean - a.kl_mean) <= 1e-5 * max(1.0, a.kl_mean), key
+                assert t.greedy_agreement == a.greedy_agreement, key
+        assert together[("streaming", "0.2")].fidelity == "teacher-forced+decode-eviction"
+    alone_eos = _sweep_all(eng, ctx, question, runs, full, 1, mode, eos=eos)
+    together_eos = _sweep_all(eng, ctx, question, runs, full, None, mode, eos=eos)
+    lengths = {len(o.generation.tokens) for o in alone_eos.values()}
+    assert len(lengths) > 1  # some settings stopped early, others did not
+    for key, a in alone_eos.items():
+        assert together_eos[key].generation.tokens == a.generation.tokens, key
+        assert together_eos[key].generation.stopped == a.generation.stopped, key

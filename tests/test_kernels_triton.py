@@ -159,3 +159,19 @@ def test_ragged_attention_split_merge(chunk: int) -> None:
     want = ragged_attention(q, st.k, st.v, st.starts, st.lens, 0.125, backend="torch")
     got = _ragged_triton(q, st.k, st.v, st.starts, st.lens, 0.125, chunk=chunk)
     _close(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("Q", [1, 3])
+def test_ragged_attention_batched_table(Q: int) -> None:
+    """The kernel reads a batched decode's segment table: settings x heads, an active subset."""
+    g = torch.Generator().manual_seed(70 + Q)
+    counts = [5, 0, 90, 1, 33, 70, 2, 64, 12, 40, 7, 100]  # 4 settings x 3 heads
+    st = RaggedStore.empty(counts, 32, FP32, "cpu", headroom=2)
+    st.k.copy_(torch.randn(st.k.shape, generator=g))
+    st.v.copy_(torch.randn(st.v.shape, generator=g))
+    active = torch.tensor([s * 3 + h for s in (0, 2, 3) for h in range(3)])
+    starts, lens = st.starts[active], st.lens[active]
+    q = torch.randn(len(active) * 2, Q, 32, generator=g)
+    want = ragged_attention(q, st.k, st.v, starts, lens, 0.2, backend="torch")
+    got = ragged_attention(q, st.k, st.v, starts, lens, 0.2, backend="triton")
+    _close(got, want, atol=2e-5)
