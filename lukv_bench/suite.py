@@ -5,8 +5,9 @@ one :class:`~lukv_bench.errors.UserError` of the form ``FILE:LINE: KEY.PATH: pro
 line numbers come from the YAML node marks (``yaml.compose``). Relative paths (task data files, a
 model folder or ``.gguf`` file) resolve against the suite file's folder.
 
-Policy names are *not* checked here: the policy registry does that later and can cite the line with
-:meth:`Suite.where` (e.g. ``suite.where("policies[2]")``).
+Data files are read here too (JSONL tasks: every row, with file and line), so bad data stops the run
+before any model loads. Policy names are *not* checked here: the policy registry does that later and
+can cite the line with :meth:`Suite.where` (e.g. ``suite.where("policies[2]")``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from lukv_bench.errors import UserError
+from lukv_bench.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
 __all__ = [
     "TASK_TYPES",
@@ -63,6 +65,9 @@ class Suite:
     limit: int | None = None  #: samples per task (None: all)
     generation: Generation = field(default_factory=Generation)
     compress: str = "prompt"  #: "prompt" (context+question compressed) or "context" (context only)
+    #: prompts longer than the model's positions minus max_new_tokens: "middle" (cut the middle of the
+    #: context, LongBench's rule), "error" (stop) or "none" (use as is); see prompts.fit_prompt
+    truncate: str = DEFAULT_TRUNCATE
     chat_template: bool | str = "auto"  #: "auto": on when the tokenizer has a template
     window: int = 32  #: observation window (queries at the end of the compressed block)
     decode_every: int = 1  #: run policies' decode-time eviction rule every k generated tokens
@@ -72,6 +77,8 @@ class Suite:
     device: str = "auto"  #: "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "float32"  #: "float32" | "bfloat16" | "float16"
     threads: int | None = 1  #: torch threads on CPU (None: torch's default)
+    #: settings decoded together per sample (None: all); bounds the memory one batch uses
+    batch_settings: int | None = None
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
 
     @property
@@ -95,6 +102,20 @@ class Suite:
         line = _line_for(self.lines, key_path)
         return f"{file}:{line}: {key_path}" if line else f"{file}: {key_path}"
 
+    def budget_warning(self, budget_tokens: int, context_tokens: int) -> str | None:
+        """Why a resolved budget makes every policy alike (at or below the window), else None.
+
+        Token budgets at or below the window are refused when the suite loads; ratios can only be
+        checked once the prompt length is known.
+        """
+        if budget_tokens > self.window or budget_tokens >= context_tokens:
+            return None
+        return (
+            f"a budget of {budget_tokens} tokens (of {context_tokens}) is at or below the observation window "
+            f"({self.window}): every policy keeps just the last {budget_tokens} tokens, so policies cannot "
+            "differ; use larger budgets or a smaller window"
+        )
+
     def task(self, name: str) -> dict[str, Any]:
         """The normalised dict of the task called ``name``."""
         for t in self.tasks:
@@ -117,6 +138,7 @@ class Suite:
                 "stop": list(self.generation.stop),
             },
             "compress": self.compress,
+            "truncate": self.truncate,
             "chat_template": self.chat_template,
             "window": self.window,
             "decode_every": self.decode_every,
@@ -126,6 +148,7 @@ class Suite:
             "device": self.device,
             "dtype": self.dtype,
             "threads": self.threads,
+            "batch_settings": self.batch_settings,
         }
 
 
@@ -203,6 +226,7 @@ _TOP_KEYS = (
     "limit",
     "generation",
     "compress",
+    "truncate",
     "chat_template",
     "window",
     "decode_every",
@@ -212,9 +236,11 @@ _TOP_KEYS = (
     "device",
     "dtype",
     "threads",
+    "batch_settings",
 )
 _CHOICES = {
     "compress": ("prompt", "context"),
+    "truncate": TRUNCATE_MODES,
     "storage": ("kv", "query"),
     "gqa_reduce": ("mean", "max", "sum"),
     "dtype": ("float32", "bfloat16", "float16"),
@@ -225,8 +251,10 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 #: task type -> (allowed keys besides name/type/limit, or None for "pass through anything")
 TASK_TYPES: dict[str, tuple[str, ...] | None] = {
-    "jsonl": ("path", "metric", "instruction", "shuffle"),
-    "longbench": ("subsets", "source", "context_tokens", "num_samples", "seed", "hub_repo", "shuffle"),
+    "jsonl": ("path", "metric", "instruction", "shuffle", "max_new_tokens"),
+    "longbench": (
+        "subsets", "source", "context_tokens", "num_samples", "seed", "hub_repo", "shuffle", "max_new_tokens",
+    ),
     "lm_eval": ("tasks", "max_seq_lengths", "num_fewshot", "include_path", "metadata"),
     "needle": None,  # implemented in lukv_bench.tasks.needle; its keys are checked there
 }
@@ -444,6 +472,9 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
         c.is_int(_join(path, "limit"), task["limit"], minimum=1, allow_none=True)
     else:
         task["limit"] = None
+    if ttype in ("jsonl", "longbench", "needle"):  # sample tasks: generation length per task
+        task.setdefault("max_new_tokens", None)
+        c.is_int(_join(path, "max_new_tokens"), task["max_new_tokens"], minimum=1, allow_none=True)
 
     def opt_bool(key: str) -> None:
         if key in task and not isinstance(task[key], bool):
@@ -454,15 +485,18 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
             c.fail(path, "missing required key 'path' (a JSONL file; relative to the suite file's folder)")
         elif c.is_str(_join(path, "path"), value["path"]):
             resolved = _resolve_path(folder, value["path"])
-            if not resolved.is_file():
+            if not resolved.exists():
                 c.fail(_join(path, "path"), f"file not found: {resolved}")
             task["path"] = str(resolved)
         task.setdefault("metric", "substring")
-        c.is_choice(_join(path, "metric"), task["metric"], tuple(known_metrics()))
-        if "instruction" in task:
-            c.is_str(_join(path, "instruction"), task["instruction"], nonempty=False)
+        metric_ok = c.is_choice(_join(path, "metric"), task["metric"], tuple(known_metrics()))
+        instruction_ok = "instruction" not in task or c.is_str(
+            _join(path, "instruction"), task["instruction"], nonempty=False
+        )
         task.setdefault("shuffle", False)
         opt_bool("shuffle")
+        if "path" in task and Path(str(task["path"])).exists() and metric_ok and instruction_ok:
+            _check_jsonl_rows(c, _join(path, "path"), task)
     elif ttype == "longbench":
         task.setdefault("source", "auto")
         src_ok = c.is_choice(_join(path, "source"), task["source"], ("auto", "hub", "offline"))
@@ -515,13 +549,34 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
             from lukv_bench.tasks.needle import NeedleTask
         except ImportError:  # pragma: no cover - the module is part of the package
             return task
-        try:
-            NeedleTask.from_config(value)
+        try:  # the suite checked the generic keys above
+            NeedleTask.from_config({k: v for k, v in value.items() if k not in ("limit", "max_new_tokens")})
         except UserError as e:
             key = re.search(r"`(\w+)`|key\(s\) '(\w+)'", str(e))
             sub = next((g for g in key.groups() if g), "") if key else ""
             c.fail(_join(path, sub) if sub in value else path, str(e), at_key=sub in value)
     return task
+
+
+def _check_jsonl_rows(c: _Checker, path: str, task: dict[str, Any]) -> None:
+    """Read every row of a JSONL task's file now, so data errors show before any model loads."""
+    from lukv_bench.tasks.jsonl import load_jsonl
+
+    try:
+        load_jsonl(task["path"], instruction=task.get("instruction", ""), metric=task["metric"])
+    except UserError as e:
+        c.fail(path, f"{e}")
+
+
+def _check_budgets_above_window(c: _Checker, budgets: list[float | dict[str, int]], window: int) -> None:
+    """Token budgets at or below the window make every policy keep just the last B tokens: refuse them."""
+    for i, b in enumerate(budgets):
+        if isinstance(b, dict) and b["tokens"] <= window:
+            c.fail(
+                f"budgets.tokens[{i}]",
+                f"budget {b['tokens']} is not above the observation window ({window}): every policy would keep "
+                f"just the last {b['tokens']} tokens; use budgets > {window} or a smaller window",
+            )
 
 
 def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
@@ -561,6 +616,9 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         out["chat_template"] = data["chat_template"]
     if "window" in data and c.is_int("window", data["window"], minimum=1):
         out["window"] = data["window"]
+    window_ok = "window" not in data or "window" in out
+    if out.get("budgets") and window_ok:
+        _check_budgets_above_window(c, out["budgets"], out.get("window", Suite.window))
     if "decode_every" in data and c.is_int("decode_every", data["decode_every"], minimum=1):
         out["decode_every"] = data["decode_every"]
     seed = 0
@@ -574,6 +632,8 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
             out["device"] = dev
     if "threads" in data and c.is_int("threads", data["threads"], minimum=1, allow_none=True):
         out["threads"] = data["threads"]
+    if "batch_settings" in data and c.is_int("batch_settings", data["batch_settings"], minimum=1, allow_none=True):
+        out["batch_settings"] = data["batch_settings"]
 
     if "tasks" in data:
         tasks = data["tasks"]

@@ -91,3 +91,24 @@ def test_score_substring():
 def test_config_validation(bad, key):
     with pytest.raises(UserError, match=f"`?'?{key}"):
         NeedleTask.from_config({**CFG, **bad})
+
+
+def test_max_new_tokens_is_honoured():
+    task = NeedleTask.from_config({**CFG, "max_new_tokens": 7})
+    assert {s.max_new_tokens for s in task.samples()} == {7}
+    assert {s.max_new_tokens for s in NeedleTask.from_config(CFG).samples(2)} == {None}  # the suite's
+    with pytest.raises(UserError, match="`max_new_tokens` must be a positive integer"):
+        NeedleTask.from_config({**CFG, "max_new_tokens": 0})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("metric", "qa_f1", "scored by whether the pass key appears in the answer"),
+        ("compress", "context", "suite-level setting"),
+        ("chat_template", False, "suite-level setting"),
+    ],
+)
+def test_settings_it_cannot_honour_are_refused(key, value, why):
+    with pytest.raises(UserError, match=f"`{key}` .*{why}"):
+        NeedleTask.from_config({**CFG, key: value})

@@ -234,3 +234,72 @@ def test_shipped_suites_validate():
         assert suite.name == path.stem and suite.model == "embedded"
     lb = load_suite(root / "longbench.yaml")
     assert lb.budgets == [0.1, 0.2, 0.4, 0.8] and len(lb.policies) == 8
+
+
+def test_truncate_setting(tmp_path):
+    suite = load_suite(write(tmp_path, VALID))
+    assert suite.truncate == "middle" and suite.to_dict()["truncate"] == "middle"
+    suite = load_suite(write(tmp_path, VALID + "truncate: error\n"))
+    assert suite.truncate == "error" and suite.where("truncate").endswith(":21: truncate")
+    msg = problem(tmp_path, VALID + "truncate: start\n")
+    assert ":21: truncate: got 'start' (str); allowed: middle, error, none" in msg
+
+
+def test_token_budgets_must_exceed_the_window(tmp_path):
+    text = VALID.replace("budgets: [0.1, 0.2, 0.4]", "budgets: {tokens: [8, 16, 64]}")
+    text = text.replace("window: 32", "window: 16")
+    msg = problem(tmp_path, text)
+    assert ":4: budgets.tokens[0]: budget 8 is not above the observation window (16)" in msg
+    assert ":4: budgets.tokens[1]: budget 16 is not above" in msg and "tokens[2]" not in msg
+    suite = load_suite(write(tmp_path, text.replace("window: 16", "window: 4")))
+    assert suite.budgets == [{"tokens": 8}, {"tokens": 16}, {"tokens": 64}]
+    # without a window key the default (32) applies; a broken window reports only the window
+    assert "observation window (32)" in problem(tmp_path, text.replace("window: 16\n", ""))
+    msg = problem(tmp_path, text.replace("window: 16", "window: 0"))
+    assert "window: must be >= 1" in msg and "observation window" not in msg
+
+
+def test_budget_warning_for_ratios_resolving_to_the_window(tmp_path):
+    suite = load_suite(write(tmp_path, VALID))  # window 32
+    assert "at or below the observation window (32)" in suite.budget_warning(32, 1000)
+    assert suite.budget_warning(33, 1000) is None
+    assert suite.budget_warning(20, 20) is None  # the whole context is kept: FullKV, not "the last B"
+
+
+def test_task_max_new_tokens(tmp_path):
+    text = VALID.replace("metric: substring}", "metric: substring, max_new_tokens: 8}")
+    suite = load_suite(write(tmp_path, text))
+    assert suite.tasks[0]["max_new_tokens"] == 8 and suite.tasks[1]["max_new_tokens"] is None
+    msg = problem(tmp_path, VALID.replace("metric: substring}", "metric: substring, max_new_tokens: 0}"))
+    assert ":6: tasks[0].max_new_tokens: must be >= 1, got 0" in msg
+    msg = problem(tmp_path, VALID.replace("max_seq_lengths: [1024]}", "max_seq_lengths: [1024], max_new_tokens: 8}"))
+    assert ":8: tasks[2].max_new_tokens: unknown key 'max_new_tokens'" in msg  # lm-eval sets its own
+    msg = problem(tmp_path, VALID.replace("samples_per_cell: 1}", "samples_per_cell: 1, max_new_tokens: -2}"))
+    assert ":9: tasks[3].max_new_tokens: must be >= 1, got -2" in msg
+    assert msg.count("must be") == 1  # reported once: the needle task does not check it again
+
+
+def test_needle_settings_it_ignored_are_refused(tmp_path):
+    msg = problem(tmp_path, VALID.replace("samples_per_cell: 1}", "samples_per_cell: 1, compress: context}"))
+    assert ":9: tasks[3].compress: needle task: `compress` is a suite-level setting" in msg
+    msg = problem(tmp_path, VALID.replace("samples_per_cell: 1}", "samples_per_cell: 1, metric: qa_f1}"))
+    assert ":9: tasks[3].metric: needle task: `metric` cannot be set" in msg
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", ": the file is empty"),
+        (b'{"context": "c", "question": "q"}\n', ":1: missing field(s) answers"),
+        (b'{"context": "c", "question": "q", "answers": ["a"]}\n{oops\n', ":2: invalid JSON"),
+        (b'\xef\xbb\xbf{"context": "c", "question": "q", "answers": ["a"]}\n', ":1: the file starts with a UTF-8"),
+        (b'{"context": "\xff", "question": "q", "answers": ["a"]}\n', ":1: not UTF-8 text"),
+    ],
+)
+def test_jsonl_data_is_checked_when_the_suite_loads(tmp_path, data, expected):
+    path = write(tmp_path, VALID)
+    (tmp_path / "data" / "niah.jsonl").write_bytes(data)
+    with pytest.raises(UserError) as info:
+        load_suite(path)
+    data_file = (tmp_path / "data" / "niah.jsonl").resolve()
+    assert f"{path}:6: tasks[0].path: {data_file}{expected}" in str(info.value)

@@ -265,3 +265,141 @@ def test_hub_rows_become_samples(monkeypatch):
     assert s.id == "x1" and s.question == "What is 2+2?" and s.all_classes == ["Number", "Location"]
     assert task.metric == "classification"
     assert task.score("Number\nLocation is wrong", s) == 1.0  # LongBench scores trec's first line only
+
+
+# LongBench's dataset2maxlen (THUDM/LongBench config/dataset2maxlen.json), English subsets
+LONGBENCH_MAXLEN = {
+    "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32, "musique": 32,
+    "gov_report": 512, "qmsum": 512, "multi_news": 512, "trec": 64, "triviaqa": 32, "samsum": 128,
+    "passage_count": 32, "passage_retrieval_en": 32, "lcc": 64, "repobench-p": 64,
+}
+
+
+def test_hub_subsets_generate_longbench_lengths(monkeypatch):
+    import datasets
+
+    assert {name: s.max_new_tokens for name, s in longbench.HUB_SUBSETS.items()} == LONGBENCH_MAXLEN
+    row = {"_id": "r", "input": "q", "context": "c", "answers": ["a"], "length": 1}
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, name, split: [row])
+    for subset in ("gov_report", "samsum", "hotpotqa"):
+        (s,) = LongBenchTask(f"lb/{subset}", subset, source="hub").samples()
+        assert s.max_new_tokens == LONGBENCH_MAXLEN[subset], subset
+    (s,) = LongBenchTask("lb/gov_report", "gov_report", source="hub", max_new_tokens=40).samples()
+    assert s.max_new_tokens == 40  # the suite task's max_new_tokens wins
+
+
+def test_offline_subsets_generate_the_imitated_lengths_and_suite_overrides(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "name: s\npolicies: [full]\nbudgets: [0.5]\nlimit: 1\ngeneration: {max_new_tokens: 9}\ntasks:\n"
+        "  - {name: lb, type: longbench, source: offline, subsets: [qasper, lcc_like], context_tokens: 300}\n"
+        "  - {name: lb2, type: longbench, source: offline, subsets: [hotpotqa], context_tokens: 300,"
+        " max_new_tokens: 5}\n"
+        "  - {name: mine, type: jsonl, path: t.jsonl}\n"
+        "  - {name: mine2, type: jsonl, path: t.jsonl, max_new_tokens: 3}\n"
+        "  - {name: nd, type: needle, lengths: [200], depths: [0.5], max_new_tokens: 11}\n"
+    )
+    write_jsonl(tmp_path / "t.jsonl", ROWS)
+    tasks = build_tasks(load_suite(tmp_path / "s.yaml"))
+    lengths = {t.name: {s.max_new_tokens for s in t.samples(t.limit)} for t in tasks}
+    assert lengths == {
+        "lb/qasper": {128}, "lb/lcc_like": {64}, "lb2/hotpotqa": {5},
+        "mine": {None}, "mine2": {3}, "nd": {11},  # None: the suite's generation.max_new_tokens (9)
+    }
+    assert {o.imitates: o.max_new_tokens for o in gen.OFFLINE_SUBSETS.values()} == {
+        o.imitates: LONGBENCH_MAXLEN[o.imitates] for o in gen.OFFLINE_SUBSETS.values()
+    }
+
+
+def test_jsonl_file_problems_name_file_and_line(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+    with pytest.raises(UserError, match=re.escape(f"{bom}:1: the file starts with a UTF-8 byte-order mark")):
+        load_jsonl(bom)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(ROWS[0]).encode() + b'\n\n{"context": "na\xefve"}\n')
+    with pytest.raises(UserError, match=re.escape(f"{latin}:3: not UTF-8 text (byte 0xef at column 16)")):
+        load_jsonl(latin)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match=re.escape(f"{empty}: the file is empty")):
+        load_jsonl(empty)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}: is a folder")):
+        load_jsonl(tmp_path)
+
+
+# --- prompts: fitting into the model's positions ----------------------------------------------------
+
+
+def _ids(n_context: int, n_question: int):
+    from lukv_bench.prompts import PromptIds
+
+    return PromptIds(context=list(range(n_context)), question=list(range(1000, 1000 + n_question)))
+
+
+def test_fit_prompt_middle_keeps_both_ends_and_the_question():
+    from lukv_bench.prompts import fit_prompt
+
+    ids = _ids(100, 10)
+    fitted, original, used = fit_prompt(ids, max_positions=60, max_new_tokens=10, mode="middle")
+    assert (original, used) == (110, 50) and len(fitted.full) == 50
+    assert fitted.question == ids.question  # never cut
+    assert fitted.context == list(range(25)) + list(range(85, 100))  # first 25 and last 25 of the 50 allowed
+    # a question longer than half of the allowed tokens keeps it whole and takes the room from the start
+    fitted, _, used = fit_prompt(_ids(100, 30), max_positions=60, max_new_tokens=10)
+    assert used == 50 and fitted.context == list(range(20)) and len(fitted.question) == 30
+
+
+def test_fit_prompt_leaves_prompts_that_fit_and_unknown_limits():
+    from lukv_bench.prompts import DEFAULT_TRUNCATE, fit_prompt
+
+    ids = _ids(40, 10)
+    assert DEFAULT_TRUNCATE == "middle"
+    for mode in ("middle", "error", "none"):
+        assert fit_prompt(ids, 60, 10, mode) == (ids, 50, 50)  # exactly fits: generation room counted
+        assert fit_prompt(ids, None, 10, mode) == (ids, 50, 50)
+    too_long = _ids(100, 10)
+    assert fit_prompt(too_long, 60, 10, "none") == (too_long, 110, 110)
+
+
+def test_fit_prompt_error_names_task_sample_lengths_and_fix():
+    from lukv_bench.prompts import fit_prompt
+
+    with pytest.raises(UserError) as info:
+        fit_prompt(_ids(100, 10), 60, 10, "error", task="lb/qasper", sample_id="s7", where="suite.yaml:9: truncate")
+    msg = str(info.value)
+    for part in ("suite.yaml:9: truncate: ", "task 'lb/qasper'", "sample 's7'", "110 tokens", "60 positions",
+                 "10 tokens of generation room", "leave 50", "truncate: middle"):
+        assert part in msg, (part, msg)
+    # no room for any context: refused even under middle
+    with pytest.raises(UserError, match="no context fits"):
+        fit_prompt(_ids(100, 55), 60, 10, "middle", task="t", sample_id="s")
+    with pytest.raises(UserError, match="truncate must be one of middle, error, none"):
+        fit_prompt(_ids(1, 1), 60, 10, "left")
+
+
+def test_fit_prompt_on_a_real_prompt_keeps_instruction_and_question():
+    from lukv_bench.models import byte_tokenizer
+    from lukv_bench.prompts import build_prompt, fit_prompt
+    from lukv_bench.tasks.base import Sample
+
+    tok = byte_tokenizer()
+    sample = Sample(id="x", context="".join(f"<{i:04d}>" for i in range(400)), question="Which number?",
+                    answers=["1"], instruction="Read this.")
+    ids = build_prompt(tok, sample, chat=False)
+    fitted, original, used = fit_prompt(ids, max_positions=1024, max_new_tokens=24)
+    assert original == len(ids.full) > 1000 and used == len(fitted.full) == 1000
+    text = tok.decode(fitted.full)
+    assert text.startswith("Read this.\n\n<0000>") and text.endswith("<0399>\n\nWhich number?\nAnswer:")
+    assert "<0200>" not in text  # the middle went
+
+
+def test_model_max_positions():
+    from types import SimpleNamespace
+
+    from lukv_bench.models import tiny_model
+    from lukv_bench.prompts import model_max_positions
+
+    assert model_max_positions(tiny_model(n_layers=1).config) == 4096
+    assert model_max_positions(SimpleNamespace(n_positions=1024)) == 1024
+    assert model_max_positions(SimpleNamespace(text_config=SimpleNamespace(max_position_embeddings=8192))) == 8192
+    assert model_max_positions(SimpleNamespace()) is None

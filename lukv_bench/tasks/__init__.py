@@ -74,6 +74,7 @@ def _jsonl(task: dict[str, Any], suite: Suite | None) -> TaskLike:
         shuffle=bool(task.get("shuffle", False)),
         seed=suite.seed if suite is not None else 0,
         limit=_limit(task, suite),
+        max_new_tokens=task.get("max_new_tokens"),
     )
 
 
@@ -99,6 +100,7 @@ def _longbench(task: dict[str, Any], suite: Suite | None) -> list[TaskLike]:
             num_samples=task.get("num_samples"),
             shuffle=bool(task.get("shuffle", False)),
             limit=_limit(task, suite),
+            max_new_tokens=task.get("max_new_tokens"),
         )
         for subset in subsets
     ]

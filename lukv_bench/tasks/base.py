@@ -23,6 +23,9 @@ class Sample:
     instruction: str = ""  #: task instruction placed before the context
     all_classes: list[str] | None = None  #: label set for classification metrics
     meta: dict[str, Any] = field(default_factory=dict)  #: e.g. needle depth/length for heatmaps
+    #: tokens to generate for this sample (the task's ``max_new_tokens``, or LongBench's per-subset
+    #: length); None: the suite's ``generation.max_new_tokens``
+    max_new_tokens: int | None = None
 
     def blocks(self) -> tuple[str, str]:
         """(context block, question block) of the user message, in that order."""

@@ -3,7 +3,9 @@
 One JSON object per line with ``context``, ``question`` and ``answers`` (a list of strings, or one
 string), and optionally ``id``, ``instruction``, ``all_classes`` (label set, for the classification
 metric) and ``meta`` (a map copied to ``Sample.meta``; other unknown fields are copied there too).
-Blank lines are skipped. Any bad row is a :class:`~lukv_bench.errors.UserError` naming file and line.
+Blank lines are skipped. The file must be UTF-8 without a byte-order mark and hold at least one row.
+Any problem is a :class:`~lukv_bench.errors.UserError` naming the file and line; suite validation
+reads the file the same way, so data errors show before any model loads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from lukv_bench import metrics
 from lukv_bench.errors import UserError
 from lukv_bench.tasks.base import Sample
 
-__all__ = ["JsonlTask", "load_jsonl"]
+__all__ = ["JsonlTask", "load_jsonl", "read_text_file"]
 
 _KNOWN = ("id", "context", "question", "answers", "instruction", "all_classes", "meta")
 
@@ -66,17 +68,49 @@ def _row_to_sample(row: Any, where: str, line_no: int, default_instruction: str)
     )
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_text_file(file: Path) -> str:
+    """The text of a UTF-8 data file; a :class:`UserError` naming the file (and line) when it cannot be one.
+
+    Refused: a missing path, a folder, a file that cannot be opened, a UTF-8 byte-order mark (JSON
+    forbids it) and bytes that are not UTF-8.
+    """
+    if file.is_dir():
+        raise UserError(f"{file}: is a folder, not a data file; point the task's path at a JSONL file")
+    if not file.exists():
+        raise UserError(f"{file}: file not found")
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise UserError(f"{file}: cannot read the file ({e.strerror or e}); check its permissions") from None
+    if data.startswith(_BOM):
+        raise UserError(
+            f"{file}:1: the file starts with a UTF-8 byte-order mark (BOM), which JSON does not allow; "
+            "save it as UTF-8 without BOM"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(
+            f"{file}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
+
+
 def load_jsonl(path: str | Path, instruction: str = "", metric: str | None = None) -> list[Sample]:
-    """Read and check every row of a JSONL task file."""
+    """Read and check every row of a JSONL task file (suite validation calls it before any model loads)."""
     file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise UserError(f"JSONL task file not found: {file}")
+    text = read_text_file(file)
+    if not text.strip():
+        raise UserError(
+            f"{file}: the file is empty; expected one JSON object per line with context, question, answers"
+        )
     samples: list[Sample] = []
     ids: dict[str, int] = {}
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{file}: cannot read: {e}") from None
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -92,8 +126,6 @@ def load_jsonl(path: str | Path, instruction: str = "", metric: str | None = Non
             raise UserError(f"{where}: the classification metric needs 'all_classes' on every row")
         ids[sample.id] = line_no
         samples.append(sample)
-    if not samples:
-        raise UserError(f"{file}: no rows (expected one JSON object per line)")
     return samples
 
 
@@ -109,13 +141,17 @@ class JsonlTask:
         shuffle: bool = False,
         seed: int = 0,
         limit: int | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         metrics.check_metric(metric)
         self.name = name
         self.metric = metric
         self.limit = limit
+        self.max_new_tokens = max_new_tokens  #: None: the suite's generation.max_new_tokens
         self.path = Path(path).expanduser().resolve()
         self._samples = load_jsonl(self.path, instruction=instruction, metric=metric)
+        for sample in self._samples:
+            sample.max_new_tokens = max_new_tokens
         if shuffle:
             random.Random(f"jsonl:{seed}").shuffle(self._samples)
         order = f", shuffled with seed {seed}" if shuffle else ""

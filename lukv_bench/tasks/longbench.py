@@ -10,8 +10,10 @@
   so ("offline ... (hub THUDM/LongBench/qasper unavailable: ...)"): never a silent substitution.
 
 Subset names ending in ``_like`` always mean the offline set. Each subset keeps LongBench's metric,
-its first-line-only scoring (trec, triviaqa, samsum) and a prompt in the spirit of LongBench's
-templates, split into instruction / context / question blocks (see :class:`Sample`).
+its first-line-only scoring (trec, triviaqa, samsum), its generation length (LongBench's
+``dataset2maxlen``, e.g. 512 tokens for gov_report; ``Sample.max_new_tokens``, unless the suite task
+sets ``max_new_tokens``) and a prompt in the spirit of LongBench's templates, split into
+instruction / context / question blocks (see :class:`Sample`).
 """
 
 from __future__ import annotations
@@ -302,6 +304,7 @@ class LongBenchTask:
         num_samples: int | None = None,
         shuffle: bool = False,
         limit: int | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         if source not in ("auto", "hub", "offline"):
             raise UserError(f"LongBench source must be auto, hub or offline (got {source!r})")
@@ -323,7 +326,9 @@ class LongBenchTask:
         spec = self.hub or offline[subset]
         self.metric: str = spec.metric
         self.first_line_only: bool = spec.first_line_only
-        self.max_new_tokens: int = spec.max_new_tokens  #: LongBench's generation length for this subset
+        #: tokens to generate per sample: the suite task's max_new_tokens, else LongBench's length for
+        #: this subset (its dataset2maxlen; offline sets use the length of the subset they imitate)
+        self.max_new_tokens: int = max_new_tokens if max_new_tokens is not None else spec.max_new_tokens
         self._samples: list[Sample] | None = None
         self._generated = False  # samples come from the offline generator
         self._fallback_reason = ""
@@ -362,6 +367,8 @@ class LongBenchTask:
                 log.warning("task %s: %s; using the offline set %s", self.name, fallback_reason, self.offline_name)
             else:
                 samples = [self._from_row(r, i) for i, r in enumerate(rows)]
+                for sample in samples:
+                    sample.max_new_tokens = self.max_new_tokens
                 if self.shuffle:
                     random.Random(f"longbench:{self.subset}:{self.seed}").shuffle(samples)
                 self._samples = samples
@@ -373,6 +380,8 @@ class LongBenchTask:
         assert self.offline_name is not None
         n = self.num_samples or max(DEFAULT_NUM_SAMPLES, want or 0, self.limit or 0)
         self._samples = gen.generate(self.offline_name, n, self.seed, self.context_tokens)
+        for sample in self._samples:
+            sample.max_new_tokens = self.max_new_tokens
         self._generated = True
         source = gen.data_source(self.offline_name, self.seed, self.context_tokens)
         self._data_source = f"{source} ({fallback_reason})" if fallback_reason else source

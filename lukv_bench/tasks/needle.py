@@ -14,6 +14,10 @@ Suite entry::
       depths: [0.1, 0.5, 0.9]      # where the needle goes, 0 = start, 1 = end
       samples_per_cell: 1
       seed: 0
+      max_new_tokens: 16           # optional; default: the suite's generation.max_new_tokens
+
+The needle is always scored by whether the pass key appears in the answer, so ``metric`` is refused;
+``compress`` and ``chat_template`` are suite-level settings and are refused on the task too.
 """
 
 from __future__ import annotations
@@ -38,9 +42,18 @@ QUESTION = "What is the secret pass key? Answer with the number only."
 NEEDLE_TEMPLATE = "The secret pass key is {key}."
 CHARS_PER_TOKEN = 4  #: length estimate when no tokenizer is given
 
-#: keys a suite may put on any task entry; accepted and ignored here
-GENERIC_KEYS = frozenset({"name", "type", "limit", "compress", "metric", "max_new_tokens", "chat_template"})
+#: keys the suite handles on any task entry (``limit``) or that this task honours (``max_new_tokens``)
+GENERIC_KEYS = frozenset({"name", "type", "limit", "max_new_tokens"})
 NEEDLE_KEYS = frozenset({"lengths", "depths", "samples_per_cell", "seed"})
+#: keys other tasks or the suite's top level take, refused here with the reason
+REFUSED_KEYS = {
+    "metric": "cannot be set: the needle task is scored by whether the pass key appears in the answer "
+    "(substring); remove it",
+    "compress": "is a suite-level setting (top-level 'compress: prompt' or 'compress: context'); remove it "
+    "from the task",
+    "chat_template": "is a suite-level setting (top-level 'chat_template: auto|true|false'); remove it from "
+    "the task",
+}
 
 _HEADING_LINE = re.compile(r"^\s*[*=\-^~#]{3,}\s*$")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -142,9 +155,11 @@ class NeedleTask:
         samples_per_cell: int = 1,
         seed: int = 0,
         tokenizer: Any | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         """Build the task; see :meth:`from_config` for validation of user input."""
         self.name = name
+        self.max_new_tokens = max_new_tokens  #: None: the suite's generation.max_new_tokens
         self.lengths = [int(x) for x in lengths]
         self.depths = [float(x) for x in depths]
         self.samples_per_cell = int(samples_per_cell)
@@ -160,11 +175,13 @@ class NeedleTask:
         """
         if not isinstance(cfg, Mapping):
             raise UserError(f"needle task: the task entry must be a mapping, got {type(cfg).__name__}")
+        for key, why in REFUSED_KEYS.items():
+            _require(key not in cfg, key, why)
         unknown = sorted(set(cfg) - GENERIC_KEYS - NEEDLE_KEYS)
         if unknown:
             raise UserError(
                 f"needle task: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(NEEDLE_KEYS | {'name', 'type'}))}"
+                f"allowed: {', '.join(sorted(NEEDLE_KEYS | GENERIC_KEYS))}"
             )
         name = cfg.get("name", "needle")
         _require(isinstance(name, str) and bool(name), "name", "must be a non-empty string")
@@ -192,7 +209,13 @@ class NeedleTask:
         )
         seed = cfg.get("seed", 0)
         _require(isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}")
-        return cls(name, lengths, depths, spc, seed, tokenizer)
+        new = cfg.get("max_new_tokens")
+        _require(
+            new is None or (isinstance(new, int) and not isinstance(new, bool) and new >= 1),
+            "max_new_tokens",
+            f"must be a positive integer, got {new!r}",
+        )
+        return cls(name, lengths, depths, spc, seed, tokenizer, max_new_tokens=new)
 
     # -- samples -------------------------------------------------------------------------------
 
@@ -243,6 +266,7 @@ class NeedleTask:
             question=QUESTION,
             answers=[key],
             instruction=INSTRUCTION,
+            max_new_tokens=self.max_new_tokens,
             meta={
                 "depth": depth,
                 "length": length,
