@@ -50,9 +50,18 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
+def _check_out_folder(out: Path, given: bool) -> None:
+    """Refuse an output folder that is a file, or that sits under a file, before any model loads."""
+    what = f"--out {out}" if given else f"the default output folder {out} (set --out to choose another)"
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"cannot be created: {path} is a file"
+            raise UserError(f"{what}: {where}, not a folder; pass --out with a folder path (created if missing)")
+
+
 @main.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: results/<suite name>). Rerunning resumes.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task (overrides the suite).")
 @click.option("--model", default=None, help="Model override: embedded, a hub id, a folder or a .gguf file.")
@@ -64,6 +73,7 @@ def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_
     from lukv_bench.suite import apply_overrides, load_suite
 
     s = apply_overrides(load_suite(suite), limit=limit, model=model)
+    _check_out_folder(out or Path("results") / s.name, given=out is not None)
     out = out or Path("results") / s.name
     Runner(s, out, progress=not no_progress).run()
     report = render_report(out)
