@@ -251,7 +251,6 @@ def test_default_out_folder_under_a_file(workdir: Path) -> None:
 # -------------------------------------------------------------------- found once the model is loaded
 
 
-@pytest.mark.xfail(strict=True, reason="the runner does not call prompts.fit_prompt yet (lead: runner.py)")
 def test_context_over_the_model_limit_under_truncate_error(workdir: Path) -> None:
     """The tiny model has 4,096 positions and one token per byte: a 5,000-byte context cannot fit."""
     row = {"id": "long", "context": "The fox lives in a den. " * 210, "question": "Where?", "answers": ["den"]}
@@ -267,7 +266,6 @@ def test_context_over_the_model_limit_under_truncate_error(workdir: Path) -> Non
     assert not results.exists() or results.read_text() == ""
 
 
-@pytest.mark.xfail(strict=True, reason="run.json comparison on resume is not in the runner yet (lead)")
 def test_results_folder_of_another_suite(workdir: Path) -> None:
     """Rerunning into a folder whose run.json holds other settings stops, naming run.json and the keys."""
     out = workdir / "out"
