@@ -1,0 +1,163 @@
+"""The benchmark regression gate (benchmarks/gate.py): it passes within tolerance and fails beyond it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GATE = ROOT / "benchmarks" / "gate.py"
+
+
+def _gate_module():
+    spec = importlib.util.spec_from_file_location("lukv_bench_gate", GATE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(path: Path, ratios: dict[str, float | None]) -> Path:
+    """A minimal pytest-benchmark --benchmark-json file; None: a benchmark that sets no ratio."""
+    benches = [
+        {"name": n, "extra_info": {} if r is None else {"ratio": r, "ratio_desc": f"{n} / reference"}}
+        for n, r in ratios.items()
+    ]
+    path.write_text(json.dumps({"machine_info": {"cpu_model": "test cpu", "cores": 2}, "benchmarks": benches}))
+    return path
+
+
+def _baseline(path: Path, entries: dict[str, dict]) -> Path:
+    path.write_text(json.dumps({"machine": {"cpu": "test cpu"}, "benchmarks": entries}))
+    return path
+
+
+def _run(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(GATE), *map(str, args)], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> Path:
+    return _baseline(
+        tmp_path / "baseline.json",
+        {
+            "test_a[1]": {"ratio": 1.0, "tolerance": 0.5},
+            "test_b": {"ratio": 2.0, "tolerance": 0.3},
+            "test_gpu": {"ratio": 0.1, "tolerance": 0.5, "optional": True},
+        },
+    )
+
+
+def test_passes_within_tolerance(tmp_path: Path, baseline: Path) -> None:
+    # worse, but inside the tolerance; better; an optional entry absent; a new and an unratioed benchmark
+    res = _results(tmp_path / "r.json", {"test_a[1]": 1.49, "test_b": 1.0, "test_new": 3.0, "test_plain": None})
+    proc = _run(res, "--baseline", baseline)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gate: passed" in proc.stdout
+    assert "test_new" in proc.stdout and "not in baseline" in proc.stdout
+    assert "missing (optional)" in proc.stdout
+    assert "test_plain" not in proc.stdout
+
+
+def test_fails_beyond_tolerance_naming_everything(tmp_path: Path, baseline: Path) -> None:
+    res = _results(tmp_path / "r.json", {"test_a[1]": 1.51, "test_b": 2.5})
+    proc = _run(res, "--baseline", baseline)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "REGRESSED" in proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip().startswith("test_a[1]")]
+    assert len(lines) == 1
+    assert "1.510" in lines[0] and "baseline 1.000" in lines[0] and "+50%" in lines[0] and "limit 1.500" in lines[0]
+    assert "test_b" not in proc.stderr  # 2.5 <= 2.0 * 1.3
+    assert "--update" in proc.stderr  # says how to refresh on purpose
+
+
+def test_missing_required_entry_fails(tmp_path: Path, baseline: Path) -> None:
+    proc = _run(_results(tmp_path / "r.json", {"test_a[1]": 1.0}), "--baseline", baseline)
+    assert proc.returncode == 1
+    assert "test_b: in the baseline (ratio 2.000) but not in this run" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not readable JSON"),
+        ('{"benchmarks": {}}', "no 'benchmarks' list"),
+        ('{"benchmarks": [{"name": "x", "extra_info": {"ratio": -1}}]}', "must be a positive number"),
+    ],
+)
+def test_bad_results_file_exits_2(tmp_path: Path, baseline: Path, content: str, message: str) -> None:
+    bad = tmp_path / "r.json"
+    bad.write_text(content)
+    proc = _run(bad, "--baseline", baseline)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_or_empty_baseline_exits_2(tmp_path: Path) -> None:
+    res = _results(tmp_path / "r.json", {"test_a[1]": 1.0})
+    bad = _baseline(tmp_path / "bad.json", {"test_a[1]": {"ratio": 1.0}})
+    proc = _run(res, "--baseline", bad)
+    assert proc.returncode == 2 and "'tolerance'" in proc.stderr
+    proc = _run(res, "--baseline", tmp_path / "none.json")
+    assert proc.returncode == 2 and "--update" in proc.stderr
+
+
+def test_update_takes_median_noise_and_tolerance(tmp_path: Path, baseline: Path) -> None:
+    runs = [
+        _results(tmp_path / f"r{i}.json", {"test_a[1]": a, "test_new": 2.0}) for i, a in enumerate([1.0, 1.2, 1.1])
+    ]
+    proc = _run("--update", *runs, "--baseline", baseline)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(baseline.read_text())
+    a = data["benchmarks"]["test_a[1]"]
+    assert a["ratio"] == pytest.approx(1.1) and a["noise"] == pytest.approx(0.2 / 1.1, abs=1e-3)
+    assert a["tolerance"] == _gate_module().tolerance_for(a["noise"]) == 0.3
+    assert "test_b" not in data["benchmarks"]  # dropped: not optional and not run
+    assert data["benchmarks"]["test_gpu"]["optional"] is True  # optional entries are kept
+    assert data["machine"]["cpu"] == "test cpu" and data["machine"]["date"]
+    # one run keeps the tolerance it had; the refreshed baseline passes the run it came from
+    proc = _run("--update", runs[0], "--baseline", baseline)
+    assert json.loads(baseline.read_text())["benchmarks"]["test_a[1]"]["tolerance"] == 0.3
+    assert _run(runs[0], "--baseline", baseline).returncode == 0
+
+
+def test_tolerance_rule() -> None:
+    gate = _gate_module()
+    assert gate.tolerance_for(None) == gate.DEFAULT_TOLERANCE
+    assert gate.tolerance_for(0.01) == gate.MIN_TOLERANCE
+    assert gate.tolerance_for(0.4) == pytest.approx(0.6)
+    assert gate.tolerance_for(0.41) == pytest.approx(0.65)  # rounded up to 0.05 steps
+
+
+def test_committed_baseline_is_valid() -> None:
+    gate = _gate_module()
+    data = gate.load_baseline(gate.BASELINE)
+    assert data["benchmarks"], "benchmarks/baseline.json has no entries"
+    assert {"cpu", "cores", "torch", "date"} <= set(data["machine"])
+
+
+@pytest.mark.slow
+def test_injected_slowdown_trips_the_gate_on_a_real_benchmark(tmp_path: Path) -> None:
+    """A real kernel benchmark with LUKV_BENCH_GATE_SLOWDOWN set fails against the committed baseline."""
+    name = "test_bench_append_decode[2048]"
+    committed = json.loads((ROOT / "benchmarks" / "baseline.json").read_text())["benchmarks"][name]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(LUKV_BENCH_GATE_SLOWDOWN="0.05", OMP_NUM_THREADS="1")
+    results = tmp_path / "bench.json"
+    bench = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/test_bench_kernels.py", "-q", "-p", "no:cacheprovider",
+         "--benchmark-only", "-k", "test_bench_append_decode and 2048", f"--benchmark-json={results}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    only = _baseline(tmp_path / "baseline.json", {name: committed})
+    proc = _run(results, "--baseline", only)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert name in proc.stderr and f"baseline {committed['ratio']:.3f}" in proc.stderr
+    assert f"tolerance of +{committed['tolerance']:.0%}" in proc.stderr
