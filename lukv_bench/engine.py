@@ -68,12 +68,8 @@ class Compressed:
     kv_bytes: int  #: bytes of this setting's compressed K/V, measured from the cache's buffers
     kv_bytes_full: int  #: bytes of the uncompressed (FullKV) cache of the same prompt
     compress_s: float  #: planning (scoring, allocation, selection) + this setting's share of the gather
+    kept_tokens_mean: float  #: mean tokens kept per layer and storage head (what the budget became)
     allocation_info: dict | None = None
-
-    @property
-    def kept_tokens_mean(self) -> float:
-        """Mean tokens kept per layer and storage head (what the budget became)."""
-        return sum(sum(c) / len(c) for c in (ks.counts for ks in self.keep)) / max(1, len(self.keep))
 
 
 @dataclass
@@ -212,6 +208,7 @@ class Engine:
                 kv_bytes=cache.kv_bytes(b),
                 kv_bytes_full=pre.kv_bytes_full(),
                 compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
+                kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),
                 allocation_info=getattr(plan.allocation, "info", None),
             ))
         return cache, out

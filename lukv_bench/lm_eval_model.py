@@ -1,12 +1,17 @@
 """lm-eval integration: an ``LM`` that answers every request under many (policy, budget) settings.
 
-Requests that share a context are prefilled once; each (policy, budget) compresses that prefill
-and then scores every continuation (``loglikelihood``) or generates (``generate_until``). Answers
-for all settings are computed together and cached; :meth:`LukvEvalLM.use` selects which setting
-lm-eval's ``evaluate`` sees, so each setting is one ordinary lm-eval evaluation with its own
-metrics. ``loglikelihood_rolling`` (perplexity) is computed without compression, and says so.
+Requests that share a context are prefilled once; all settings are compressed from that prefill
+into one batched cache and answered together (:func:`~lukv_bench.engine.sweep` for
+``generate_until``, one teacher-forced forward per continuation for ``loglikelihood``). Answers for
+all settings are cached; :meth:`LukvEvalLM.use` selects which setting lm-eval's ``evaluate`` sees,
+so each setting is one ordinary lm-eval evaluation with its own metrics.
 
-The whole request context is compressed (lm-eval does not separate context from question).
+Protocol: the request context is compressed *except its last* ``tail`` *tokens* (the question and
+answer prompt, typically), which are fed after compression; the answer is then generated or
+scored. Without such a tail the first continuation token would be scored from the uncompressed
+prefill, and a single-token multiple-choice answer would never feel the compression.
+``loglikelihood_rolling`` (perplexity) is computed without compression, and says so.
+
 Tokenisation follows lm-eval's ``HFLM``: trailing spaces of a context move to the continuation,
 the continuation's tokens are those of ``context + continuation`` after the context's, and an
 empty context is replaced by one prefix token (BOS, else EOS).
@@ -15,59 +20,55 @@ empty context is replaced by one prefix token (BOS, else EOS).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from lukv_bench.engine import Engine, sweep
+from lukv_bench.engine import Engine, Generation, Outcome, sweep
+from lukv_bench.memory import PeakMemory
 from lukv_bench.policy import Budget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LukvEvalLM", "RequestStats", "run_lm_eval"]
+__all__ = ["DEFAULT_TAIL", "LukvEvalLM", "run_lm_eval"]
+
+#: context tokens left uncompressed and fed after compression (see the module docstring)
+DEFAULT_TAIL = 32
+
+Setting = tuple[Any, Any]  #: (policy, budget spec)
 
 
 @dataclass
-class RequestStats:
-    """Cost and memory figures of one request under one setting (joined to lm-eval's per-doc logs)."""
+class PrefillFigures:
+    """What a record needs of a prefill (the prefill itself, with its K/V, is not kept)."""
 
-    context_tokens: int
-    kv_bytes: int
-    kv_bytes_full: int
-    layer_budgets: list[int]
+    n: int  #: tokens prefilled (the compressed part of the context)
     prefill_s: float
-    compress_s: float
-    decode_s: float = 0.0
-    new_tokens: int = 0
-    kl_mean: float | None = None
-    greedy_agreement: float | None = None
-    budget_ratio: float = 1.0
-    budget_tokens_mean: int = 0
-    head_budgets: list[list[int]] | None = None
-    allocation_info: dict[str, Any] | None = None
-    peak_mem_bytes: int | None = None
-    prefill_peak_mem_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, pre, comp, budget, **more: Any) -> RequestStats:
-        """Figures of one compressed cache (``comp``) built from prefill ``pre`` at ``budget``."""
-        return cls(
-            context_tokens=pre.n, kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full,
-            layer_budgets=comp.layer_budgets, prefill_s=pre.prefill_s, compress_s=comp.compress_s,
-            budget_ratio=budget.ratio, budget_tokens_mean=budget.tokens, head_budgets=comp.head_budgets,
-            allocation_info=comp.allocation_info, prefill_peak_mem_bytes=pre.peak_mem_bytes, **more,
-        )
+    peak_mem_bytes: int
+    tail: int  #: uncompressed context tokens fed after compression
 
 
-Setting = tuple[Any, Any]  #: (policy, budget spec)
+@dataclass
+class Answer:
+    """One request's answer under one setting, with the figures its record needs."""
+
+    value: Any  #: (logprob, is_greedy) or the generated text
+    pre: PrefillFigures
+    outcome: Outcome
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _figures(pre, tail: int) -> PrefillFigures:
+    return PrefillFigures(n=pre.n, prefill_s=pre.prefill_s, peak_mem_bytes=pre.peak_mem_bytes, tail=tail)
 
 
 @register_model("lukv")
@@ -82,20 +83,23 @@ class LukvEvalLM(LM):
             the rendered text carries its own special tokens).
         max_length: context window; longer inputs are left-truncated (default: the model's
             ``max_position_embeddings``).
+        tail: context tokens left uncompressed and fed after compression.
+        batch_settings: settings decoded together (None: all).
     """
 
     def __init__(self, engine: Engine, settings: Sequence[Setting], full_policy: Any, chat: bool = True,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, tail: int = DEFAULT_TAIL, batch_settings: int | None = None) -> None:
         super().__init__()
         self.engine = engine
         self.settings = list(settings)
         self.full_policy = full_policy
         self.chat = chat
+        self.tail = tail
+        self.batch_settings = batch_settings
         cfg = engine.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 8192
         self.active = 0
-        self._answers: dict[tuple, list[Any]] = {}  # request key -> answer per setting
-        self._req_stats: dict[tuple, list[RequestStats]] = {}  # request key -> stats per setting
+        self._answers: dict[tuple, list[Answer]] = {}  # request key -> answer per setting
         self._index: dict[tuple, tuple] = {}  # (task, doc_id, idx) -> request key
         self._warned: set[str] = set()
 
@@ -170,42 +174,52 @@ class LukvEvalLM(LM):
             return ids[-keep:]
         return ids
 
+    def _split(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """(compressed head, uncompressed tail); the head keeps at least one token."""
+        cut = max(1, len(ids) - self.tail)
+        return ids[:cut], ids[cut:]
+
     # -- bookkeeping ----------------------------------------------------------------------------------
     @staticmethod
     def _req_key(req) -> tuple:
         return (req.request_type, tuple(map(str, req.args)))
 
     def _note(self, req) -> None:
-        """Remember which request key answers (task, doc_id, idx), for :meth:`doc_stats`."""
+        """Remember which request key answers (task, doc_id, idx), for :meth:`doc_answers`."""
         self._index[(getattr(req, "task_name", None), getattr(req, "doc_id", None), getattr(req, "idx", 0))] = (
             self._req_key(req))
 
-    def doc_stats(self, task_name: str, doc_id: Any) -> list[RequestStats] | None:
-        """Stats per setting of one document: those of its first request (choices share the context).
+    def doc_answers(self, task_name: str, doc_id: Any) -> list[Answer] | None:
+        """Per setting, the answer of a document's first request (choices share the context).
 
-        Time and new tokens are summed over the document's requests when it sent several.
+        Decode time and answer tokens are summed over the document's requests when it sent several.
         """
         keys = sorted((idx, key) for (t, d, idx), key in self._index.items() if t == task_name and d == doc_id)
-        distinct = list(dict.fromkeys(k for _, k in keys if k in self._req_stats))
+        distinct = list(dict.fromkeys(k for _, k in keys if k in self._answers))
         if not distinct:
             return None
-        per_req = [self._req_stats[k] for k in distinct]
+        per_req = [self._answers[k] for k in distinct]
         out = []
         for i, first in enumerate(per_req[0]):
-            st = RequestStats(**{**first.__dict__, "extra": dict(first.extra)})
-            if len(per_req) > 1:
-                st.decode_s = sum(s[i].decode_s for s in per_req)
-                st.new_tokens = sum(s[i].new_tokens for s in per_req)
-                st.extra["requests"] = len(keys)
-            out.append(st)
+            if len(per_req) == 1:
+                out.append(first)
+                continue
+            gen = dataclasses.replace(
+                first.outcome.generation,
+                decode_s=sum(r[i].outcome.generation.decode_s for r in per_req),
+                tokens=[t for r in per_req for t in r[i].outcome.generation.tokens],
+            )
+            outcome = dataclasses.replace(first.outcome, generation=gen)
+            out.append(dataclasses.replace(first, outcome=outcome, extra={**first.extra, "requests": len(keys)}))
         return out
 
     # -- requests -------------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Sum of log-probabilities of each continuation given its (compressed) context.
 
-        Requests with the same context tokens form one group: one prefill, one compression per
-        setting, then every continuation is scored on that compressed cache.
+        Requests with the same context tokens form one group: one prefill of the context's head,
+        one batched compression for all settings, then every continuation is scored for all
+        settings in one forward (tail + continuation, teacher-forced).
         """
         groups: dict[tuple[int, ...], list[tuple[tuple, list[int]]]] = defaultdict(list)
         seen: set[tuple] = set()
@@ -222,42 +236,60 @@ class LukvEvalLM(LM):
             groups[tuple(ctx)].append((key, cont))
         for ctx, items in groups.items():
             self._score_group(list(ctx), items)
-        return [self._answers[self._req_key(r)][self.active] for r in requests]
+        return [self._answers[self._req_key(r)][self.active].value for r in requests]
 
     @torch.no_grad()
     def _score_group(self, ctx_ids: list[int], items: list[tuple[tuple, list[int]]]) -> None:
         eng = self.engine
+        head, tail = self._split(ctx_ids)
         needs = set().union(*(p.needs for p, _ in self.settings))
-        pre = eng.prefill(torch.tensor([ctx_ids]), needs)
-        answers: list[list[Any]] = [[] for _ in items]
-        stats: list[list[RequestStats]] = [[] for _ in items]
-        for policy, spec in self.settings:
-            budget = Budget.resolve(spec, pre.n)
-            comp = eng.compress(pre, policy, budget)
-            mark = comp.cache.mark()
-            for i, (_, cont) in enumerate(items):
-                if not cont:
-                    answers[i].append((0.0, True))
-                else:
-                    logits = torch.cat([pre.last_logits[None], eng.feed(comp.cache, cont[:-1])])
-                    comp.cache.rollback(mark)
-                    logp = torch.log_softmax(logits, -1)
-                    target = torch.tensor(cont, device=logp.device)
-                    total = float(logp.gather(1, target[:, None]).sum())
-                    greedy = bool((logits.argmax(-1) == target).all())
-                    answers[i].append((total, greedy))
-                stats[i].append(RequestStats.of(
-                    pre, comp, budget, extra={"continuation_tokens": len(cont), "group_size": len(items)}
-                ))
-        for (key, _), a, s in zip(items, answers, stats):
-            self._answers[key] = a
-            self._req_stats[key] = s
+        pre = eng.prefill(torch.tensor([head]), needs)
+        figures = _figures(pre, len(tail))
+        answers: dict[tuple, list[Answer]] = {key: [] for key, _ in items}
+        size = self.batch_settings or len(self.settings)
+        room = len(tail) + max((len(c) for _, c in items), default=0)
+        for lo in range(0, len(self.settings), size):
+            chunk = self.settings[lo : lo + size]
+            budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
+            with PeakMemory(eng.device) as mem:
+                cache, comps = eng.compress(pre, [(p, b) for (p, _), b in zip(chunk, budgets)], headroom=room)
+                mark = cache.mark()
+                for key, cont in items:
+                    t0 = time.perf_counter()
+                    forced = tail + cont[:-1]
+                    logits = eng.feed(cache, forced) if forced else torch.empty(len(chunk), 0, 1)
+                    cache.rollback(mark)
+                    if tail:
+                        logits = logits[:, len(tail) - 1 :]
+                    else:  # no tail: the first continuation token comes from the prefill's last logits
+                        first = pre.last_logits.expand(len(chunk), 1, -1)
+                        logits = torch.cat([first, logits], dim=1) if logits.shape[1] else first
+                    share = (time.perf_counter() - t0) / len(chunk)
+                    for row, ((policy, spec), budget, comp) in enumerate(zip(chunk, budgets, comps)):
+                        if cont:
+                            logp = torch.log_softmax(logits[row, : len(cont)], -1)
+                            target = torch.tensor(cont, device=logp.device)
+                            value = (float(logp.gather(1, target[:, None]).sum()),
+                                     bool((logp.argmax(-1) == target).all()))
+                        else:
+                            value = (0.0, True)
+                        gen = Generation(tokens=list(cont), logits=torch.empty(0), decode_s=share)
+                        out = Outcome(policy, spec, budget, dataclasses.replace(comp, keep=[]), gen, 0, len(chunk))
+                        answers[key].append(Answer(value, figures, out, {"continuation_tokens": len(cont),
+                                                                         "group_size": len(items)}))
+            for key, _ in items:
+                for a in answers[key][lo:]:
+                    a.outcome.peak_mem_bytes = mem.peak
+        self._answers.update(answers)
+        if not tail:
+            self._warn_once("tail", "tail: 0 — the first continuation token is scored from the uncompressed prefill")
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy generation under each setting until EOS, a stop string, or ``max_gen_toks``.
 
         ``do_sample``/``temperature`` are ignored (always greedy: compression is compared on the
-        same decoding rule). One prefill per request serves every setting.
+        same decoding rule). One prefill per request serves every setting; the context's tail is
+        fed after compression (``compress: context``) and all settings decode together.
         """
         for r in requests:
             self._note(r)
@@ -272,20 +304,17 @@ class LukvEvalLM(LM):
             until = [until] if isinstance(until, str) else [u for u in until if u]
             max_toks = int(gen_kwargs.get("max_gen_toks", gen_kwargs.get("max_new_tokens", 256)))
             ctx_ids = self._encode(context) or [self._prefix_token()]
-            ctx_ids = self._truncate(ctx_ids, max_toks)
-            answers, stats = [], []
-            for pre, out in sweep(self.engine, ctx_ids, [], self.settings, self.full_policy, compress="prompt",
-                                  max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until):
-                comp, gen = out.compressed, out.generation
-                answers.append(gen.text)
-                stats.append(RequestStats.of(
-                    pre, comp, out.budget, decode_s=gen.decode_s, new_tokens=len(gen.tokens),
-                    kl_mean=out.kl_mean, greedy_agreement=out.greedy_agreement,
-                    peak_mem_bytes=out.peak_mem_bytes, extra={"stopped": gen.stopped},
-                ))
-            self._answers[key] = answers
-            self._req_stats[key] = stats
-        return [self._answers[self._req_key(r)][self.active] for r in requests]
+            head, tail = self._split(self._truncate(ctx_ids, max_toks))
+            by_setting: dict[tuple[str, str], Answer] = {}
+            for pre, out in sweep(self.engine, head, tail, self.settings, self.full_policy, compress="context",
+                                  max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until,
+                                  batch_settings=self.batch_settings):
+                out.compressed = dataclasses.replace(out.compressed, keep=[])
+                out.generation.logits = torch.empty(0)
+                by_setting[(out.policy.name, repr(out.budget_spec))] = Answer(
+                    out.generation.text, _figures(pre, len(tail)), out, {"stopped": out.generation.stopped})
+            self._answers[key] = [by_setting[(p.name, repr(s))] for p, s in self.settings]
+        return [self._answers[self._req_key(r)][self.active].value for r in requests]
 
     @torch.no_grad()
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -508,50 +537,51 @@ def _load_tasks(cfg: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     return tasks
 
 
-def run_lm_eval(cfg: Any, engine: Engine, model_name: str, tokenizer_path: str, settings: Sequence[Setting],
-                full_policy: Any, writer: Any, record_base: dict[str, Any], chat: bool,
+def run_lm_eval(cfg: Any, engine: Engine, tokenizer_path: str, settings: Sequence[Setting], full_policy: Any,
+                writer: Any, make_record: Callable[..., Any], chat: bool, batch_settings: int | None = None,
                 progress: Any = None) -> None:
     """Evaluate every (policy, budget) in ``settings`` on the lm-eval tasks of ``cfg``; append records.
 
     Per lm-eval task, one :class:`LukvEvalLM` answers all settings not yet in ``writer`` (each
-    shared context prefilled once); lm-eval's ``evaluate`` then runs once per setting over the
-    cached answers to compute that setting's per-doc metrics, which become one record per
-    (doc, policy, budget). Records land task by task, so an interrupted run resumes per task.
+    shared context prefilled once, all settings batched); lm-eval's ``evaluate`` then runs once per
+    setting over the cached answers to compute that setting's per-doc metrics, which become one
+    record per (doc, policy, budget). ``make_record(task, doc_id, policy, budget, **fields)`` is the
+    runner's record constructor (the one record type, keyed with the run's settings). Records land
+    task by task, so an interrupted run resumes per task.
     """
     lm_meta = cfg.lm_eval_metadata()
     metadata = {**({"tokenizer": tokenizer_path, "pretrained": tokenizer_path} if tokenizer_path else {}), **lm_meta}
     with _quiet_lm_eval_logs():
-        _run_tasks(cfg, engine, model_name, _load_tasks(cfg, metadata), lm_meta, settings, full_policy, writer,
-                   record_base, chat, progress)
+        _run_tasks(cfg, engine, _load_tasks(cfg, metadata), lm_meta, settings, full_policy, writer, make_record,
+                   chat, batch_settings, progress)
 
 
-def _run_tasks(cfg: Any, engine: Engine, model_name: str, tasks: dict[str, Any], lm_meta: dict[str, Any],
-               settings: Sequence[Setting], full_policy: Any, writer: Any, record_base: dict[str, Any], chat: bool,
-               progress: Any) -> None:
+def _run_tasks(cfg: Any, engine: Engine, tasks: dict[str, Any], lm_meta: dict[str, Any],
+               settings: Sequence[Setting], full_policy: Any, writer: Any, make_record: Callable[..., Any],
+               chat: bool, batch_settings: int | None, progress: Any) -> None:
     """The body of :func:`run_lm_eval`: per task, answer the settings not yet done and write records."""
     from lm_eval.evaluator import evaluate
-
-    from lukv_bench.results import record_key
 
     if cfg.num_fewshot is not None:
         for task in tasks.values():
             task.set_config(key="num_fewshot", value=cfg.num_fewshot)
     settings = list(settings)
+    tail = getattr(cfg, "tail", DEFAULT_TAIL)
 
-    def key(task_name: str, doc_id: Any, policy: Any, spec: Any) -> tuple:
-        return record_key({"model": model_name, "task": f"{cfg.name}/{task_name}", "sample_id": str(doc_id),
-                           "policy": policy.name, "budget": spec})
+    def blank(task_name: str, doc_id: Any, policy: Any, spec: Any):
+        return make_record(f"{cfg.name}/{task_name}", doc_id, policy, spec, score=None, metric="", prediction="",
+                           answers=[])
 
     for task_name, task in tasks.items():
         n_docs = len(task.eval_docs)
         n = min(n_docs, int(cfg.limit)) if cfg.limit else n_docs
-        todo = [(p, s) for p, s in settings if not all(writer.is_done(key(task_name, d, p, s)) for d in range(n))]
+        todo = [(p, s) for p, s in settings if not all(writer.is_done(blank(task_name, d, p, s)) for d in range(n))]
         if not todo:
             continue
         if progress is not None and getattr(progress, "total", None) is not None:
-            progress.total += sum(not writer.is_done(key(task_name, d, p, s)) for p, s in todo for d in range(n))
+            progress.total += sum(not writer.is_done(blank(task_name, d, p, s)) for p, s in todo for d in range(n))
             progress.refresh()
-        lm = LukvEvalLM(engine, todo, full_policy, chat=chat)
+        lm = LukvEvalLM(engine, todo, full_policy, chat=chat, tail=tail, batch_settings=batch_settings)
         source = _data_source(task_name, task, lm_meta)
         for i, (policy, spec) in enumerate(todo):
             res = evaluate(lm.use(i), {task_name: task}, limit=cfg.limit, log_samples=True, bootstrap_iters=0,
@@ -564,33 +594,22 @@ def _run_tasks(cfg: Any, engine: Engine, model_name: str, tasks: dict[str, Any],
                 written.add(doc_id)
                 doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
                 metric, value = _sample_score(s)
-                st_list = lm.doc_stats(task_name, doc_id)
-                st = st_list[i] if st_list else None
-                rec = dict(record_base)
-                rec.update({
-                    "model": model_name, "task": f"{cfg.name}/{task_name}", "sample_id": str(doc_id),
-                    "policy": policy.name, "policy_params": policy.params, "budget": spec,
-                    "score": value, "metric": _metric_label(metric, doc),
-                    "prediction": _prediction_of(task, s.get("doc"), s.get("filtered_resps")),
-                    "answers": _answers_of(task, s.get("doc"), s.get("target")),
-                    "data_source": source,
-                    "meta": {**record_base.get("meta", {}), "lm_eval_task": task_name, "lm_eval_metric": metric,
-                             "lm_eval_filter": s.get("filter"),
-                             **({"max_length": doc["max_length"]} if "max_length" in doc else {})},
-                })
-                if st is not None:
-                    rec.update({
-                        "budget_ratio": st.budget_ratio, "budget_tokens_mean": st.budget_tokens_mean,
-                        "context_tokens": st.context_tokens, "layer_budgets": st.layer_budgets,
-                        "head_budgets": st.head_budgets, "allocation_info": st.allocation_info,
-                        "kv_bytes": st.kv_bytes, "kv_bytes_full": st.kv_bytes_full, "prefill_s": st.prefill_s,
-                        "compress_s": st.compress_s, "decode_s": st.decode_s, "new_tokens": st.new_tokens,
-                        "kl_mean": st.kl_mean, "greedy_agreement": st.greedy_agreement,
-                        "peak_mem_bytes": st.peak_mem_bytes, "prefill_peak_mem_bytes": st.prefill_peak_mem_bytes,
-                    })
-                    rec["meta"].update(st.extra)
+                answers = lm.doc_answers(task_name, doc_id)
+                meta = {"lm_eval_task": task_name, "lm_eval_metric": metric, "lm_eval_filter": s.get("filter"),
+                        "uncompressed_tail": tail, **({"max_length": doc["max_length"]} if "max_length" in doc else {})}
+                rec = make_record(
+                    f"{cfg.name}/{task_name}", doc_id, policy, spec, score=value, metric=_metric_label(metric, doc),
+                    prediction=_prediction_of(task, s.get("doc"), s.get("filtered_resps")),
+                    answers=_answers_of(task, s.get("doc"), s.get("target")), data_source=source, meta=meta,
+                )
+                if answers is not None:
+                    a = answers[i]
+                    rec.set_outcome(a.pre, a.outcome)
+                    rec.context_tokens = a.pre.n + a.pre.tail
+                    rec.context_tokens_original = rec.context_tokens
+                    meta.update(a.extra)
                 else:
-                    log.warning("no request stats for %s doc %s: cost fields left empty", task_name, doc_id)
+                    log.warning("no answers recorded for %s doc %s: cost fields left empty", task_name, doc_id)
                 if not writer.is_done(rec):
                     writer.append(rec)
                     if progress is not None:

@@ -1,4 +1,4 @@
-"""Durable results: one JSON line per (model, task, sample, policy, budget), appended and fsynced.
+"""Durable results: one JSON line per record (:class:`~lukv_bench.records.Record`), appended and fsynced.
 
 Re-running the same command resumes: finished keys are skipped, and a line torn by a kill is cut
 off before appending, so every key ends up exactly once.
@@ -12,18 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lukv_bench.records import Record, record_key
+
 RESULTS_FILE = "results.jsonl"
 
-
-def record_key(rec: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    """The identity of a record: (model, task, sample_id, policy, budget)."""
-    return (
-        str(rec["model"]),
-        str(rec["task"]),
-        str(rec["sample_id"]),
-        str(rec["policy"]),
-        json.dumps(rec["budget"], sort_keys=True),
-    )
+__all__ = ["RESULTS_FILE", "ResultsWriter", "read_records", "record_key"]
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -61,13 +54,17 @@ class ResultsWriter:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def is_done(self, rec_or_key: dict[str, Any] | tuple) -> bool:
+    def is_done(self, rec_or_key: Record | dict[str, Any] | tuple) -> bool:
         """Whether this key already has a record."""
+        if isinstance(rec_or_key, Record):
+            rec_or_key = rec_or_key.key()
         key = rec_or_key if isinstance(rec_or_key, tuple) else record_key(rec_or_key)
         return key in self.done
 
-    def append(self, rec: dict[str, Any]) -> None:
+    def append(self, rec: Record | dict[str, Any]) -> None:
         """Write one record durably (write, flush, fsync)."""
+        if isinstance(rec, Record):
+            rec = rec.to_dict()
         key = record_key(rec)
         if key in self.done:
             return

@@ -255,7 +255,7 @@ TASK_TYPES: dict[str, tuple[str, ...] | None] = {
     "longbench": (
         "subsets", "source", "context_tokens", "num_samples", "seed", "hub_repo", "shuffle", "max_new_tokens",
     ),
-    "lm_eval": ("tasks", "max_seq_lengths", "num_fewshot", "include_path", "metadata"),
+    "lm_eval": ("tasks", "max_seq_lengths", "num_fewshot", "include_path", "metadata", "tail"),
     "needle": None,  # implemented in lukv_bench.tasks.needle; its keys are checked there
 }
 _COMMON_TASK_KEYS = ("name", "type", "limit")
@@ -542,6 +542,8 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
             if not resolved.is_dir():
                 c.fail(_join(path, "include_path"), f"folder not found: {resolved}")
             task["include_path"] = str(resolved)
+        task.setdefault("tail", 32)
+        c.is_int(_join(path, "tail"), task["tail"], minimum=0)
         if "metadata" in task and not isinstance(task["metadata"], dict):
             c.fail(_join(path, "metadata"), f"expected a map, got {_show(task['metadata'])}")
     elif ttype == "needle":  # its own module validates its keys; report them with the line here

@@ -21,6 +21,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from lukv_bench.engine import Engine  # noqa: E402
 from lukv_bench.lm_eval_model import LukvEvalLM, _sample_score, run_lm_eval  # noqa: E402
+from lukv_bench.records import Record  # noqa: E402
 from lukv_bench.registry import resolve_policy  # noqa: E402
 from lukv_bench.results import ResultsWriter, read_records  # noqa: E402
 from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig  # noqa: E402
@@ -149,8 +150,35 @@ def test_loglikelihood_compressed_differs_and_keeps_fewer_tokens(engine: Engine)
     full_ll = [a for a, _ in lm.use(0).loglikelihood(reqs)]
     comp_ll = [a for a, _ in lm.use(1).loglikelihood(reqs)]
     assert full_ll != pytest.approx(comp_ll, abs=1e-6)
-    st = lm.doc_stats("lukv_mc", 0)
-    assert st is not None and st[1].kv_bytes < st[0].kv_bytes == st[0].kv_bytes_full
+    st = lm.doc_answers("lukv_mc", 0)
+    assert st is not None
+    comp = [a.outcome.compressed for a in st]
+    assert comp[1].kv_bytes < comp[0].kv_bytes == comp[0].kv_bytes_full
+
+
+def test_single_token_choices_feel_the_compression(engine: Engine) -> None:
+    """One-token answers (letters) are scored after the uncompressed tail, so a small budget shows.
+
+    With no tail, the first continuation token would come from the uncompressed prefill and every
+    single-token log-likelihood would equal FullKV's at any budget: the flaw this protocol fixes.
+    """
+    full = resolve_policy("full")
+    settings = [(full, 1.0), (resolve_policy("snapkv"), 0.1), (resolve_policy("streaming"), 0.1)]
+    context = "Some facts: the river is long, the hill is green, the sky is wide. " * 4 + "Pick one.\nAnswer:"
+    reqs = [Instance("loglikelihood", {}, (context, letter), i, metadata=("mc1", 0, 1))
+            for i, letter in enumerate("ABCD")]
+    assert all(len(engine.tokenizer(r.args[1], add_special_tokens=False)["input_ids"]) == 1 for r in reqs)
+    lm = LukvEvalLM(engine, settings, full, chat=False, tail=8)
+    full_ll = [a for a, _ in lm.use(0).loglikelihood(reqs)]
+    for i in (1, 2):
+        compressed = [a for a, _ in lm.use(i).loglikelihood(reqs)]
+        assert max(abs(a - b) for a, b in zip(full_ll, compressed)) > 1e-4, settings[i][0].name
+    # FullKV in this protocol equals one plain forward over the whole request
+    for r, got in zip(reqs, full_ll):
+        assert got == pytest.approx(_reference_loglik(engine.model, engine.tokenizer, *r.args), abs=1e-4)
+    no_tail = LukvEvalLM(engine, settings, full, chat=False, tail=0)
+    flat = [[a for a, _ in no_tail.use(i).loglikelihood(reqs)] for i in range(3)]
+    assert flat[1] == pytest.approx(flat[0], abs=1e-6) and flat[2] == pytest.approx(flat[0], abs=1e-6)
 
 
 def test_loglikelihood_rolling_matches_uncompressed(engine: Engine) -> None:
@@ -186,9 +214,9 @@ def test_generate_until_stops_and_shares_prefill(engine: Engine, prefills: list[
     assert len(prefills) == len(GEN_DOCS)
     for per_setting in outs:
         assert all(isinstance(t, str) and "\n" not in t for t in per_setting)
-    st = lm.doc_stats("lukv_gen", 0)
-    assert st is not None and all(0 < s.new_tokens <= 5 for s in st)
-    assert st[0].kl_mean is None and st[1].kl_mean is not None  # FullKV is the fidelity reference
+    st = lm.doc_answers("lukv_gen", 0)
+    assert st is not None and all(0 < len(a.outcome.generation.tokens) <= 5 for a in st)
+    assert st[0].outcome.kl_mean is None and st[1].outcome.kl_mean is not None  # FullKV is the reference
 
 
 def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
@@ -218,9 +246,12 @@ def test_run_lm_eval_records_and_resume(engine: Engine, tasks_dir: Path, tmp_pat
     settings, full = _settings(budget=0.4)
     cfg = LmEvalTaskConfig(name="local", tasks=["lukv_mc", "lukv_gen"], include_path=str(tasks_dir))
     out = tmp_path / "out"
-    base = {"seed": 0, "compress_mode": "prompt", "window": engine.settings.window, "storage": "kv",
-            "gqa_reduce": "mean", "versions": {}, "meta": {}}
-    run_lm_eval(cfg, engine, "tiny", "", settings, full, ResultsWriter(out), base, chat=False)
+
+    def base(task, doc_id, policy, budget, **fields):
+        return Record(model="tiny", task=task, sample_id=str(doc_id), policy=policy.name, budget=budget,
+                      setting="s", policy_params=policy.params, window=engine.settings.window, **fields)
+
+    run_lm_eval(cfg, engine, "", settings, full, ResultsWriter(out), base, chat=False)
     assert len(prefills) == len(MC_DOCS) + len(GEN_DOCS)  # once per doc, for every setting
     recs = list(read_records(out / "results.jsonl"))
     keys = {(r["task"], r["sample_id"], r["policy"], json.dumps(r["budget"])) for r in recs}
@@ -243,13 +274,13 @@ def test_run_lm_eval_records_and_resume(engine: Engine, tasks_dir: Path, tmp_pat
 
     # a rerun finds everything done: no prefill, no new records
     prefills.clear()
-    run_lm_eval(cfg, engine, "tiny", "", settings, full, ResultsWriter(out), base, chat=False)
+    run_lm_eval(cfg, engine, "", settings, full, ResultsWriter(out), base, chat=False)
     assert prefills == []
     assert len(list(read_records(out / "results.jsonl"))) == len(recs)
 
     # a new setting runs alone: only its records are added
     more = [*settings, (resolve_policy("pyramidkv"), 0.4)]
-    run_lm_eval(cfg, engine, "tiny", "", more, full, ResultsWriter(out), base, chat=False)
+    run_lm_eval(cfg, engine, "", more, full, ResultsWriter(out), base, chat=False)
     recs2 = list(read_records(out / "results.jsonl"))
     assert len(recs2) == len(recs) + len(MC_DOCS) + len(GEN_DOCS)
     assert {r["policy"] for r in recs2[len(recs):]} == {"pyramidkv"}

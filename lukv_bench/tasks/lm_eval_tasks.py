@@ -29,6 +29,8 @@ class LmEvalTaskConfig:
     limit: int | None = None  #: samples per lm-eval task (None: the suite's limit, or all)
     include_path: str | None = None  #: folder of extra task YAMLs (absolute)
     metadata: dict[str, Any] = field(default_factory=dict)  #: extra lm-eval task metadata
+    #: context tokens left uncompressed and fed after compression (the question and answer prompt)
+    tail: int = 32
     kind: str = field(default="lm_eval", init=False)  #: distinguishes it from sample-based tasks
 
     def lm_eval_metadata(self) -> dict[str, Any]:
@@ -59,4 +61,5 @@ class LmEvalTaskConfig:
             limit=limit,
             include_path=include,
             metadata=dict(task.get("metadata") or {}),
+            tail=int(task.get("tail", 32)),
         )
