@@ -1,29 +1,39 @@
-"""pytest-benchmark: one captured prefill versus building many compressed caches from it.
+"""pytest-benchmark: the engine's promises, each as a ratio of two timings taken in the same run.
 
-The engine's promise is "prefill once, compress many": building the caches of 5 policies x 4
-budgets should cost a fraction of the prefill. Both are timed in the same run on the same prompt
-(2,000 tokens of real text on the embedded model); ``extra_info`` records the ratio.
+* prefill once, compress many: building 20 compressed caches / one captured prefill;
+* the ragged cache: one decode step at 20% KV / one dense FullKV step (plain transformers SDPA);
+* batched decoding: one decode step for 32 settings / one step for 1 setting (issue target <= 6);
+* the batched sweep: a sample's whole sweep (1 prefill, 32 settings, new tokens, fidelity) /
+  the same sweep decoded one setting at a time (``batch_settings=1``; target <= 0.25, i.e. 4x).
+
+All on the embedded model over real text shipped with Python. Ratios go to ``extra_info["ratio"]``
+for the regression gate (``benchmarks/gate.py``). The sweep runs at CI size (1,000 tokens, 16 new
+tokens); ``LUKV_BENCH_SWEEP_FULL=1`` runs it at 2,000 tokens and 32 new tokens.
 Run: ``tox -e bench`` or ``pytest benchmarks/test_bench_engine.py --benchmark-only``.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from transformers import DynamicCache
 
-from lukv_bench.engine import Engine
+from lukv_bench.engine import Engine, sweep
 from lukv_bench.policy import Budget
 from lukv_bench.registry import resolve_policy
 
-POLICIES = ["snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake"]
+POLICIES = ["streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake", "random"]
 BUDGETS = [0.1, 0.2, 0.4, 0.8]
 CONTEXT = 2000
+FULL_SWEEP = os.environ.get("LUKV_BENCH_SWEEP_FULL", "") not in ("", "0")
 
 
 @pytest.fixture(scope="module")
 def setup():
+    from lukv_bench.data.reference_text import reference_text_ids
     from lukv_bench.models import EmbeddedModelMissing, load_model
-    from lukv_bench.profile import reference_text_ids
 
     try:
         lm = load_model("embedded")
@@ -32,40 +42,71 @@ def setup():
     engine = Engine(lm.model, lm.tokenizer)
     ids = torch.tensor([reference_text_ids(lm.tokenizer, CONTEXT)])
     policies = [resolve_policy(p) for p in POLICIES]
-    return engine, ids, policies, {}
+    pre = engine.prefill(ids, set().union(*(p.needs for p in policies)))
+    return engine, ids, policies, pre
 
 
-def test_bench_prefill(benchmark, setup):
-    engine, ids, _, shared = setup
-    pre = benchmark.pedantic(lambda: engine.prefill(ids, set()), rounds=3, iterations=1)
-    shared["pre"] = pre
-    shared["prefill_s"] = benchmark.stats.stats.median
+def _settings(policies, pre, budgets, count: int):
+    grid = [(p, Budget.resolve(b, pre.n)) for b in budgets for p in policies]
+    return (grid * (count // len(grid) + 1))[:count]
 
 
-def test_bench_compress_20(benchmark, setup):
-    engine, ids, policies, shared = setup
-    pre = shared.get("pre") or engine.prefill(ids, set())
-
-    def compress_all() -> int:
-        total = 0
-        for policy in policies:
-            for b in BUDGETS:
-                total += engine.compress(pre, policy, Budget.resolve(b, pre.n)).kv_bytes
-        return total
-
-    benchmark.pedantic(compress_all, rounds=3, iterations=1)
-    if "prefill_s" in shared:
-        benchmark.extra_info["ratio_to_prefill"] = benchmark.stats.stats.median / shared["prefill_s"]
+def test_bench_compress_many(bench_ratio, setup):
+    engine, ids, policies, pre = setup
+    settings = _settings(policies[2:7], pre, BUDGETS, 20)  # 5 window-scored policies x 4 budgets
+    needs = set().union(*(p.needs for p in policies[2:7]))
+    bench_ratio(lambda: engine.compress(pre, settings), lambda: engine.prefill(ids, needs),
+                desc="compress 5 policies x 4 budgets / one captured prefill (2,000 tokens)", rounds=2)
 
 
-def test_bench_decode_token(benchmark, setup):
-    engine, ids, policies, shared = setup
-    pre = shared.get("pre") or engine.prefill(ids, set())
-    comp = engine.compress(pre, policies[3], Budget.resolve(0.2, pre.n))
-    mark = comp.cache.mark()
+def test_bench_ragged_vs_dense_decode(bench_ratio, setup):
+    engine, ids, policies, pre = setup
+    cache, _ = engine.compress(pre, _settings(policies[5:6], pre, [0.2], 1), headroom=4)
+    mark = cache.mark()
+    tok = [int(pre.last_logits.argmax())]
 
-    def step() -> None:
-        engine.feed(comp.cache, [int(pre.last_logits.argmax())])
-        comp.cache.rollback(mark)
+    def ragged() -> None:
+        engine.feed(cache, tok)
+        cache.rollback(mark)
 
-    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+    dense_cache = DynamicCache(config=engine.model.config)
+    for i, (k, v) in enumerate(zip(pre.keys, pre.values)):
+        dense_cache.update(k, v, i)
+    tok_t = torch.tensor([tok])
+
+    def dense() -> None:
+        with torch.no_grad():
+            engine.model(input_ids=tok_t, past_key_values=dense_cache, use_cache=True)
+        dense_cache.crop(pre.n)
+
+    bench_ratio(ragged, dense, desc="ragged decode step at 20% KV / dense FullKV step (SDPA), 2,000 tokens",
+                rounds=10)
+
+
+def test_bench_batched_decode_step(bench_ratio, setup):
+    engine, ids, policies, pre = setup
+    many, _ = engine.compress(pre, _settings(policies, pre, [0.2], 32), headroom=4)
+    one, _ = engine.compress(pre, _settings(policies[2:3], pre, [0.2], 1), headroom=4)
+    marks = many.mark(), one.mark()
+    tok = [int(pre.last_logits.argmax())]
+
+    def step(cache, mark) -> None:
+        engine.feed(cache, tok)
+        cache.rollback(mark)
+
+    bench_ratio(lambda: step(many, marks[0]), lambda: step(one, marks[1]),
+                desc="one decode step for 32 settings / for 1 setting (2,000 tokens, 20% KV)", rounds=5)
+
+
+def test_bench_sweep_batched_vs_serial(bench_ratio, setup):
+    engine, ids, policies, _ = setup
+    n, new = (CONTEXT, 32) if FULL_SWEEP else (1000, 16)
+    context = ids[0, :n].tolist()
+    full = resolve_policy("full")
+    runs = [(p, b) for b in BUDGETS for p in policies]  # 32 settings (+ FullKV, the reference)
+
+    def run(batch: int | None) -> int:
+        return sum(1 for _ in sweep(engine, context, [], runs, full, max_new_tokens=new, batch_settings=batch))
+
+    bench_ratio(lambda: run(None), lambda: run(1), rounds=1, warmup_rounds=0,
+                desc=f"whole sweep of a sample, 32 settings batched / one at a time ({n} tokens, {new} new)")

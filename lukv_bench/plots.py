@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lukv_bench.summary import FULL, POLICY_ORDER, budget_key
+
 if TYPE_CHECKING:
-    from lukv_bench.report import TaskSummary
+    from lukv_bench.summary import TaskSummary
 
 DPI = 110
 _MARKERS = "osD^v<>phX*"
@@ -35,9 +37,8 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _style(policy: str, i: int) -> dict[str, object]:
+def _style(policy: str, i: int, proposed: str | None = None) -> dict[str, object]:
     """Line style of a policy: the same colour in every plot, the proposed method emphasised."""
-    from lukv_bench.report import POLICY_ORDER, PROPOSED
 
     k = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + i
     style: dict[str, object] = {
@@ -45,7 +46,7 @@ def _style(policy: str, i: int) -> dict[str, object]:
         "label": policy,
         "color": _COLORS[k % len(_COLORS)],
     }
-    if policy == PROPOSED:
+    if policy == proposed:
         style.update(linewidth=2.6, color="crimson", zorder=5)
     return style
 
@@ -62,7 +63,7 @@ def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
             if (c := s.cell(p, b)) and c.mem_ratio is not None and c.score is not None
         )
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i))
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i, s.proposed))
             drawn = True
     if s.full is not None and s.full.score is not None:
         ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
@@ -89,7 +90,7 @@ def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
             if (c := s.cell(p, b)) and c.mem_ratio is not None and c.kl is not None and c.kl > 0
         )
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i))
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i, s.proposed))
             drawn = True
     if not drawn:
         return None
@@ -122,7 +123,7 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
         mean = sum(c.layer_profile) / len(c.layer_profile)
         if mean <= 0:
             continue
-        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **_style(p, i))
+        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **_style(p, i, s.proposed))
         drawn = True
     if not drawn:
         return None
@@ -139,8 +140,6 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
     """(d) Mean score on a depth x length grid: rows = policies (FullKV first), columns = budgets."""
     if not s.has_grid:
         return None
-    from lukv_bench.report import FULL, budget_key
-
     acc: dict[tuple[str, str, float, float], list[float]] = defaultdict(list)
     depths: set[float] = set()
     lengths: set[float] = set()

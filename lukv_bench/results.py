@@ -7,6 +7,7 @@ off before appending, so every key ends up exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,20 +17,40 @@ from lukv_bench.records import Record, record_key
 
 RESULTS_FILE = "results.jsonl"
 
+log = logging.getLogger(__name__)
+
 __all__ = ["RESULTS_FILE", "ResultsWriter", "read_records", "record_key"]
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the complete records of a results file; a torn last line is skipped."""
+def read_records(path: Path, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the complete records of a results file; a torn last line is skipped.
+
+    A line that is not a JSON object raises :class:`ValueError`, unless ``skipped`` is given: then
+    its line number is appended there (a warning is logged unless it is the torn last line).
+    """
+    path = Path(path)
     if not path.exists():
         return
     with path.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break  # torn by a kill mid-write
+        for lineno, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):  # torn by a kill mid-write
+                if skipped is not None and raw.strip():
+                    skipped.append(lineno)
+                break
             line = raw.strip()
-            if line:
-                yield json.loads(line)
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                if skipped is None:
+                    raise ValueError(f"{path}:{lineno}: unreadable record ({e})") from None
+                log.warning("%s:%d: unreadable line skipped", path, lineno)
+                skipped.append(lineno)
+                continue
+            yield rec
 
 
 class ResultsWriter:

@@ -79,6 +79,8 @@ class Suite:
     threads: int | None = 1  #: torch threads on CPU (None: torch's default)
     #: settings decoded together per sample (None: all); bounds the memory one batch uses
     batch_settings: int | None = None
+    #: what the report compares: {proposed: NAME, rivals: [NAMES]} (default: layer-uncertainty vs all)
+    report: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
 
     @property
@@ -149,6 +151,7 @@ class Suite:
             "dtype": self.dtype,
             "threads": self.threads,
             "batch_settings": self.batch_settings,
+            "report": copy.deepcopy(self.report),
         }
 
 
@@ -237,6 +240,7 @@ _TOP_KEYS = (
     "dtype",
     "threads",
     "batch_settings",
+    "report",
 )
 _CHOICES = {
     "compress": ("prompt", "context"),
@@ -636,6 +640,10 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         out["threads"] = data["threads"]
     if "batch_settings" in data and c.is_int("batch_settings", data["batch_settings"], minimum=1, allow_none=True):
         out["batch_settings"] = data["batch_settings"]
+    if "report" in data:
+        report = _check_report(c, data["report"], out.get("policies"))
+        if report is not None:
+            out["report"] = report
 
     if "tasks" in data:
         tasks = data["tasks"]
@@ -692,3 +700,31 @@ def apply_overrides(suite: Suite, limit: int | None = None, model: str | None = 
             raise UserError(f"--model: path not found: {_resolve_path(Path.cwd(), model)}")
         changes["model"] = resolved
     return replace(suite, **changes)
+
+
+def _check_report(c, value: Any, policies: list[Any] | None) -> dict[str, Any] | None:
+    """``report: {proposed: NAME, rivals: [NAME, ...]}``: names must be policies of the suite."""
+    if not isinstance(value, dict):
+        c.fail("report", f"expected a map like {{proposed: layer-uncertainty, rivals: [snapkv]}}, got {_show(value)}")
+        return None
+    names = {p if isinstance(p, str) else p.get("name") for p in policies or [] if isinstance(p, (str, dict))}
+    ok = True
+    for key in value:
+        if key not in ("proposed", "rivals"):
+            c.fail(f"report.{key}", "unknown key; allowed: proposed, rivals")
+            ok = False
+    picked = [("report.proposed", value["proposed"])] if "proposed" in value else []
+    rivals = value.get("rivals")
+    if rivals is not None and (not isinstance(rivals, list) or not rivals):
+        c.fail("report.rivals", f"expected a non-empty list of policy names, got {_show(rivals)}")
+        ok = False
+    elif rivals:
+        picked += [(f"report.rivals[{i}]", r) for i, r in enumerate(rivals)]
+    for where, name in picked:
+        if not isinstance(name, str) or not name:
+            c.fail(where, f"expected a policy name, got {_show(name)}")
+            ok = False
+        elif policies and name not in names:
+            c.fail(where, f"{name!r} is not among the suite's policies: {', '.join(sorted(map(str, names)))}")
+            ok = False
+    return dict(value) if ok else None

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lukv_bench.errors import UserError
-from lukv_bench.report import load_results, render_report, summarize
+from lukv_bench.report import render_report
+from lukv_bench.summary import load_results, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POLICIES = ["full", "snapkv", "pyramidkv", "layer-uncertainty"]
@@ -140,9 +141,13 @@ def test_score_table_means_by_hand(rendered):
     _, md = rendered
     qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
     # snapkv @ 0.1 = mean(0.8, 0.6, 0.7, 0.5) = 0.65 ; FullKV = mean(1, 1, .5, 1) = 0.875
-    assert _row(qa, "### Mean score", "snapkv") == ["0.650", "0.700", "0.600"]
-    assert _row(qa, "### Mean score", "**FullKV (reference)**") == ["0.875"] * 3
-    assert _row(qa, "### Mean score", "layer-uncertainty") == ["0.300", "0.700", "0.800"]
+    means = [c.split(" [")[0] for c in _row(qa, "### Mean score", "snapkv")]
+    assert means == ["0.650", "0.700", "0.600"]
+    assert [c.split(" [")[0] for c in _row(qa, "### Mean score", "**FullKV (reference)**")] == ["0.875"] * 3
+    assert _row(qa, "### Mean score", "layer-uncertainty") == ["0.300 [0.30, 0.30]", "0.700 [0.70, 0.70]",
+                                                              "0.800 [0.80, 0.80]"]
+    lo, hi = map(float, _row(qa, "### Mean score", "snapkv")[0].split(" [")[1].rstrip("]").split(", "))
+    assert 0.5 <= lo < 0.65 < hi <= 0.8  # a bootstrap interval of the mean of 0.8, 0.6, 0.7, 0.5
     assert "Samples per cell: 4 (every cell)." in qa
     assert "| policy | 0.1 | 0.2 | 0.4 |" in qa
 
@@ -162,9 +167,9 @@ def test_findings_state_loss_tie_and_win(rendered):
     qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
     findings = qa[qa.index("### Findings") :]
     line = next(ln for ln in findings.splitlines() if "layer-uncertainty vs snapkv" in ln)
-    assert "1 win(s), 1 loss(es), 1 tie(s)" in line
+    assert "1 significant win(s), 1 significant loss(es), 1 budget(s) without a significant difference" in line
     assert "**loses** at 0.1 (0.300 vs 0.650" in line
-    assert "tie at 0.2" in line
+    assert "no significant difference at 0.2" in line
     assert "wins at 0.4" in line
     # best per budget: snapkv at 0.1, snapkv and layer-uncertainty tied at 0.2, pyramidkv at 0.4
     assert "0.1: snapkv 0.650" in findings
@@ -222,3 +227,38 @@ def test_token_budgets_and_no_full(tmp_path):
     md = render_report(tmp_path).read_text()
     assert "| policy | 128 tok |" in md
     assert "No FullKV reference" in md
+
+
+def test_paired_differences_mark_significance(rendered):
+    _, md = rendered
+    qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
+    # layer-uncertainty - snapkv per sample at 0.4: +0.2 on every sample -> significant
+    row = _row(qa, "### Paired difference to layer-uncertainty", "snapkv")
+    assert row[2] == "-0.200 [-0.20, -0.20]*" and row[1] == "+0.000 [+0.00, +0.00]"
+    # vs FullKV: pyramidkv at 0.4 is 0.9 on every sample vs FullKV (1, 1, .5, 1): not significant
+    full_row = _row(qa, "### Paired difference to FullKV", "pyramidkv")
+    assert full_row[2].startswith("+0.025") and not full_row[2].endswith("*")
+    assert full_row[0].endswith("*")  # 0.2 vs 0.875: significantly below FullKV
+
+
+def test_report_setting_picks_proposed_and_rivals(tmp_path):
+    _write_results(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"suite": {"name": "s", "report": {
+        "proposed": "pyramidkv", "rivals": ["snapkv"]}}}))
+    md = render_report(tmp_path).read_text()
+    assert "pyramidkv vs snapkv (paired on the same samples)" in md
+    assert "layer-uncertainty vs" not in md and "### Paired difference to pyramidkv" in md
+
+
+def test_bootstrap_interval_and_pairing():
+    from lukv_bench.summary import Paired, bootstrap_ci
+
+    assert bootstrap_ci([1.0]) is None
+    lo, hi = bootstrap_ci([0.0, 1.0] * 10)
+    assert lo < 0.5 < hi and hi - lo < 0.5
+    lo_small, hi_small = bootstrap_ci([0.0, 1.0] * 3)
+    assert hi_small - lo_small > hi - lo  # fewer samples, wider interval
+    assert bootstrap_ci([0.0, 1.0] * 10) == (lo, hi)  # reproducible
+    pair = Paired.of({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 0.0, "x": 5.0})
+    assert pair.n == 2 and pair.diff == 1.0 and pair.significant
+    assert Paired.of({"a": 1.0}, {"b": 1.0}) is None
