@@ -28,6 +28,7 @@ from lukv_bench.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 __all__ = [
     "TASK_TYPES",
     "Generation",
+    "Resources",
     "Suite",
     "SuiteError",
     "apply_overrides",
@@ -50,6 +51,15 @@ class Generation:
 
     max_new_tokens: int = 32
     stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Resources:
+    """What each worker of the ``ray`` executor asks the cluster for (the local executor ignores it)."""
+
+    workers: int | None = None  #: how many workers (None: as many as the cluster's CPUs/GPUs fit)
+    cpus_per_worker: float | None = None  #: None: the suite's ``threads`` (1 when unset)
+    gpus_per_worker: float = 0  #: fractions share a GPU between workers; 0 hides GPUs from workers
 
 
 @dataclass
@@ -81,6 +91,7 @@ class Suite:
     batch_settings: int | None = None
     #: what the report compares: {proposed: NAME, rivals: [NAMES]} (default: layer-uncertainty vs all)
     report: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)  #: per-worker resources under ``--executor ray``
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
 
     @property
@@ -152,6 +163,11 @@ class Suite:
             "threads": self.threads,
             "batch_settings": self.batch_settings,
             "report": copy.deepcopy(self.report),
+            "resources": {
+                "workers": self.resources.workers,
+                "cpus_per_worker": self.resources.cpus_per_worker,
+                "gpus_per_worker": self.resources.gpus_per_worker,
+            },
         }
 
 
@@ -241,6 +257,7 @@ _TOP_KEYS = (
     "threads",
     "batch_settings",
     "report",
+    "resources",
 )
 _CHOICES = {
     "compress": ("prompt", "context"),
@@ -429,6 +446,28 @@ def _check_generation(c: _Checker, value: Any) -> Generation:
         else:
             gen.stop = list(stop)
     return gen
+
+
+def _check_resources(c: _Checker, value: Any) -> Resources:
+    res = Resources()
+    if value is None:
+        return res
+    if not isinstance(value, dict):
+        c.fail("resources", f"expected a map like {{workers: 4, cpus_per_worker: 2, gpus_per_worker: 1}}, "
+               f"got {_show(value)}")
+        return res
+    c.unknown_keys("resources", value, ("workers", "cpus_per_worker", "gpus_per_worker"))
+    if "workers" in value and c.is_int("resources.workers", value["workers"], minimum=1, allow_none=True):
+        res.workers = value["workers"]
+    for key, rule in (("cpus_per_worker", "> 0"), ("gpus_per_worker", ">= 0")):
+        v = value.get(key)
+        if key not in value or (v is None and key == "cpus_per_worker"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and rule == "> 0"):
+            c.fail(f"resources.{key}", f"expected a number {rule} (fractions allowed, e.g. 0.5), got {_show(v)}")
+        else:
+            setattr(res, key, v)
+    return res
 
 
 def _check_str_list(c: _Checker, path: str, value: Any, check: Callable[[str, str], bool] | None = None) -> list:
@@ -644,6 +683,8 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         report = _check_report(c, data["report"], out.get("policies"))
         if report is not None:
             out["report"] = report
+    if "resources" in data:
+        out["resources"] = _check_resources(c, data["resources"])
 
     if "tasks" in data:
         tasks = data["tasks"]
