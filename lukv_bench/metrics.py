@@ -18,26 +18,31 @@ definitions of LongBench's evaluation script (Bai et al., 2023), re-implemented 
 
 Plus ``substring`` (normalised gold answer contained in the normalised prediction) and ``exact``
 (normalised equality).
+
+This module is also the ``builtin-metrics`` plugin: the metrics are registered through the
+``register_metrics`` hook, as a plugin's own metric would be, and looked up by name in the registry.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from lukv_bench.errors import UserError
+from lukv_bench.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:
     from lukv_bench.tasks.base import Sample
 
 __all__ = [
-    "METRICS",
+    "Metric",
     "classification_score",
     "code_sim_score",
     "count_score",
@@ -47,11 +52,21 @@ __all__ = [
     "known_metrics",
     "normalize_answer",
     "qa_f1_score",
+    "register_metrics",
     "retrieval_score",
     "rouge_l_score",
     "score",
     "substring_score",
 ]
+
+@runtime_checkable
+class Metric(Protocol):
+    """A task metric: registered with ``register(fn, name=...)`` in a plugin's ``register_metrics`` hook."""
+
+    def __call__(self, prediction: str, answer: str, sample: Sample) -> float:
+        """Score ``prediction`` against one gold ``answer`` of ``sample`` (usually in [0, 1])."""
+        ...
+
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -175,39 +190,57 @@ def code_sim_score(prediction: str, answer: str) -> float:
 
 
 def _classification(prediction: str, answer: str, sample: Sample) -> float:
+    """The classes of the sample's label set named in the prediction; 1/matches if the gold class is among them."""
     if not sample.all_classes:
         raise UserError(f"sample {sample.id!r}: the 'classification' metric needs the sample's all_classes (label set)")
     return classification_score(prediction, answer, sample.all_classes)
 
 
-#: name -> function(prediction, one gold answer, sample) -> float
-METRICS: dict[str, Callable[[str, str, Sample], float]] = {
-    "substring": lambda p, a, s: substring_score(p, a),
-    "exact": lambda p, a, s: exact_score(p, a),
-    "qa_f1": lambda p, a, s: qa_f1_score(p, a),
-    "rouge_l": lambda p, a, s: rouge_l_score(p, a),
-    "classification": _classification,
-    "retrieval": lambda p, a, s: retrieval_score(p, a),
-    "count": lambda p, a, s: count_score(p, a),
-    "code_sim": lambda p, a, s: code_sim_score(p, a),
-}
+def _per_answer(fn: Callable[[str, str], float]) -> Metric:
+    """A :class:`Metric` from a (prediction, answer) function that does not need the sample."""
+
+    @functools.wraps(fn)
+    def metric(prediction: str, answer: str, sample: Sample) -> float:
+        return fn(prediction, answer)
+
+    return metric
+
+
+@hookimpl
+def register_metrics(register: Register) -> None:
+    """The built-in metrics."""
+    for name, fn in (
+        ("substring", _per_answer(substring_score)),
+        ("exact", _per_answer(exact_score)),
+        ("qa_f1", _per_answer(qa_f1_score)),
+        ("rouge_l", _per_answer(rouge_l_score)),
+        ("classification", _classification),
+        ("retrieval", _per_answer(retrieval_score)),
+        ("count", _per_answer(count_score)),
+        ("code_sim", _per_answer(code_sim_score)),
+    ):
+        register(fn, name=name)
+
+
+def _registry():
+    from lukv_bench.catalog import catalog
+
+    return catalog().metrics
 
 
 def known_metrics() -> list[str]:
-    """Names accepted by :func:`score` (and by the suite key ``metric``)."""
-    return list(METRICS)
+    """Names accepted by :func:`score` (and by the suite key ``metric``), built-in and from plugins."""
+    return _registry().names()
 
 
 def check_metric(name: str) -> None:
-    """Raise :class:`UserError` when ``name`` is not a known metric."""
-    if name not in METRICS:
-        raise UserError(f"unknown metric {name!r}; known metrics: {', '.join(known_metrics())}")
+    """Raise :class:`UserError` when ``name`` is not a registered metric (naming the closest one)."""
+    _registry().lookup(name)
 
 
 def score(metric: str, prediction: str, sample: Sample) -> float:
     """Score ``prediction`` for ``sample`` with ``metric``: the best score over the gold answers."""
-    check_metric(metric)
-    fn = METRICS[metric]
+    fn = _registry().lookup(metric).obj
     if not sample.answers:
         return 0.0
     return max(fn(prediction, answer, sample) for answer in sample.answers)

@@ -1,8 +1,9 @@
-"""The plugin manager: loads every ``lukv_bench`` entry point, one at a time, and remembers failures.
+"""The plugin loader: registers every ``lukv_bench`` entry point, one at a time, and remembers failures.
 
-Built-in policies arrive through the same entry point group as third-party plugins. When the
-package metadata is missing (running from a source tree that was never installed), the built-ins
-are registered directly instead, once.
+The built-in components arrive through the same entry point group as third-party plugins
+(:data:`BUILTINS`). When the package metadata is missing (a source tree that was never installed), the
+built-ins are registered directly instead, once. Each plugin's :class:`~lukv_bench.components.Origin`
+(distribution and version, from the entry point's metadata) is kept for provenance.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ from typing import Any
 
 import pluggy
 
-from lukv_bench import hookspecs
+from lukv_bench import __version__, hookspecs
+from lukv_bench.components import Origin
 
+#: built-in plugins: entry point name -> module (pyproject declares the same pairs)
+BUILTINS = {
+    "builtin": "lukv_bench.policies",
+    "builtin-tasks": "lukv_bench.tasks",
+    "builtin-metrics": "lukv_bench.metrics",
+}
 BUILTIN_NAME = "builtin"
-BUILTIN_MODULE = "lukv_bench.policies"
+DISTRIBUTION = "lukv-bench"
 
 pm = pluggy.PluginManager("lukv_bench")
 pm.add_hookspecs(hookspecs)
 
 _broken: list[tuple[str, str]] = []
+_origins: dict[str, Origin] = {}
 _loaded = False
 
 
@@ -35,8 +44,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return __version__
+
+
+def _origin_of(ep: Any) -> Origin:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return Origin(ep.name)
+    return Origin(ep.name, dist.metadata["Name"], dist.version)
+
+
 def record_broken(name: str, error: str) -> None:
-    """Remember that plugin ``name`` failed (shown by ``lukv-bench policies``) and warn once."""
+    """Remember that plugin ``name`` failed (shown by ``lukv-bench plugins``) and warn once."""
     if (name, error) in _broken:
         return
     _broken.append((name, error))
@@ -45,10 +68,11 @@ def record_broken(name: str, error: str) -> None:
     )
 
 
-def _register(plugin: object, name: str) -> None:
+def _register(plugin: object, name: str, origin: Origin) -> None:
     if pm.is_registered(plugin) or pm.get_plugin(name) is not None:
         return  # the same entry point seen twice (e.g. duplicate metadata): register it once
     pm.register(plugin, name=name)
+    _origins[name] = origin
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -68,13 +92,24 @@ def load_plugins() -> pluggy.PluginManager:
         eps = []
     for ep in eps:
         try:
-            _register(ep.load(), ep.name)
+            _register(ep.load(), ep.name, _origin_of(ep))
         except Exception as e:
             record_broken(ep.name, _describe(e))
-    builtin = importlib.import_module(BUILTIN_MODULE)
-    if not pm.is_registered(builtin) and pm.get_plugin(BUILTIN_NAME) is None:
-        pm.register(builtin, name=BUILTIN_NAME)
+    for name, module_name in BUILTINS.items():
+        module = importlib.import_module(module_name)
+        _register(module, name, Origin(name, DISTRIBUTION, _own_version()))
     return pm
+
+
+def is_builtin(plugin: str) -> bool:
+    """Whether ``plugin`` is one of lukv-bench's own built-in plugins."""
+    return plugin in BUILTINS
+
+
+def origin(plugin: str) -> Origin:
+    """Where plugin ``plugin`` came from (distribution and version when its metadata says)."""
+    load_plugins()
+    return _origins.get(plugin, Origin(plugin))
 
 
 def broken_plugins() -> list[tuple[str, str]]:
@@ -89,4 +124,5 @@ def reset_plugins() -> None:
     for plugin in list(pm.get_plugins()):
         pm.unregister(plugin)
     _broken.clear()
+    _origins.clear()
     _loaded = False

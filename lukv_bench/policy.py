@@ -10,6 +10,7 @@ Budgets are *mean tokens per layer, including the always-kept window* (see docs/
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -152,6 +153,9 @@ class Allocator(Protocol):
 
     name: str
     needs: frozenset[str]
+    #: True: the core checks that the layer counts sum to exactly ``L * min(budget, n)``; False for
+    #: allocators that ignore the budget by design (FullKV) or round it on purpose (PyramidKV, exact=false)
+    exact_total: bool
 
     def allocate(self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]) -> Allocation:
         """Return the allocation for a mean budget of ``budget`` tokens per layer (incl. ``window``).
@@ -162,11 +166,31 @@ class Allocator(Protocol):
         ...
 
 
+@runtime_checkable
+class DecodeRule(Protocol):
+    """Decode-time eviction for one layer of one setting, run after each generated token.
+
+    Registered as a function with ``register(fn, name=...)`` in ``register_decode_rules``; a
+    :class:`PolicySpec` names it in ``decode``.
+    """
+
+    def __call__(
+        self, lens_per_head: list[int], logical_len: int, budget_per_head: list[int], params: Mapping[str, Any]
+    ) -> list[torch.Tensor] | None:
+        """Per storage head, the positions of its segment to keep (oldest first), or None to keep all.
+
+        ``lens_per_head``: tokens each head holds now; ``logical_len``: tokens seen so far;
+        ``budget_per_head``: the size each head is held at; ``params``: the policy's resolved params.
+        """
+        ...
+
+
 @dataclass
 class PolicySpec:
     """A registered policy: a scorer and an allocator by name, with keep rules and default params.
 
     ``params`` are passed to the scorer and allocator factories (each takes the keys it knows).
+    The registry records which plugin (distribution, version) registered it.
     """
 
     name: str
@@ -175,5 +199,4 @@ class PolicySpec:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
-    plugin: str = ""  #: filled by the registry: which plugin registered it
-    decode: str | None = None  #: optional decode-time eviction rule ("streaming"); None = append only
+    decode: str | None = None  #: optional registered decode-time rule (e.g. "streaming"); None = append only

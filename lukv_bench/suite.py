@@ -13,9 +13,7 @@ can cite the line with :meth:`Suite.where` (e.g. ``suite.where("policies[2]")``)
 from __future__ import annotations
 
 import copy
-import difflib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,13 @@ import yaml
 
 from lukv_bench.errors import UserError
 from lukv_bench.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
+from lukv_bench.schema import Checker as _Checker
+from lukv_bench.schema import TaskContext, check_task
+from lukv_bench.schema import join_path as _join
+from lukv_bench.schema import line_for as _line_for
+from lukv_bench.schema import show as _show
 
 __all__ = [
-    "TASK_TYPES",
     "Generation",
     "Resources",
     "Suite",
@@ -174,24 +176,6 @@ class Suite:
 # --- YAML with line numbers ---------------------------------------------------------------------
 
 
-def _line_for(lines: dict[str, int], key_path: str) -> int | None:
-    """Line of ``key_path``, else of its closest ancestor."""
-    path = key_path
-    while True:
-        if path in lines:
-            return lines[path]
-        if not path:
-            return None
-        cut = max(path.rfind("."), path.rfind("["))
-        path = path[:cut] if cut > 0 else ""
-
-
-def _join(parent: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    return f"{parent}.{key}" if parent else str(key)
-
-
 def _map_lines(node: yaml.Node, path: str, values: dict[str, int], keys: dict[str, int], dups: list) -> None:
     """Record the line of every value (``values``) and mapping key (``keys``) under ``node``."""
     values.setdefault(path, node.start_mark.line + 1)
@@ -269,76 +253,6 @@ _CHOICES = {
 _TOKENS_HINT = "for token counts write budgets: {tokens: [...]}"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-#: task type -> (allowed keys besides name/type/limit, or None for "pass through anything")
-TASK_TYPES: dict[str, tuple[str, ...] | None] = {
-    "jsonl": ("path", "metric", "instruction", "shuffle", "max_new_tokens"),
-    "longbench": (
-        "subsets", "source", "context_tokens", "num_samples", "seed", "hub_repo", "shuffle", "max_new_tokens",
-    ),
-    "lm_eval": ("tasks", "max_seq_lengths", "num_fewshot", "include_path", "metadata", "tail"),
-    "needle": None,  # implemented in lukv_bench.tasks.needle; its keys are checked there
-}
-_COMMON_TASK_KEYS = ("name", "type", "limit")
-
-
-class _Checker:
-    """Collects problems with file/line/key-path context."""
-
-    def __init__(self, file: str, values: dict[str, int], keys: dict[str, int]) -> None:
-        self.file = file
-        self.values = values
-        self.keys = keys
-        self.problems: list[str] = []
-
-    def fail(self, path: str, msg: str, *, at_key: bool = False) -> None:
-        line = self.keys.get(path) if at_key else None
-        line = line or _line_for(self.values, path)
-        loc = f"{self.file}:{line}" if line else self.file
-        self.problems.append(f"{loc}: {path or '<top level>'}: {msg}")
-
-    # typed getters: return the value, or None after recording a problem
-    def is_int(self, path: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> bool:
-        if value is None and allow_none:
-            return True
-        if isinstance(value, bool) or not isinstance(value, int):
-            what = f"an integer >= {minimum}" if minimum is not None else "an integer"
-            self.fail(path, f"expected {what}{' or null' if allow_none else ''}, got {_show(value)}")
-            return False
-        if minimum is not None and value < minimum:
-            self.fail(path, f"must be >= {minimum}, got {value}")
-            return False
-        return True
-
-    def is_str(self, path: str, value: Any, nonempty: bool = True) -> bool:
-        if not isinstance(value, str) or (nonempty and not value.strip()):
-            self.fail(path, f"expected a non-empty string, got {_show(value)}")
-            return False
-        return True
-
-    def is_choice(self, path: str, value: Any, choices: tuple) -> bool:
-        if value not in choices:
-            self.fail(path, f"got {_show(value)}; allowed: {', '.join(map(str, choices))}")
-            return False
-        return True
-
-    def unknown_keys(self, path: str, mapping: dict, allowed: tuple[str, ...]) -> None:
-        for key in mapping:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                self.fail(
-                    _join(path, str(key)),
-                    f"unknown key {str(key)!r}; {hint}allowed keys: {', '.join(allowed)}",
-                    at_key=True,
-                )
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    kind = "null" if value is None else type(value).__name__
-    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
-
 
 def _resolve_path(folder: Path, value: str) -> Path:
     p = Path(value).expanduser()
@@ -470,21 +384,9 @@ def _check_resources(c: _Checker, value: Any) -> Resources:
     return res
 
 
-def _check_str_list(c: _Checker, path: str, value: Any, check: Callable[[str, str], bool] | None = None) -> list:
-    if not isinstance(value, list) or not value:
-        c.fail(path, f"expected a non-empty list of strings, got {_show(value)}")
-        return []
-    out = []
-    for i, v in enumerate(value):
-        p = f"{path}[{i}]"
-        if c.is_str(p, v) and (check is None or check(p, v)):
-            out.append(v)
-    return out
-
-
 def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names: set[str]) -> dict | None:
-    from lukv_bench.metrics import known_metrics
-    from lukv_bench.tasks import longbench
+    """Check one task entry: name and type here, then the keys its (registered) type declares."""
+    from lukv_bench.catalog import catalog
 
     path = f"tasks[{i}]"
     if not isinstance(value, dict):
@@ -495,8 +397,10 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
         if key not in value:
             c.fail(path, f"missing required key {key!r}")
             ok = False
-    ttype = value.get("type")
-    if "type" in value and not c.is_choice(_join(path, "type"), ttype, tuple(TASK_TYPES)):
+    types = catalog().task_types
+    entry = types.get(value["type"]) if "type" in value else None
+    if "type" in value and entry is None:
+        c.is_choice(_join(path, "type"), value["type"], tuple(types.names()))
         return None
     if "name" in value and c.is_str(_join(path, "name"), value["name"]):
         name = value["name"]
@@ -507,110 +411,9 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
         names.add(name)
     if not ok:
         return None
-    extra = TASK_TYPES[ttype]
-    if extra is not None:
-        c.unknown_keys(path, value, _COMMON_TASK_KEYS + extra)
-    task = dict(value)
-    if "limit" in task:
-        c.is_int(_join(path, "limit"), task["limit"], minimum=1, allow_none=True)
-    else:
-        task["limit"] = None
-    if ttype in ("jsonl", "longbench", "needle"):  # sample tasks: generation length per task
-        task.setdefault("max_new_tokens", None)
-        c.is_int(_join(path, "max_new_tokens"), task["max_new_tokens"], minimum=1, allow_none=True)
-
-    def opt_bool(key: str) -> None:
-        if key in task and not isinstance(task[key], bool):
-            c.fail(_join(path, key), f"expected true or false, got {_show(task[key])}")
-
-    if ttype == "jsonl":
-        if "path" not in value:
-            c.fail(path, "missing required key 'path' (a JSONL file; relative to the suite file's folder)")
-        elif c.is_str(_join(path, "path"), value["path"]):
-            resolved = _resolve_path(folder, value["path"])
-            if not resolved.exists():
-                c.fail(_join(path, "path"), f"file not found: {resolved}")
-            task["path"] = str(resolved)
-        task.setdefault("metric", "substring")
-        metric_ok = c.is_choice(_join(path, "metric"), task["metric"], tuple(known_metrics()))
-        instruction_ok = "instruction" not in task or c.is_str(
-            _join(path, "instruction"), task["instruction"], nonempty=False
-        )
-        task.setdefault("shuffle", False)
-        opt_bool("shuffle")
-        if "path" in task and Path(str(task["path"])).exists() and metric_ok and instruction_ok:
-            _check_jsonl_rows(c, _join(path, "path"), task)
-    elif ttype == "longbench":
-        task.setdefault("source", "auto")
-        src_ok = c.is_choice(_join(path, "source"), task["source"], ("auto", "hub", "offline"))
-
-        def subset_ok(p: str, s: str) -> bool:
-            problem = longbench.subset_problem(s, task["source"] if src_ok else "auto")
-            if problem:
-                c.fail(p, problem)
-            return problem is None
-
-        if "subsets" not in value:
-            c.fail(path, f"missing required key 'subsets'; known: {', '.join(longbench.all_subset_names())}")
-        else:
-            subsets = _check_str_list(c, _join(path, "subsets"), value["subsets"], subset_ok)
-            if len(set(subsets)) != len(subsets):
-                c.fail(_join(path, "subsets"), "duplicate subset names")
-        task.setdefault("context_tokens", longbench.DEFAULT_CONTEXT_TOKENS)
-        c.is_int(_join(path, "context_tokens"), task["context_tokens"], minimum=128)
-        task.setdefault("num_samples", None)  # offline sets: as many as the limit asks for
-        c.is_int(_join(path, "num_samples"), task["num_samples"], minimum=1, allow_none=True)
-        task.setdefault("seed", seed)
-        c.is_int(_join(path, "seed"), task["seed"])
-        task.setdefault("hub_repo", longbench.HUB_REPO)
-        c.is_str(_join(path, "hub_repo"), task["hub_repo"])
-        task.setdefault("shuffle", False)
-        opt_bool("shuffle")
-    elif ttype == "lm_eval":
-        if "tasks" not in value:
-            c.fail(path, "missing required key 'tasks' (lm-eval task names, e.g. [niah_single_1])")
-        else:
-            _check_str_list(c, _join(path, "tasks"), value["tasks"])
-        if "max_seq_lengths" in task:
-            msl = task["max_seq_lengths"]
-            if not isinstance(msl, list) or not msl:
-                c.fail(_join(path, "max_seq_lengths"), f"expected a non-empty list of integers, got {_show(msl)}")
-            else:
-                for j, n in enumerate(msl):
-                    c.is_int(f"{path}.max_seq_lengths[{j}]", n, minimum=1)
-        if "num_fewshot" in task:
-            c.is_int(_join(path, "num_fewshot"), task["num_fewshot"], minimum=0, allow_none=True)
-        if "include_path" in task and c.is_str(_join(path, "include_path"), task["include_path"]):
-            resolved = _resolve_path(folder, task["include_path"])
-            if not resolved.is_dir():
-                c.fail(_join(path, "include_path"), f"folder not found: {resolved}")
-            task["include_path"] = str(resolved)
-        task.setdefault("tail", 32)
-        c.is_int(_join(path, "tail"), task["tail"], minimum=0)
-        if "metadata" in task and not isinstance(task["metadata"], dict):
-            c.fail(_join(path, "metadata"), f"expected a map, got {_show(task['metadata'])}")
-    elif ttype == "needle":  # its own module validates its keys; report them with the line here
-        try:
-            from lukv_bench.tasks.needle import NeedleTask
-        except ImportError:  # pragma: no cover - the module is part of the package
-            return task
-        try:  # the suite checked the generic keys above
-            NeedleTask.from_config({k: v for k, v in value.items() if k not in ("limit", "max_new_tokens")})
-        except UserError as e:
-            key = re.search(r"`(\w+)`|key\(s\) '(\w+)'", str(e))
-            sub = next((g for g in key.groups() if g), "") if key else ""
-            c.fail(_join(path, sub) if sub in value else path, str(e), at_key=sub in value)
+    task = check_task(c, path, value, entry.obj(), TaskContext(folder, {"seed": seed}))
+    task["type"] = entry.name
     return task
-
-
-def _check_jsonl_rows(c: _Checker, path: str, task: dict[str, Any]) -> None:
-    """Read every row of a JSONL task's file now, so data errors show before any model loads."""
-    from lukv_bench.tasks.jsonl import load_jsonl
-
-    try:
-        load_jsonl(task["path"], instruction=task.get("instruction", ""), metric=task["metric"])
-    except UserError as e:
-        c.fail(path, f"{e}")
 
 
 def _check_budgets_above_window(c: _Checker, budgets: list[float | dict[str, int]], window: int) -> None:

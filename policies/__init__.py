@@ -1,13 +1,10 @@
-"""The built-in scorers, allocators and policies, registered through the ``lukv_bench`` entry point.
+"""The built-in scorers, allocators, decode rules and policies, registered through the ``lukv_bench`` entry point.
 
 This module is the ``builtin`` plugin: pyproject declares ``builtin = "lukv_bench.policies"`` in the
 ``lukv_bench`` entry point group, exactly as a third-party plugin would.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 from lukv_bench.policies.adakv import AdaKVAllocator
 from lukv_bench.policies.cake import CakeAllocator, CakeScorer
@@ -17,10 +14,10 @@ from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
 from lukv_bench.policies.pyramidkv import PyramidAllocator
 from lukv_bench.policies.random_scores import RandomScorer
 from lukv_bench.policies.snapkv import SnapKVScorer
-from lukv_bench.policies.streaming import RecencyScorer
+from lukv_bench.policies.streaming import RecencyScorer, streaming_rule
 from lukv_bench.policies.uniform import UniformAllocator
 
-from lukv_bench.hookspecs import hookimpl
+from lukv_bench.hookspecs import Register, hookimpl
 from lukv_bench.policy import PolicySpec
 
 __all__ = [
@@ -35,21 +32,23 @@ __all__ = [
     "RecencyScorer",
     "SnapKVScorer",
     "UniformAllocator",
+    "streaming_rule",
     "register_allocators",
+    "register_decode_rules",
     "register_policies",
     "register_scorers",
 ]
 
 
 @hookimpl
-def register_scorers(register: Callable[[str, type], None]) -> None:
+def register_scorers(register: Register) -> None:
     """The built-in scorers."""
     for cls in (RandomScorer, RecencyScorer, H2OScorer, SnapKVScorer, CakeScorer):
-        register(cls.name, cls)
+        register(cls)
 
 
 @hookimpl
-def register_allocators(register: Callable[[str, type], None]) -> None:
+def register_allocators(register: Register) -> None:
     """The built-in allocators."""
     for cls in (
         FullAllocator,
@@ -59,11 +58,17 @@ def register_allocators(register: Callable[[str, type], None]) -> None:
         LayerUncertaintyAllocator,
         CakeAllocator,
     ):
-        register(cls.name, cls)
+        register(cls)
 
 
 @hookimpl
-def register_policies(register: Callable[[Any], None]) -> None:
+def register_decode_rules(register: Register) -> None:
+    """The built-in decode-time rule: StreamingLLM's sinks + most recent tokens."""
+    register(streaming_rule, name="streaming")
+
+
+@hookimpl
+def register_policies(register: Register) -> None:
     """The built-in policies (docs/policies.md §1)."""
     register(
         PolicySpec("full", "recency", "full", "FullKV: no eviction (the reference)", aliases=("fullkv",))

@@ -46,6 +46,7 @@ class AdaKVAllocator:
 
     name: ClassVar[str] = "adakv"
     needs: ClassVar[frozenset[str]] = frozenset()
+    exact_total: ClassVar[bool] = True  #: the counts always sum to L x budget
 
     def __post_init__(self) -> None:
         check_range("adakv allocator", "alpha", self.alpha, lo=0.0, hi=1.0)

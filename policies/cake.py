@@ -78,6 +78,7 @@ class CakeAllocator:
 
     name: ClassVar[str] = "cake"
     needs: ClassVar[frozenset[str]] = frozenset({WINDOW})
+    exact_total: ClassVar[bool] = True  #: the counts always sum to L x budget
 
     def __post_init__(self) -> None:
         check_range("cake allocator", "tau1", self.tau1, lo=0.0, lo_open=True)

@@ -49,6 +49,7 @@ class LayerUncertaintyAllocator:
 
     name: ClassVar[str] = "layer-uncertainty"
     needs: ClassVar[frozenset[str]] = frozenset({WINDOW})
+    exact_total: ClassVar[bool] = True  #: the counts always sum to L x budget
 
     def __post_init__(self) -> None:
         check_range("layer-uncertainty allocator", "tau", self.tau, lo=0.0, hi=1.0, lo_open=True)

@@ -2,13 +2,15 @@
 
 The recency scorer ranks tokens by position, so with ``sinks`` always kept the selection is
 "first ``sinks`` + newest ``B - sinks``". During long decoding the same rule keeps each head at its
-budget (:func:`streaming_decode_keep`); there is no key re-rotation.
+budget (:func:`streaming_decode_keep`, registered as the decode rule ``streaming``); there is no key
+re-rotation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -49,3 +51,13 @@ def streaming_decode_keep(
         recent = budget - n_sink
         keep.append(torch.cat([torch.arange(n_sink), torch.arange(length - recent, length)]))
     return keep
+
+
+def streaming_rule(
+    lens_per_head: list[int], logical_len: int, budget_per_head: list[int], params: Mapping[str, Any]
+) -> list[torch.Tensor] | None:
+    """The ``streaming`` decode rule (a :class:`~lukv_bench.policy.DecodeRule`): sinks plus the newest tokens.
+
+    ``logical_len`` is not needed: a segment's order is its logical order.
+    """
+    return streaming_decode_keep(lens_per_head, budget_per_head, int(params.get("sinks", 0)))

@@ -16,6 +16,7 @@ class UniformAllocator:
 
     name: ClassVar[str] = "uniform"
     needs: ClassVar[frozenset[str]] = frozenset()
+    exact_total: ClassVar[bool] = True  #: the counts always sum to L x budget
 
     def allocate(
         self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]

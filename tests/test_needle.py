@@ -97,7 +97,7 @@ def test_max_new_tokens_is_honoured():
     task = NeedleTask.from_config({**CFG, "max_new_tokens": 7})
     assert {s.max_new_tokens for s in task.samples()} == {7}
     assert {s.max_new_tokens for s in NeedleTask.from_config(CFG).samples(2)} == {None}  # the suite's
-    with pytest.raises(UserError, match="`max_new_tokens` must be a positive integer"):
+    with pytest.raises(UserError, match="max_new_tokens: must be >= 1, got 0"):
         NeedleTask.from_config({**CFG, "max_new_tokens": 0})
 
 
@@ -110,5 +110,5 @@ def test_max_new_tokens_is_honoured():
     ],
 )
 def test_settings_it_cannot_honour_are_refused(key, value, why):
-    with pytest.raises(UserError, match=f"`{key}` .*{why}"):
+    with pytest.raises(UserError, match=f"{key}: .*{why}"):
         NeedleTask.from_config({**CFG, key: value})

@@ -175,20 +175,43 @@ class _ConstScorer:
         return torch.full((stats.n_storage_heads, layer.n), self.level)
 
 
+@dataclass
+class _NoNeeds:
+    """A scorer class without ``needs``."""
+
+    name: ClassVar[str] = "noneeds"
+
+    def score(self, layer: Any, stats: Any) -> torch.Tensor:
+        return torch.zeros(stats.n_storage_heads, layer.n)
+
+
+def _keep_newest(lens_per_head: list[int], logical_len: int, budget_per_head: list[int], params: Any):
+    """Keep the newest ``budget`` entries of every head (no sinks)."""
+    return [torch.arange(max(0, n - b), n) for n, b in zip(lens_per_head, budget_per_head)]
+
+
 def _good_plugin() -> types.ModuleType:
     mod = types.ModuleType("good_plugin")
 
     @hookimpl
-    def register_scorers(register: Callable[[str, type], None]) -> None:
-        register("const", _ConstScorer)
+    def register_scorers(register: Callable[..., None]) -> None:
+        register(_ConstScorer)  # the ClassVar name is the registration name
+        register(_NoNeeds)  # breaks the Scorer protocol: recorded, the rest still registers
 
     @hookimpl
-    def register_policies(register: Callable[[Any], None]) -> None:
+    def register_decode_rules(register: Callable[..., None]) -> None:
+        register(_keep_newest, name="newest")
+
+    @hookimpl
+    def register_policies(register: Callable[..., None]) -> None:
         register(PolicySpec("const", "const", "uniform", "constant scores"))
         register(PolicySpec("snapkv", "const", "uniform", "a clash with the built-in"))
         register(PolicySpec("badparams", "const", "uniform", params={"level": "high"}))
+        register(PolicySpec("const-newest", "const", "uniform", "const with a decode rule", decode="newest"))
+        register(PolicySpec("baddecode", "const", "uniform", decode="oldest"))
 
     mod.register_scorers = register_scorers  # type: ignore[attr-defined]
+    mod.register_decode_rules = register_decode_rules  # type: ignore[attr-defined]
     mod.register_policies = register_policies  # type: ignore[attr-defined]
     return mod
 
@@ -197,7 +220,7 @@ def _raising_plugin() -> types.ModuleType:
     mod = types.ModuleType("raising_plugin")
 
     @hookimpl
-    def register_allocators(register: Callable[[str, type], None]) -> None:
+    def register_allocators(register: Callable[..., None]) -> None:
         raise RuntimeError("boom")
 
     mod.register_allocators = register_allocators  # type: ignore[attr-defined]
@@ -240,6 +263,12 @@ def test_broken_plugin_is_reported_and_others_load(fake_entry_points: Callable[[
     errors = [e for n, e in registry.broken_plugins() if n == "good"]
     assert any("already registered by plugin 'builtin'" in e for e in errors)
     assert any("badparams" in e and "'level' must be a number" in e for e in errors)
+    assert any("'noneeds'" in e and "lacks needs" in e for e in errors)
+    assert any("baddecode" in e and "unknown decode rule 'oldest'" in e for e in errors)
+    # a plugin's decode rule runs through Policy.decode_keep
+    newest = resolve_policy("const-newest")
+    assert newest.decode_rule == "newest" and newest.describe()["components"]["decode"]["plugin"] == "good"
+    assert [k.tolist() for k in newest.decode_keep([5, 2], 5, [3, 3])] == [[2, 3, 4], [0, 1]]
     text = format_policies()
     assert "Broken plugins" in text and "missing_dependency" in text
     assert json.loads(format_policies(json=True))["broken_plugins"][0]["name"] == "broken"
@@ -261,5 +290,5 @@ def test_builtin_fallback_without_metadata_and_never_twice(
         ]
     )
     assert [p["name"] for p in list_policies()].count("snapkv") == 1
-    assert len(plugins.pm.get_plugins()) == 1
+    assert len(plugins.pm.get_plugins()) == len(plugins.BUILTINS)
     assert registry.broken_plugins() == []

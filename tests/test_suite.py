@@ -162,11 +162,11 @@ def test_bad_budgets(tmp_path, budgets, expected):
     assert f":4: {expected}" in msg
 
 
-def test_needle_entries_are_checked_by_the_needle_task(tmp_path):
+def test_needle_entries_are_checked_against_the_needle_schema(tmp_path):
     msg = problem(tmp_path, VALID.replace("samples_per_cell: 1", "sample_per_cell: 1"))
-    assert ":9: tasks[3].sample_per_cell: needle task: unknown key(s) 'sample_per_cell'" in msg
+    assert ":9: tasks[3].sample_per_cell: unknown key 'sample_per_cell'; did you mean 'samples_per_cell'?" in msg
     msg = problem(tmp_path, VALID.replace("depths: [0.5]", "depths: [1.5]"))
-    assert ":9: tasks[3].depths: needle task: `depths` must be a non-empty list of numbers in [0, 1]" in msg
+    assert ":9: tasks[3].depths[0]: must be <= 1, got 1.5" in msg
 
 
 def test_missing_task_file_names_resolved_path(tmp_path):
@@ -281,9 +281,9 @@ def test_task_max_new_tokens(tmp_path):
 
 def test_needle_settings_it_ignored_are_refused(tmp_path):
     msg = problem(tmp_path, VALID.replace("samples_per_cell: 1}", "samples_per_cell: 1, compress: context}"))
-    assert ":9: tasks[3].compress: needle task: `compress` is a suite-level setting" in msg
+    assert ":9: tasks[3].compress: is a suite-level setting" in msg
     msg = problem(tmp_path, VALID.replace("samples_per_cell: 1}", "samples_per_cell: 1, metric: qa_f1}"))
-    assert ":9: tasks[3].metric: needle task: `metric` cannot be set" in msg
+    assert ":9: tasks[3].metric: cannot be set: the needle task is scored by whether the pass key appears" in msg
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,15 @@ and ``compress: context`` (only the context block is compressed; the question is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from lukv_bench.schema import Key
+
+if TYPE_CHECKING:
+    from lukv_bench.schema import TaskContext
+    from lukv_bench.suite import Suite
 
 
 @dataclass
@@ -48,3 +54,47 @@ class Task(Protocol):
     def score(self, prediction: str, sample: Sample) -> float:
         """Score one prediction in [0, 1] (or the metric's natural range)."""
         ...
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """A ``type:`` of suite task entry: its config schema, its cross-key checks and how to build it.
+
+    Registered as a class (``register(cls)`` in a plugin's ``register_task_types`` hook; the class's
+    ``name`` is the ``type:`` value). Suite validation walks ``keys`` (see :mod:`lukv_bench.schema`)
+    with file and line numbers, then calls ``check``; ``build`` gets the checked entry (defaults
+    filled, paths absolute) and returns sample-based :class:`Task` objects, or any other object a
+    runner knows (an lm-eval configuration).
+    """
+
+    name: str
+    keys: Mapping[str, Key]  #: the entry's keys besides name, type and limit
+
+    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
+        """Checks one key cannot express; ``task`` holds only the keys that passed; ``report(key, problem)``."""
+        ...
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> Any:
+        """The task (or a list of tasks) this entry stands for."""
+        ...
+
+
+class BaseTaskType:
+    """Convenience base for task types: no keys and no cross-key checks unless a subclass declares them."""
+
+    name: ClassVar[str] = ""
+    keys: ClassVar[Mapping[str, Key]] = {}
+
+    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
+        """Nothing beyond the schema."""
+
+
+def task_limit(task: dict[str, Any], suite: Suite | None) -> int | None:
+    """Samples to use: the entry's ``limit``, else the suite's (None: all)."""
+    limit = task.get("limit")
+    return limit if limit is not None else (suite.limit if suite is not None else None)
+
+
+#: the ``max_new_tokens`` key of sample-based task types: tokens to generate per sample (None: the
+#: suite's ``generation.max_new_tokens``)
+MAX_NEW_TOKENS = Key("int", None, minimum=1, nullable=True)

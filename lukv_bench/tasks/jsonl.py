@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lukv_bench import metrics
 from lukv_bench.errors import UserError
-from lukv_bench.tasks.base import Sample
+from lukv_bench.schema import REQUIRED, Key, TaskContext
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
 
-__all__ = ["JsonlTask", "load_jsonl", "read_text_file"]
+if TYPE_CHECKING:
+    from lukv_bench.suite import Suite
+
+__all__ = ["JsonlTask", "JsonlTaskType", "load_jsonl", "read_text_file"]
 
 _KNOWN = ("id", "context", "question", "answers", "instruction", "all_classes", "meta")
 
@@ -164,3 +168,38 @@ class JsonlTask:
     def score(self, prediction: str, sample: Sample) -> float:
         """Score with the task's metric (best over the gold answers)."""
         return metrics.score(self.metric, prediction, sample)
+
+
+class JsonlTaskType(BaseTaskType):
+    """``type: jsonl``: the user's own JSONL file, scored with a registered metric."""
+
+    name = "jsonl"
+    keys = {
+        "path": Key("file", REQUIRED, help="a JSONL file; relative to the suite file's folder"),
+        "metric": Key("metric", "substring"),
+        "instruction": Key("text"),
+        "shuffle": Key("bool", False),
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }
+
+    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
+        """Read every row now, so data errors show (with file and line) before any model loads."""
+        if "path" not in task or "metric" not in task:
+            return
+        try:
+            load_jsonl(task["path"], instruction=task.get("instruction", ""), metric=task["metric"])
+        except UserError as e:
+            report("path", str(e))
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> JsonlTask:
+        """The task over the entry's file."""
+        return JsonlTask(
+            name=str(task["name"]),
+            path=task["path"],
+            metric=task["metric"],
+            instruction=task.get("instruction", ""),
+            shuffle=task["shuffle"],
+            seed=suite.seed if suite is not None else 0,
+            limit=task_limit(task, suite),
+            max_new_tokens=task["max_new_tokens"],
+        )

@@ -1,21 +1,22 @@
-"""Configuration of ``type: lm_eval`` suite tasks (parsing and validation only).
+"""``type: lm_eval`` suite tasks: their config schema, and the configuration the lm-eval runner receives.
 
-The suite validates the keys (:mod:`lukv_bench.suite`); this dataclass is what the lm-eval runner
-(written elsewhere) receives. Running lm-eval tasks is not done here.
+:class:`LmEvalTaskType` declares the keys (checked by :mod:`lukv_bench.schema`); it builds an
+:class:`LmEvalTaskConfig`, which :mod:`lukv_bench.lm_eval_model` runs. Running lm-eval tasks is not
+done here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lukv_bench.errors import UserError
+from lukv_bench.schema import REQUIRED, Key
+from lukv_bench.tasks.base import BaseTaskType, task_limit
 
 if TYPE_CHECKING:
     from lukv_bench.suite import Suite
 
-__all__ = ["LmEvalTaskConfig"]
+__all__ = ["LmEvalTaskConfig", "LmEvalTaskType"]
 
 
 @dataclass
@@ -40,26 +41,29 @@ class LmEvalTaskConfig:
             meta["max_seq_lengths"] = list(self.max_seq_lengths)
         return meta
 
-    @classmethod
-    def from_dict(cls, task: dict[str, Any], suite: Suite | None = None) -> LmEvalTaskConfig:
-        """Build from a (validated) suite task dict; light checks for dicts built in code."""
-        names = task.get("tasks")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-            raise UserError(f"lm_eval task {task.get('name')!r}: 'tasks' must be a non-empty list of task names")
-        include = task.get("include_path")
-        if include is not None and not Path(include).is_absolute():
-            folder = suite.folder if suite is not None else Path.cwd()
-            include = str((folder / include).resolve())
-        limit = task.get("limit")
-        if limit is None and suite is not None:
-            limit = suite.limit
-        return cls(
+
+class LmEvalTaskType(BaseTaskType):
+    """``type: lm_eval``: lm-eval tasks run through lukv-bench's lm-eval model (one entry, many lm-eval tasks)."""
+
+    name = "lm_eval"
+    keys = {
+        "tasks": Key("list[str]", REQUIRED, help="lm-eval task names, e.g. [niah_single_1]"),
+        "max_seq_lengths": Key("list[int]", minimum=1),
+        "num_fewshot": Key("int", minimum=0, nullable=True),
+        "include_path": Key("folder"),
+        "metadata": Key("map"),
+        "tail": Key("int", 32, minimum=0),
+    }
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LmEvalTaskConfig:
+        """The configuration the lm-eval runner receives."""
+        return LmEvalTaskConfig(
             name=str(task["name"]),
-            tasks=list(names),
+            tasks=list(task["tasks"]),
             max_seq_lengths=list(task["max_seq_lengths"]) if task.get("max_seq_lengths") else None,
             num_fewshot=task.get("num_fewshot"),
-            limit=limit,
-            include_path=include,
+            limit=task_limit(task, suite),
+            include_path=task.get("include_path"),
             metadata=dict(task.get("metadata") or {}),
-            tail=int(task.get("tail", 32)),
+            tail=task["tail"],
         )

@@ -22,13 +22,17 @@ import difflib
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lukv_bench import metrics
 from lukv_bench.errors import UserError
-from lukv_bench.tasks.base import Sample
+from lukv_bench.schema import REQUIRED, Key, TaskContext
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+
+if TYPE_CHECKING:
+    from lukv_bench.suite import Suite
 
 __all__ = [
     "DEFAULT_CONTEXT_TOKENS",
@@ -37,6 +41,7 @@ __all__ = [
     "HUB_SUBSETS",
     "HubSubset",
     "LongBenchTask",
+    "LongBenchTaskType",
     "all_subset_names",
     "subset_problem",
 ]
@@ -425,3 +430,46 @@ class LongBenchTask:
         if self.first_line_only:
             prediction = prediction.lstrip("\n").split("\n")[0]
         return metrics.score(self.metric, prediction, sample)
+
+
+class LongBenchTaskType(BaseTaskType):
+    """``type: longbench``: one task per subset, named ``<name>/<subset>``, from the hub or offline."""
+
+    name = "longbench"
+    keys = {
+        "subsets": Key("list[str]", REQUIRED, unique=True,
+                       help="LongBench subset names, e.g. [qasper, passage_retrieval_en] or offline *_like ones"),
+        "source": Key("str", "auto", choices=("auto", "hub", "offline")),
+        "context_tokens": Key("int", DEFAULT_CONTEXT_TOKENS, minimum=128),
+        "num_samples": Key("int", None, minimum=1, nullable=True),  # offline sets: as many as the limit asks
+        "seed": Key("int", default_from="seed"),
+        "hub_repo": Key("str", HUB_REPO),
+        "shuffle": Key("bool", False),
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }
+
+    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
+        """Every subset must exist, and be available from the chosen source."""
+        source = task.get("source", "auto")
+        for i, subset in enumerate(task.get("subsets", [])):
+            problem = subset_problem(subset, source)
+            if problem:
+                report(f"subsets[{i}]", problem)
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> list[LongBenchTask]:
+        """One task per subset."""
+        return [
+            LongBenchTask(
+                name=f"{task['name']}/{subset}",
+                subset=subset,
+                source=task["source"],
+                hub_repo=task["hub_repo"],
+                seed=task["seed"],
+                context_tokens=task["context_tokens"],
+                num_samples=task["num_samples"],
+                shuffle=task["shuffle"],
+                limit=task_limit(task, suite),
+                max_new_tokens=task["max_new_tokens"],
+            )
+            for subset in task["subsets"]
+        ]

@@ -17,7 +17,8 @@ Suite entry::
       max_new_tokens: 16           # optional; default: the suite's generation.max_new_tokens
 
 The needle is always scored by whether the pass key appears in the answer, so ``metric`` is refused;
-``compress`` and ``chat_template`` are suite-level settings and are refused on the task too.
+``compress`` and ``chat_template`` are suite-level settings and are refused on the task too. The keys
+are declared once, by :class:`NeedleTaskType` (see :mod:`lukv_bench.schema`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,15 @@ import random
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lukv_bench.errors import UserError
-from lukv_bench.tasks.base import Sample
+from lukv_bench.schema import Key, TaskContext, normalize_task
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+
+if TYPE_CHECKING:
+    from lukv_bench.suite import Suite
 
 DATA_SOURCE = "offline needle-in-a-haystack over Python's pydoc_data text (lukv-bench needle v1)"
 INSTRUCTION = (
@@ -42,9 +48,6 @@ QUESTION = "What is the secret pass key? Answer with the number only."
 NEEDLE_TEMPLATE = "The secret pass key is {key}."
 CHARS_PER_TOKEN = 4  #: length estimate when no tokenizer is given
 
-#: keys the suite handles on any task entry (``limit``) or that this task honours (``max_new_tokens``)
-GENERIC_KEYS = frozenset({"name", "type", "limit", "max_new_tokens"})
-NEEDLE_KEYS = frozenset({"lengths", "depths", "samples_per_cell", "seed"})
 #: keys other tasks or the suite's top level take, refused here with the reason
 REFUSED_KEYS = {
     "metric": "cannot be set: the needle task is scored by whether the pass key appears in the answer "
@@ -136,11 +139,6 @@ def _token_counter(tokenizer: Any | None) -> Callable[[str], int]:
     return count
 
 
-def _require(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise UserError(f"needle task: `{key}` {msg}")
-
-
 class NeedleTask:
     """Depth x length needle-in-a-haystack task (metric ``substring``)."""
 
@@ -160,6 +158,7 @@ class NeedleTask:
         """Build the task; see :meth:`from_config` for validation of user input."""
         self.name = name
         self.max_new_tokens = max_new_tokens  #: None: the suite's generation.max_new_tokens
+        self.limit: int | None = None  #: samples a suite run uses (None: the whole grid)
         self.lengths = [int(x) for x in lengths]
         self.depths = [float(x) for x in depths]
         self.samples_per_cell = int(samples_per_cell)
@@ -169,53 +168,14 @@ class NeedleTask:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], tokenizer: Any | None = None) -> NeedleTask:
-        """Validate a suite task entry and build the task.
+        """Check a task entry against the needle schema (:class:`NeedleTaskType`) and build the task.
 
-        Raises :class:`~lukv_bench.errors.UserError` naming the offending key.
+        Raises :class:`~lukv_bench.errors.UserError` naming every offending key.
         """
         if not isinstance(cfg, Mapping):
             raise UserError(f"needle task: the task entry must be a mapping, got {type(cfg).__name__}")
-        for key, why in REFUSED_KEYS.items():
-            _require(key not in cfg, key, why)
-        unknown = sorted(set(cfg) - GENERIC_KEYS - NEEDLE_KEYS)
-        if unknown:
-            raise UserError(
-                f"needle task: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(NEEDLE_KEYS | GENERIC_KEYS))}"
-            )
-        name = cfg.get("name", "needle")
-        _require(isinstance(name, str) and bool(name), "name", "must be a non-empty string")
-        lengths = cfg.get("lengths", [500, 1000, 2000])
-        _require(
-            isinstance(lengths, (list, tuple))
-            and len(lengths) > 0
-            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in lengths),
-            "lengths",
-            f"must be a non-empty list of positive integers (tokens), got {lengths!r}",
-        )
-        depths = cfg.get("depths", [0.1, 0.5, 0.9])
-        _require(
-            isinstance(depths, (list, tuple))
-            and len(depths) > 0
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in depths),
-            "depths",
-            f"must be a non-empty list of numbers in [0, 1], got {depths!r}",
-        )
-        spc = cfg.get("samples_per_cell", 1)
-        _require(
-            isinstance(spc, int) and not isinstance(spc, bool) and spc >= 1,
-            "samples_per_cell",
-            f"must be a positive integer, got {spc!r}",
-        )
-        seed = cfg.get("seed", 0)
-        _require(isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}")
-        new = cfg.get("max_new_tokens")
-        _require(
-            new is None or (isinstance(new, int) and not isinstance(new, bool) and new >= 1),
-            "max_new_tokens",
-            f"must be a positive integer, got {new!r}",
-        )
-        return cls(name, lengths, depths, spc, seed, tokenizer, max_new_tokens=new)
+        task = normalize_task({"name": "needle", "type": "needle", **cfg}, NeedleTaskType(), TaskContext(Path.cwd()))
+        return NeedleTaskType().build(task, None, tokenizer)
 
     # -- samples -------------------------------------------------------------------------------
 
@@ -295,3 +255,24 @@ class NeedleTask:
         """1.0 if any gold answer occurs in the prediction (case-insensitive substring), else 0.0."""
         pred = prediction.lower()
         return 1.0 if any(a.lower() in pred for a in sample.answers) else 0.0
+
+
+class NeedleTaskType(BaseTaskType):
+    """``type: needle``: the offline needle-in-a-haystack grid (depth x length)."""
+
+    name = "needle"
+    keys = {
+        "lengths": Key("list[int]", [500, 1000, 2000], minimum=1),
+        "depths": Key("list[number]", [0.1, 0.5, 0.9], minimum=0.0, maximum=1.0),
+        "samples_per_cell": Key("int", 1, minimum=1),
+        "seed": Key("int", 0),
+        "max_new_tokens": MAX_NEW_TOKENS,
+        **{key: Key.refuse(why) for key, why in REFUSED_KEYS.items()},
+    }
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> NeedleTask:
+        """The grid task; the tokenizer (when given) measures lengths in tokens."""
+        built = NeedleTask(task["name"], task["lengths"], task["depths"], task["samples_per_cell"], task["seed"],
+                           tokenizer, max_new_tokens=task["max_new_tokens"])
+        built.limit = task_limit(task, suite)
+        return built
