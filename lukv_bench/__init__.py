@@ -3,11 +3,24 @@
 Built-in policies live in :mod:`lukv_bench.policies`, the cache runtime's kernels in
 :mod:`lukv_bench.kernels`; both are installed from the repository's top-level ``policies/`` and
 ``kernels/`` folders.
+
+Outside suites, :func:`compress` compresses the KV cache of a plain transformers model with any
+registered policy: ``with lukv_bench.compress(model, policy="snapkv", budget=0.2): model.generate(...)``.
 """
 
 from pathlib import Path as _Path
 
 __version__ = "0.1.0"
+__all__ = ["CompressionSession", "__version__", "compress"]
+
+
+def __getattr__(name: str):
+    """``compress`` and ``CompressionSession`` load on first use (they pull in torch and transformers)."""
+    if name in ("compress", "CompressionSession"):
+        from lukv_bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lukv_bench' has no attribute {name!r}")
 
 # Imported straight from a source checkout (e.g. `python -m ...` in the repository root, which puts
 # the checkout before the installed package on sys.path), the top-level policies/ and kernels/
