@@ -90,6 +90,16 @@ def policies(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List every registered component (policies, scorers, allocators, decode rules, task types, metrics)
+    with the plugin, distribution and version that supplied it, and any plugin that failed to load."""
+    from lukv_bench.registry import format_plugins
+
+    click.echo(format_plugins(json=as_json))
+
+
+@main.command()
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def report(out: Path) -> None:
     """Re-render OUT/report.md and plots from OUT/results.jsonl."""
