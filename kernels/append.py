@@ -34,20 +34,42 @@ class RaggedStore:
         dtype: torch.dtype,
         device: torch.device | str,
         headroom: int = 0,
+        bucket_fill: float | None = None,
     ) -> "RaggedStore":
-        """Contiguous segments of capacity ``counts[s] + headroom`` with ``lens = counts``.
+        """Segments of capacity ``counts[s] + headroom`` with ``lens = counts``, back to back.
 
-        The buffers are uninitialised (like :func:`torch.empty`): fill them with
-        :func:`~lukv_bench.kernels.compact` using ``starts`` as ``dest_starts``.
+        With ``bucket_fill`` (in (0, 1]), segments of similar length share one capacity: sorted by
+        length, a segment joins the current bucket while its count is at least ``bucket_fill`` times
+        the bucket's longest, and every member gets that longest count + ``headroom``; each bucket's
+        segments lie back to back, so attention reads a bucket as one dense [S_b, cap, D] block
+        (:func:`~lukv_bench.kernels.ragged_attention`). That pads at most ``1 / bucket_fill - 1``
+        of the stored rows. Kept rows are uninitialised: fill them with
+        :func:`~lukv_bench.kernels.compact` using ``starts`` as ``dest_starts``; free rows are zero.
         """
         if any(c < 0 for c in counts) or headroom < 0:
             raise ValueError("counts and headroom must be non-negative")
+        if bucket_fill is not None and not 0 < bucket_fill <= 1:
+            raise ValueError(f"bucket_fill must be in (0, 1], got {bucket_fill}")
+        caps_l = [c + headroom for c in counts]
+        order = list(range(len(counts)))
+        if bucket_fill is not None:
+            order.sort(key=lambda i: -counts[i])
+            top = None
+            for i in order:
+                if top is None or counts[i] < bucket_fill * top:
+                    top = counts[i]
+                caps_l[i] = top + headroom
+        starts_l = [0] * len(counts)
+        pos = 0
+        for i in order:
+            starts_l[i] = pos
+            pos += caps_l[i]
         lens = torch.tensor(counts, dtype=torch.long, device=device)
-        caps = lens + headroom
-        starts = torch.cumsum(caps, 0) - caps
-        total = sum(counts) + headroom * len(counts)
-        k = torch.empty(total, D, dtype=dtype, device=device)
-        return cls(k=k, v=torch.empty_like(k), starts=starts, lens=lens, caps=caps)
+        caps = torch.tensor(caps_l, dtype=torch.long, device=device)
+        starts = torch.tensor(starts_l, dtype=torch.long, device=device)
+        # zeros, not empty: attention reads whole blocks, and free rows must not hold NaN bit patterns
+        k = torch.zeros(pos, D, dtype=dtype, device=device)
+        return cls(k=k, v=torch.zeros_like(k), starts=starts, lens=lens, caps=caps)
 
     @property
     def n_segments(self) -> int:
@@ -71,8 +93,8 @@ def _regrow(store: RaggedStore, Q: int) -> RaggedStore:
     starts = torch.cumsum(caps, 0) - caps
     total = int(caps.sum())
     D = store.k.shape[1]
-    k = torch.empty(total, D, dtype=store.k.dtype, device=store.k.device)
-    v = torch.empty_like(k)
+    k = torch.zeros(total, D, dtype=store.k.dtype, device=store.k.device)
+    v = torch.zeros_like(k)
     n = int(lens.sum())
     if n:
         S = lens.shape[0]

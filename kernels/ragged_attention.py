@@ -52,20 +52,26 @@ def ragged_attention_naive(
     return out.to(q.dtype)
 
 
-#: a bucket of segments is padded to its longest member; a segment joins the current bucket while
-#: its length is at least this share of that longest one (bounds padding waste to ~1/3)
-_BUCKET_FILL = 0.75
+def _blocks(starts: list[int], lens: list[int], rows: int) -> list[tuple[list[int], int]]:
+    """Segments grouped into dense blocks: (members, stride) with members back to back in memory.
 
-
-def _buckets(lens: list[int]) -> list[list[int]]:
-    """Segment indices grouped by similar length (longest first); empty segments are dropped."""
-    order = sorted((i for i, n in enumerate(lens) if n > 0), key=lambda i: -lens[i])
-    out: list[list[int]] = []
+    Walking segments in memory order, a block grows while the next segment starts exactly one
+    stride after the previous one and fits in it; the block is then the zero-copy view
+    ``[len(members), stride, D]`` of the flat buffer. Empty segments are dropped.
+    """
+    order = sorted((i for i in range(len(starts)) if lens[i] > 0), key=lambda i: starts[i])
+    out: list[tuple[list[int], int]] = []
     for i in order:
-        if out and lens[i] >= _BUCKET_FILL * lens[out[-1][0]]:
-            out[-1].append(i)
-        else:
-            out.append([i])
+        if out:
+            members, stride = out[-1]
+            gap = starts[i] - starts[members[-1]]
+            if len(members) == 1 and gap >= lens[members[0]] and gap >= lens[i] and starts[i] + gap <= rows:
+                out[-1] = (members + [i], gap)
+                continue
+            if len(members) > 1 and gap == stride and lens[i] <= stride and starts[i] + stride <= rows:
+                members.append(i)
+                continue
+        out.append(([i], lens[i]))
     return out
 
 
@@ -77,10 +83,12 @@ def ragged_attention_torch(
     lens: torch.Tensor,
     scaling: float,
 ) -> torch.Tensor:
-    """Torch path of :func:`ragged_attention`: padded, masked batched matmuls, no loop over segments.
+    """Torch path of :func:`ragged_attention`: masked batched matmuls over dense blocks, no copies of K/V.
 
-    Segments are grouped into a few buckets of similar length (a sweep mixes 10% and 80% budgets);
-    each bucket gathers its segments' rows into a padded [S_b, L_b, D] block and runs two ``bmm``.
+    Segments that lie back to back with one capacity (a batched cache lays out segments of similar
+    length that way, see :meth:`RaggedStore.empty`) form a block, read as a view
+    ``[S_b, stride, D]``; rows past a segment's length are masked. A cache with every segment of
+    its own length degrades to one block per segment.
     """
     Hq, Q, D = q.shape
     S = starts.shape[0]
@@ -89,21 +97,19 @@ def ragged_attention_torch(
     out = torch.zeros(S, G * Q, D, dtype=torch.float32, device=dev)
     lens_host = lens.tolist()
     qs_all = q.reshape(S, G * Q, D)  # query heads of segment s are s*G .. s*G+G-1
-    for members in _buckets(lens_host):
+    for members, stride in _blocks(starts.tolist(), lens_host, k_flat.shape[0]):
+        n = len(members)
+        first = int(starts[members[0]])
+        ks = k_flat[first : first + n * stride].view(n, stride, D).float()
+        vs = v_flat[first : first + n * stride].view(n, stride, D).float()
         idx = torch.tensor(members, dtype=torch.long, device=dev)
-        L = lens_host[members[0]]
-        seg_lens = lens.index_select(0, idx)
-        pos = torch.arange(L, device=dev)
-        valid = pos[None, :] < seg_lens[:, None]  # [S_b, L]
-        rows = torch.where(valid, starts.index_select(0, idx)[:, None] + pos[None, :], 0)
-        ks = k_flat[rows].float()  # [S_b, L, D]
-        vs = v_flat[rows].float()
         qs = qs_all.index_select(0, idx).float()
-        sc = torch.bmm(qs, ks.transpose(1, 2)).mul_(scaling).view(len(members), G, Q, L)
-        visible = seg_lens[:, None] - Q + torch.arange(Q, device=dev)[None, :] + 1  # [S_b, Q]
-        hidden = pos[None, None, :] >= visible[:, :, None]  # [S_b, Q, L]; also hides the padding
+        sc = torch.bmm(qs, ks.transpose(1, 2)).mul_(scaling).view(n, G, Q, stride)
+        seg_lens = torch.tensor([lens_host[m] for m in members], device=dev)
+        visible = seg_lens[:, None] - Q + torch.arange(Q, device=dev)[None, :] + 1  # [n, Q]
+        hidden = torch.arange(stride, device=dev)[None, None, :] >= visible[:, :, None]  # [n, Q, stride]
         sc.masked_fill_(hidden[:, None], float("-inf"))
-        p = torch.softmax(sc, dim=-1).nan_to_num_(0.0).view(len(members), G * Q, L)
+        p = torch.softmax(sc, dim=-1).nan_to_num_(0.0).view(n, G * Q, stride)
         out.index_copy_(0, idx, torch.bmm(p, vs))
     return out.view(Hq, Q, D).to(q.dtype)
 

@@ -22,6 +22,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from lukv_bench.kernels import RaggedStore, append, compact, ragged_attention, reserve, truncate
 from lukv_bench.selection import KeepSet
 
+#: a batch of settings pads segments of similar length to one capacity (a segment's count is at least
+#: this share of its bucket's longest), so attention reads each bucket as one dense block
+BUCKET_FILL = 0.75
+
 
 class RaggedLayer(CacheLayerMixin):
     """One layer of the ragged cache: a :class:`RaggedStore` with ``n_settings x heads`` segments."""
@@ -133,7 +137,10 @@ class RaggedCache(Cache):
         """Gather each setting's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
 
         Every segment gets ``headroom`` free rows for tokens appended later (question, answer), so
-        a sweep decodes without regrowing. In ``storage="query"`` mode each query head keeps its
+        a sweep decodes without regrowing. With several settings, segments of similar length share
+        a capacity (padding of at most a third, :data:`BUCKET_FILL`) so attention reads them as
+        dense blocks; each setting's :meth:`kv_bytes` still counts exactly its kept tokens, what a
+        cache of that setting alone allocates. In ``storage="query"`` mode each query head keeps its
         own set (KeepSet has Hq segments) and the KV heads are repeated to the query heads first
         (G x the memory, as in the original SnapKV).
         """
@@ -152,7 +159,8 @@ class RaggedCache(Cache):
                 if len(c) != heads:
                     raise ValueError(f"setting {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
                 counts += c
-            store = RaggedStore.empty(counts, src_k.shape[-1], src_k.dtype, src_k.device, headroom=headroom)
+            store = RaggedStore.empty(counts, src_k.shape[-1], src_k.dtype, src_k.device, headroom=headroom,
+                                      bucket_fill=BUCKET_FILL if len(keeps) > 1 else None)
             for b, keep in enumerate(keeps):
                 ks = keep[i]
                 dest = store.starts[b * heads : (b + 1) * heads]

@@ -185,10 +185,28 @@ def test_ragged_attention_batched_table_matches_naive(Q: int) -> None:
     g = _gen(40 + Q)
     counts = torch.randint(0, 300, (24,), generator=g).tolist()
     counts[5], counts[6] = 0, 1
-    st = _make_store(counts, 16, 3, g)
+    st = RaggedStore.empty(counts, 16, torch.float32, "cpu", headroom=3, bucket_fill=0.75)
+    rows = [st.starts[s] + torch.arange(c) for s, c in enumerate(counts)]
+    for r in rows:  # fill only the stored rows: padding and headroom stay as the store made them
+        st.k[r] = torch.randn(len(r), 16, generator=g)
+        st.v[r] = torch.randn(len(r), 16, generator=g)
     active = torch.tensor([s * 3 + h for s in (0, 2, 3, 5, 7) for h in range(3)])
     starts, lens = st.starts[active], st.lens[active]
     q = torch.randn(len(active) * 3, Q, 16, generator=g)
     want = ragged_attention_naive(q, st.k, st.v, starts, lens, 0.25)
     got = ragged_attention(q, st.k, st.v, starts, lens, 0.25, backend="torch")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bucketed_store_layout() -> None:
+    """Segments of similar length share a capacity and lie back to back; padding is bounded and zero."""
+    counts = [100, 80, 10, 0, 76, 9, 60]
+    st = RaggedStore.empty(counts, 4, torch.float32, "cpu", headroom=2, bucket_fill=0.75)
+    caps, starts = st.caps.tolist(), st.starts.tolist()
+    assert caps == [102, 102, 12, 2, 102, 12, 62] and st.lens.tolist() == counts
+    # buckets are contiguous runs in memory: 100, 80, 76 | 60 | 10, 9 | 0
+    assert sorted(starts) == [0, 102, 204, 306, 368, 380, 392]
+    assert sum(caps) == st.k.shape[0] and torch.count_nonzero(st.k) == 0
+    assert sum(caps) - sum(c + 2 for c in counts) <= sum(counts) / 3
+    exact = RaggedStore.empty(counts, 4, torch.float32, "cpu", headroom=2)
+    assert exact.caps.tolist() == [c + 2 for c in counts]
