@@ -68,13 +68,18 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def dequantized_folder(gguf: Path) -> Path:
+    """Where the de-quantized copy of ``gguf`` lives in the cache (complete once it holds ``lukv_complete.json``)."""
+    stat = gguf.stat()
+    return cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
 def _dequantized_copy(gguf: Path) -> Path:
     """Convert a GGUF file once to a safetensors folder in the user cache and return that folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stat = gguf.stat()
-    key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
-    target = cache_dir() / "models" / key
+    target = dequantized_folder(gguf)
     marker = target / "lukv_complete.json"
     if marker.is_file():
         return target
@@ -140,6 +145,38 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "c
     model.to(device).eval()
     name = EMBEDDED_NAME if spec == "embedded" else spec
     return LoadedModel(model=model, tokenizer=tok, name=name, source=source)
+
+
+def config_max_positions(spec: str) -> int | None:
+    """The most positions model ``spec`` was built for, read from its config file without loading weights.
+
+    Known for a local model folder and for the embedded model once it was de-quantized; None
+    otherwise (a hub id, a GGUF file not yet converted, the tiny test model): callers check at run time.
+    """
+    from types import SimpleNamespace
+
+    from lukv_bench.prompts import model_max_positions
+
+    folder: Path | None = None
+    try:
+        if spec == "embedded":
+            folder = dequantized_folder(embedded_gguf_path())
+        elif Path(spec).expanduser().is_dir():
+            folder = Path(spec).expanduser()
+    except (UserError, OSError):
+        return None
+    config = folder / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    text = data.get("text_config")
+    fields = {**data, "text_config": SimpleNamespace(**text) if isinstance(text, dict) else None}
+    return model_max_positions(SimpleNamespace(**fields))
 
 
 def byte_tokenizer():

@@ -21,8 +21,8 @@ RECORD_SETTINGS = (
     "model", "generation", "compress", "truncate", "chat_template", "window", "decode_every", "storage",
     "gqa_reduce", "seed", "device", "dtype",
 )
-#: task keys that do not change a record
-_TASK_NEUTRAL = ("limit",)
+#: task keys that do not change a record (``memory_limit_gb``: a latency task's report setting)
+_TASK_NEUTRAL = ("limit", "memory_limit_gb")
 
 
 def _digest(obj: Any) -> str:
@@ -35,7 +35,7 @@ def run_settings(suite_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_settings(task: dict[str, Any]) -> dict[str, Any]:
-    """A task's record-changing configuration (its normalised dict without ``limit``)."""
+    """A task's record-changing configuration (its normalised dict without the keys of ``_TASK_NEUTRAL``)."""
     return {k: v for k, v in task.items() if k not in _TASK_NEUTRAL}
 
 

@@ -384,7 +384,8 @@ def _check_resources(c: _Checker, value: Any) -> Resources:
     return res
 
 
-def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names: set[str]) -> dict | None:
+def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names: set[str],
+                model: str | None = None) -> dict | None:
     """Check one task entry: name and type here, then the keys its (registered) type declares."""
     from lukv_bench.catalog import catalog
 
@@ -411,7 +412,7 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
         names.add(name)
     if not ok:
         return None
-    task = check_task(c, path, value, entry.obj(), TaskContext(folder, {"seed": seed}))
+    task = check_task(c, path, value, entry.obj(), TaskContext(folder, {"seed": seed, "model": model}))
     task["type"] = entry.name
     return task
 
@@ -495,7 +496,7 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
             c.fail("tasks", f"expected a non-empty list of task maps, got {_show(tasks)}")
         else:
             names: set[str] = set()
-            checked = [_check_task(c, i, t, folder, seed, names) for i, t in enumerate(tasks)]
+            checked = [_check_task(c, i, t, folder, seed, names, out.get("model")) for i, t in enumerate(tasks)]
             out["tasks"] = [t for t in checked if t is not None]
     return out
 

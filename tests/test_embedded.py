@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lukv_bench.data.reference_text import reference_text_ids
 from lukv_bench.engine import Engine, EngineSettings
 from lukv_bench.policy import Budget
-from lukv_bench.profile import reference_text_ids
 from lukv_bench.registry import resolve_policy
 
 pytestmark = pytest.mark.embedded

@@ -7,7 +7,9 @@ The built-in task types (this module is the ``builtin-tasks`` plugin):
   ``<name>/<subset>``;
 * ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval_tasks.LmEvalTaskConfig` (run by the lm-eval
   adapter, not through the :class:`Task` protocol);
-* ``needle`` — :class:`lukv_bench.tasks.needle.NeedleTask` (gets the tokenizer).
+* ``needle`` — :class:`lukv_bench.tasks.needle.NeedleTask` (gets the tokenizer);
+* ``latency`` — a :class:`~lukv_bench.tasks.latency.LatencyTaskConfig` (memory and latency per context
+  length, run by :func:`~lukv_bench.tasks.latency.run_latency`, not through the :class:`Task` protocol).
 
 Plugins add types through the ``register_task_types`` hook (:class:`~lukv_bench.tasks.base.TaskType`).
 """
@@ -22,6 +24,7 @@ from lukv_bench.hookspecs import Register, hookimpl
 from lukv_bench.schema import TaskContext, normalize_task
 from lukv_bench.tasks.base import BaseTaskType, Sample, Task, TaskType
 from lukv_bench.tasks.jsonl import JsonlTaskType
+from lukv_bench.tasks.latency import LatencyTaskType
 from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig, LmEvalTaskType
 from lukv_bench.tasks.longbench import LongBenchTaskType
 from lukv_bench.tasks.needle import NeedleTaskType
@@ -50,7 +53,7 @@ TaskLike = Task | LmEvalTaskConfig
 @hookimpl
 def register_task_types(register: Register) -> None:
     """The built-in task types."""
-    for cls in (JsonlTaskType, LongBenchTaskType, LmEvalTaskType, NeedleTaskType):
+    for cls in (JsonlTaskType, LongBenchTaskType, LmEvalTaskType, NeedleTaskType, LatencyTaskType):
         register(cls)
 
 

@@ -1,0 +1,308 @@
+"""``type: latency`` suite tasks: memory and latency of each (policy, budget) at several context lengths.
+
+Suite entry::
+
+    - name: cost
+      type: latency
+      lengths: [1024, 2048, 4096, 8000]   # prompt tokens of real prose (Python's language reference)
+      new_tokens: 64                      # tokens decoded per run (the first comes from the prefill)
+      repeats: 3                          # timed runs; figures are their median
+      warmup: 1                           # untimed runs before them
+      memory_limit_gb: 1.0                # report setting: longest context that fits in this much memory
+
+For every length x policy x budget one :class:`~lukv_bench.records.Record` is written (sample id
+``len<N>``, metric ``latency``, no score). Each setting runs **alone** (batch 1), as a user serving
+one policy would: per run, compress the captured prefill, then decode ``new_tokens`` greedily (no
+stop on EOS, so every run decodes the same number of tokens). What is measured:
+
+* ``prefill_s``: median over the repeats of the capture prefill (once per set of statistics the
+  policies need: H2O's accumulated attention makes its prefill slower, so it gets its own);
+* ``compress_s``: median of the setting's compression (scoring, allocation, gathering the kept rows);
+  ``meta.compress_share`` = compress_s / prefill_s;
+* ``decode_s``: median wall time of the ``new_tokens - 1`` decode forwards;
+  ``meta.decode_ms_per_token`` and ``meta.tokens_per_s`` follow from it;
+* ``kv_bytes``: bytes of the kept K/V, measured from the cache's buffers (``kv_bytes_full``: FullKV's);
+* ``peak_mem_bytes``: memory while decoding = the bytes of the cache's buffers (kept tokens plus the
+  room reserved for the new ones) + the peak of what one more decode step allocates, measured by
+  :class:`~lukv_bench.memory.AllocationPeak` (CUDA: the allocator's peak; CPU: the CPU allocator's
+  events recorded by ``torch.profiler``) on an untimed step after the timed runs. Model weights are
+  not counted. ``prefill_peak_mem_bytes``: the peak the prefill allocates, measured the same way on
+  the first warmup run (an extra untimed run when ``warmup`` is 0). ``meta.peak_mem_method`` says how.
+
+Every figure is also given relative to FullKV measured at the same length in the same process
+(``meta.vs_full``; FullKV's own ratios are 1). Lengths the model cannot hold (``length + new_tokens``
+above its positions) are refused when the suite loads if the model's config can be read then,
+otherwise skipped at run time with a record whose ``meta.skipped`` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lukv_bench.data.reference_text import SOURCE, reference_text_ids
+from lukv_bench.memory import AllocationPeak
+from lukv_bench.policy import Budget
+from lukv_bench.schema import REQUIRED, Key
+from lukv_bench.tasks.base import BaseTaskType
+
+if TYPE_CHECKING:
+    from lukv_bench.engine import Engine, Prefill
+    from lukv_bench.records import Record
+    from lukv_bench.results import ResultsWriter
+    from lukv_bench.schema import TaskContext
+    from lukv_bench.suite import Suite
+
+__all__ = ["METRIC", "LatencyTaskConfig", "LatencyTaskType", "run_latency", "sample_id"]
+
+log = logging.getLogger(__name__)
+
+METRIC = "latency"
+MIN_LENGTH = 16
+#: figures given relative to FullKV in ``meta.vs_full``
+RATIO_FIGURES = (
+    "kv_bytes", "peak_mem_bytes", "prefill_peak_mem_bytes", "prefill_s", "compress_s", "decode_ms_per_token",
+    "tokens_per_s",
+)
+
+
+@dataclass
+class LatencyTaskConfig:
+    """One ``type: latency`` entry, checked by :class:`LatencyTaskType`; run by :func:`run_latency`."""
+
+    name: str  #: the suite's name for this entry (the task of its records)
+    lengths: list[int]  #: prompt lengths in tokens
+    new_tokens: int = 64
+    repeats: int = 3
+    warmup: int = 1
+    memory_limit_gb: float = 1.0  #: report setting: the longest context that fits in this much memory
+    data_source: str = field(default=SOURCE, init=False)
+    kind: str = field(default="latency", init=False)  #: distinguishes it from sample-based tasks
+
+
+class LatencyTaskType(BaseTaskType):
+    """``type: latency``: memory and latency of every (policy, budget) at several context lengths."""
+
+    name = "latency"
+    keys = {
+        "lengths": Key("list[int]", REQUIRED, minimum=MIN_LENGTH, unique=True,
+                       help=f"prompt lengths in tokens, e.g. [1024, 2048, 4096]; each >= {MIN_LENGTH}"),
+        "new_tokens": Key("int", 64, minimum=2),
+        "repeats": Key("int", 3, minimum=1),
+        "warmup": Key("int", 1, minimum=0),
+        "memory_limit_gb": Key("number", 1.0),
+    }
+
+    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
+        """A positive memory limit; lengths the model can hold (when its config can be read now)."""
+        limit = task.get("memory_limit_gb")
+        if limit is not None and not 0 < limit < math.inf:
+            report("memory_limit_gb", f"expected a number of GiB > 0 (e.g. 1.0), got {limit}")
+        model = ctx.settings.get("model")
+        new, lengths = task.get("new_tokens"), task.get("lengths")
+        if not isinstance(model, str) or new is None or lengths is None:
+            return
+        from lukv_bench.models import config_max_positions
+
+        max_pos = config_max_positions(model)
+        if max_pos is None:
+            return  # checked at run time, with the model loaded
+        for j, n in enumerate(lengths):
+            if n + new > max_pos:
+                report(f"lengths[{j}]", f"{n} prompt tokens + new_tokens {new} exceed the model's {max_pos} "
+                       f"positions; use lengths <= {max_pos - new}")
+
+    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LatencyTaskConfig:
+        """The configuration :func:`run_latency` receives."""
+        return LatencyTaskConfig(
+            name=str(task["name"]), lengths=list(task["lengths"]), new_tokens=task["new_tokens"],
+            repeats=task["repeats"], warmup=task["warmup"], memory_limit_gb=float(task["memory_limit_gb"]),
+        )
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+def sample_id(length: int) -> str:
+    """The sample id of a length's records (``len1024``)."""
+    return f"len{length}"
+
+
+@dataclass
+class _PrefillFigures:
+    pre: Prefill
+    prefill_s: float  #: median of the timed runs
+    samples: list[float]
+    peak: int  #: bytes the prefill allocated at its peak (memory pass)
+
+
+@dataclass
+class _Figures:
+    """What one setting measured at one length (the record's cost fields and meta)."""
+
+    kv_bytes: int
+    kv_bytes_full: int
+    prefill_s: float
+    prefill_peak_mem_bytes: int
+    compress_s: float
+    decode_s: float
+    decode_ms_per_token: float
+    tokens_per_s: float
+    peak_mem_bytes: int
+    meta: dict[str, Any]
+
+    def value(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], task: LatencyTaskConfig,
+                    ) -> _PrefillFigures:
+    """A memory pass (the first warmup run), the other warmup runs, then ``repeats`` timed prefills."""
+    with AllocationPeak(engine.device) as mem:
+        pre = engine.prefill(ids, needs)
+    for _ in range(task.warmup - 1):
+        pre = None
+        pre = engine.prefill(ids, needs)
+    samples = []
+    for _ in range(task.repeats):
+        pre = None  # free the previous capture before the next one
+        pre = engine.prefill(ids, needs)
+        samples.append(pre.prefill_s)
+    return _PrefillFigures(pre, statistics.median(samples), samples, mem.peak)
+
+
+def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
+                     ) -> _Figures:
+    """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
+    pre = pf.pre
+    compress_s, decode_s = [], []
+    for run in range(task.warmup + task.repeats):
+        cache = None  # free the previous run's cache first
+        cache, comps = engine.compress(pre, [(policy, budget)], headroom=task.new_tokens + 1)
+        evicting = budget.tokens < pre.n and getattr(policy, "decode_rule", None) is not None
+        hook = engine.decode_hook(policy, cache, 0) if evicting else None
+        gen = engine.generate(cache, pre.last_logits, task.new_tokens, decode_hooks=[hook])[0]
+        if run >= task.warmup:
+            compress_s.append(comps[0].compress_s)
+            decode_s.append(gen.decode_s)
+    comp = comps[0]
+    held = cache.kv_bytes()  # the buffers as allocated: kept rows + room for the new tokens
+    with AllocationPeak(engine.device) as mem:  # one more step, untimed: the cache is at its longest
+        engine.feed(cache, [gen.tokens[-1]])
+        if hook is not None:
+            hook(cache, 0, len(gen.tokens))
+    steps = len(gen.tokens) - 1  # the first token comes from the prefill's logits
+    dec = statistics.median(decode_s)
+    ms = 1000.0 * dec / max(1, steps)
+    return _Figures(
+        kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full, prefill_s=pf.prefill_s,
+        prefill_peak_mem_bytes=pf.peak, compress_s=statistics.median(compress_s), decode_s=dec,
+        decode_ms_per_token=ms, tokens_per_s=1000.0 / ms if ms > 0 else math.inf,
+        peak_mem_bytes=held + mem.peak,
+        meta={
+            "decode_steps": steps,
+            "cache_buffer_bytes": held,
+            "decode_step_peak_bytes": mem.peak,
+            "peak_mem_method": (
+                f"cache buffers (kept K/V + room for new tokens) + peak one decode step allocates: {mem.method}; "
+                "prefill peak: the same method over the first warmup prefill; weights not counted"
+            ),
+            "samples": {"prefill_s": pf.samples, "compress_s": compress_s, "decode_s": decode_s},
+            "budget_tokens": budget.tokens,
+            "layer_budgets": comp.layer_budgets,
+            "kept_tokens_mean": comp.kept_tokens_mean,
+        },
+    )
+
+
+def _ratios(fig: _Figures, full: _Figures) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name in RATIO_FIGURES:
+        ref = full.value(name)
+        out[name] = fig.value(name) / ref if ref and math.isfinite(ref) else None
+    return out
+
+
+def run_latency(
+    task: LatencyTaskConfig,
+    engine: Engine,
+    runs: Sequence[tuple[object, Any]],
+    full_policy,
+    writer: ResultsWriter,
+    make_record: Callable[..., Record],
+    progress=None,
+) -> None:
+    """Measure every (policy, budget spec) of ``runs`` at each length of ``task``; append one record each.
+
+    ``make_record(sample_id, policy, budget_spec, **fields)`` builds a record with the run's identity
+    (the runner's record constructor). Records already in ``writer`` are skipped; FullKV is measured
+    again at any length with work left, so every ratio compares figures taken in the same process.
+    """
+    from lukv_bench.prompts import model_max_positions  # prompts imports the tasks package
+
+    runs = list(runs)
+    if not any(p.name == full_policy.name for p, _ in runs):
+        runs.insert(0, (full_policy, 1.0))
+    max_pos = model_max_positions(engine.model.config)
+    base = {"score": None, "metric": METRIC, "prediction": "", "answers": []}
+    for length in task.lengths:
+        sid = sample_id(length)
+        todo = [(p, b) for p, b in runs if not writer.is_done(make_record(sid, p, b, **base))]
+        if progress is not None:
+            progress.update(len(runs) - len(todo))
+        if not todo:
+            continue
+        common = {**base, "data_source": task.data_source, "batch_size": 1}
+        if max_pos is not None and length + task.new_tokens > max_pos:
+            why = (f"skipped: {length} prompt tokens + new_tokens {task.new_tokens} exceed the model's "
+                   f"{max_pos} positions")
+            log.warning("%s %s: %s", task.name, sid, why)
+            for p, b in todo:
+                writer.append(make_record(sid, p, b, **common, meta={"length": length, "skipped": why}))
+                if progress is not None:
+                    progress.update(1)
+            continue
+        _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, progress)
+
+
+def _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, progress) -> None:
+    ids = torch.tensor([reference_text_ids(engine.tokenizer, length)])
+    sid = sample_id(length)
+    # one prefill measurement per set of needed statistics, FullKV's first (it is every ratio's reference)
+    groups: dict[frozenset[str], list[tuple[object, Any]]] = {frozenset(full_policy.needs): []}
+    for p, b in todo:
+        groups.setdefault(frozenset(p.needs), []).append((p, b))
+    full_fig: _Figures | None = None
+    device = {"device": str(engine.device), "threads": torch.get_num_threads()}
+    for needs, members in groups.items():
+        pf = _timed_prefills(engine, ids, needs, task)
+        if full_fig is None:
+            full_fig = _measure_setting(engine, pf, full_policy, Budget.resolve(1.0, pf.pre.n), task)
+        for p, spec in members:
+            budget = Budget.resolve(spec, pf.pre.n)
+            fig = full_fig if p.name == full_policy.name else _measure_setting(engine, pf, p, budget, task)
+            meta = {
+                "length": length, **device, "repeats": task.repeats, "warmup": task.warmup,
+                "decode_ms_per_token": fig.decode_ms_per_token, "tokens_per_s": fig.tokens_per_s,
+                "compress_share": fig.compress_s / fig.prefill_s if fig.prefill_s else None,
+                "prefill_needs": sorted(needs), "vs_full": _ratios(fig, full_fig), **fig.meta,
+            }
+            layer_budgets = meta.pop("layer_budgets")
+            kept = meta.pop("kept_tokens_mean")
+            rec = make_record(
+                sid, p, spec, **common, budget_ratio=budget.ratio, budget_tokens_mean=round(kept, 2),
+                context_tokens=pf.pre.n, context_tokens_original=length, layer_budgets=layer_budgets,
+                kv_bytes=fig.kv_bytes, kv_bytes_full=fig.kv_bytes_full, prefill_s=fig.prefill_s,
+                compress_s=fig.compress_s, decode_s=fig.decode_s, new_tokens=task.new_tokens,
+                peak_mem_bytes=fig.peak_mem_bytes, prefill_peak_mem_bytes=fig.prefill_peak_mem_bytes, meta=meta,
+            )
+            writer.append(rec)
+            if progress is not None:
+                progress.update(1)
+        del pf  # the next group's prefill should not run beside this one's K/V
