@@ -5,6 +5,7 @@ so no display is needed and the process-wide backend of a caller (a notebook, sa
 
 Per task: score vs measured KV memory, fidelity (KL) vs memory, per-layer budget profiles of the
 layer-adaptive policies at the median budget, and for depth x length tasks (needle) a heatmap grid.
+Per latency task: decode ms/token and peak memory vs context length (log-log).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from lukv_bench.summary import FULL, POLICY_ORDER, budget_key
 
 if TYPE_CHECKING:
+    from lukv_bench.cost import CostSummary
     from lukv_bench.summary import TaskSummary
 
 DPI = 110
@@ -212,4 +215,84 @@ def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
         png = fn(s, plot_dir / f"{stem}_{suffix}.png")
         if png is not None:
             out[f"{s.task}: {caption}"] = png
+    return out
+
+
+# -- cost (latency tasks) ---------------------------------------------------------------------------
+
+_DASHES = ("-", "--", ":", "-.")
+
+
+def _cost_lines(c: CostSummary, figure: str, scale: float, ax) -> bool:
+    """One line per (policy, budget) series of ``figure`` / ``scale`` vs context length; FullKV black."""
+    budgets = sorted({budget_key(s.budget) for s in c.series if s.policy != FULL})
+    drawn = False
+    for i, s in enumerate(c.series):
+        pts = [(p.length, getattr(p, figure) / scale) for p in s.points if getattr(p, figure) > 0]
+        if not pts:
+            continue
+        if s.policy == FULL:
+            style: dict[str, object] = {"color": "black", "marker": "o", "linewidth": 2.0, "zorder": 6}
+        else:
+            style = _style(s.policy, i)
+            style["linestyle"] = _DASHES[budgets.index(budget_key(s.budget)) % len(_DASHES)]
+        style["label"] = s.label
+        ax.plot([x for x, _ in pts], [y for _, y in pts], **style)
+        drawn = True
+    return drawn
+
+
+def _log_axes(ax, c: CostSummary) -> None:
+    """Log-log axes with the measured lengths as the x ticks."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(c.lengths, [str(n) for n in c.lengths])
+    ax.set_xticks([], minor=True)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel("context length (tokens), log")
+
+
+def cost_decode(c: CostSummary, path: Path) -> Path | None:
+    """Decode ms/token vs context length, log-log, one line per (policy, budget)."""
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.add_subplot()
+    if not _cost_lines(c, "decode_ms", 1.0, ax):
+        return None
+    _log_axes(ax, c)
+    ax.set_ylabel("decode ms / token (median), log")
+    ax.set_title(f"{c.task}: decode time per token vs context (batch 1, {c.meta.get('device')})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    return _save(fig, path)
+
+
+def cost_memory(c: CostSummary, path: Path) -> Path | None:
+    """Peak memory while decoding (cache + one step) vs context length, log-log, with the memory limit."""
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.add_subplot()
+    if not _cost_lines(c, "peak_mem_bytes", 2**20, ax):
+        return None
+    ax.axhline(c.limit_bytes / 2**20, color="gray", linestyle=":", linewidth=1.2,
+               label=f"limit {c.memory_limit_gb:g} GiB")
+    _log_axes(ax, c)
+    ax.set_ylabel("peak memory while decoding (MiB), log")
+    ax.set_title(f"{c.task}: KV cache + one decode step vs context (weights not counted)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    return _save(fig, path)
+
+
+def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
+    """Draw the cost plots of one latency task into ``plot_dir``; return {caption: png path}."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for caption, fn, suffix in (
+        ("decode ms/token vs context length", cost_decode, "decode"),
+        ("peak memory vs context length", cost_memory, "memory"),
+    ):
+        png = fn(c, plot_dir / f"{stem}_{suffix}.png")
+        if png is not None:
+            out[f"{c.task}: {caption}"] = png
     return out

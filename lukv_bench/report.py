@@ -6,6 +6,8 @@ fidelity (KL, greedy agreement) and cost (memory and latency relative to FullKV)
 then findings computed from those numbers, then plots. The numbers come from the summary model
 (:mod:`lukv_bench.summary`). The data source of every task is stated at the top of the report,
 because a score on offline generated data and a score on a hub dataset are not the same claim.
+Latency tasks get a cost section each (:mod:`lukv_bench.cost`): their figures per context length,
+fitted growth exponents and the longest context that fits a memory limit, with plots.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lukv_bench.cost import CostSummary, is_cost_record, summarize_cost
 from lukv_bench.errors import UserError
 from lukv_bench.summary import (
     DEFAULT_PROPOSED,
@@ -175,9 +178,10 @@ def render_report(out_dir: str | Path) -> Path:
     suite_name = suite.get("name") if isinstance(suite, dict) else None
     versions = run.get("versions") or records[-1].get("versions") or {}
     report_cfg = suite.get("report") if isinstance(suite, dict) and isinstance(suite.get("report"), dict) else {}
-    summaries = summarize(records, proposed=report_cfg.get("proposed", DEFAULT_PROPOSED),
-                          rivals=report_cfg.get("rivals"))
-    models = list(dict.fromkeys(s.model for s in summaries))
+    summaries = summarize([r for r in records if not is_cost_record(r)],
+                          proposed=report_cfg.get("proposed", DEFAULT_PROPOSED), rivals=report_cfg.get("rivals"))
+    costs = summarize_cost(records, run)  # latency tasks: their own sections, after the quality ones
+    models = list(dict.fromkeys([s.model for s in summaries] + [c.model for c in costs]))
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
 
@@ -187,7 +191,8 @@ def render_report(out_dir: str | Path) -> Path:
     for s in summaries:
         tag = f"`{s.task}`" + (f" (`{s.model}`)" if len(models) > 1 else "")
         lines.append(f"  - {tag}: **{'; '.join(s.data_sources) or 'not recorded'}**")
-    policies = order_policies(p for s in summaries for p in [FULL, *s.policies] if p != FULL or s.full)
+    policies = order_policies([p for s in summaries for p in [FULL, *s.policies] if p != FULL or s.full]
+                              + [s.policy for c in costs for s in c.series])
     lines.append(
         "- Policies: " + ", ".join(display_name(p) for p in policies) + " (FullKV = uncompressed reference)"
     )
@@ -220,7 +225,115 @@ def render_report(out_dir: str | Path) -> Path:
             log.exception("plotting %s failed; the report keeps its tables", s.task)
             links = {}
         lines += _task_section(s, len(models) > 1, links, out_dir)
+    lines += _cost_sections(costs, out_dir, plot_dir)
 
     report = out_dir / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report
+
+
+# -- cost (latency tasks) ---------------------------------------------------------------------------
+
+
+def _mib(x: float | None) -> str:
+    return "—" if x is None else f"{x / 2**20:.1f}"
+
+
+def _times(r: float | None) -> str:
+    return "" if r is None else f" (×{r:.2f})"
+
+
+def _reach(r) -> str:
+    if r is None:
+        return "—"
+    if r.tokens is None:
+        return "unbounded (memory does not grow)"
+    text = f"~{r.tokens:,.0f}" if r.extrapolated else f"{r.tokens:,.0f}"
+    return text + (" (> model positions)" if r.beyond_model else "")
+
+
+def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) -> list[str]:
+    """The report section of one latency task: figures per length, growth exponents, memory-limited context."""
+    m = c.meta
+    steps = m["new_tokens"] - 1 if isinstance(m.get("new_tokens"), int) else None
+    lines = [f"## Cost: task `{c.task}` — model `{c.model}`", ""]
+    lines += [
+        f"Prompts: **{c.data_source or 'not recorded'}**, {', '.join(str(n) for n in c.lengths)} tokens. Each "
+        f"(policy, budget) ran alone (batch 1) on {m.get('device')} with {m.get('threads')} thread(s); times are "
+        f"medians of {m.get('repeats')} runs after {m.get('warmup')} warmup run(s). Each run decodes "
+        f"{m.get('new_tokens')} tokens greedily ({steps} timed decode steps: the first token comes from the "
+        "prefill). (×r) = ratio to FullKV measured at the same length in the same run.",
+        "",
+        f"Peak memory (weights not counted): {m.get('peak_mem_method') or 'not recorded'}.",
+        "",
+    ]
+    lines += [f"- Skipped: {s}" for s in c.skipped] + ([""] if c.skipped else [])
+    lines += ["### Per context length", ""]
+    head = ["tokens", "setting", "KV MiB", "decode peak MiB", "prefill peak MiB", "prefill s",
+            "compress s (of prefill)", "decode ms/token", "tokens/s"]
+    rows = []
+    for n in c.lengths:
+        for s in c.series:
+            p = s.at(n)
+            if p is None:
+                continue
+            share = f" ({p.compress_share:.2%})" if p.compress_share is not None else ""
+            rows.append([
+                str(n), s.label, _mib(p.kv_bytes) + _times(p.kv_ratio), _mib(p.peak_mem_bytes) + _times(p.peak_ratio),
+                _mib(p.prefill_peak_bytes) + _times(p.prefill_peak_ratio),
+                f"{p.prefill_s:.3f}" + _times(p.prefill_ratio), f"{p.compress_s:.4f}{share}",
+                f"{p.decode_ms:.2f}" + _times(p.decode_ratio), f"{p.tokens_per_s:.1f}",
+            ])
+    lines += _table(head, rows) + [""]
+    lines += ["### Growth with context length", ""]
+    lines += [
+        "k = fitted exponent of y ∝ n^k (least squares on log y vs log n over the lengths measured). Longest "
+        f"context = where the fitted memory reaches the limit of **{c.memory_limit_gb:g} GiB** (task setting "
+        "`memory_limit_gb`): ~ marks an **extrapolation** with the fitted exponent beyond the lengths measured. "
+        "Decoding: the cache plus one decode step. Prefill: compression happens after the prefill, so every "
+        "policy needs FullKV's prefill memory (policies whose scorer needs more statistics, such as H2O, more).",
+        "",
+    ]
+    head = ["setting", "k decode ms/token", "k decode peak memory", "k prefill s",
+            f"longest context in {c.memory_limit_gb:g} GiB: decoding", "prefill"]
+    rows = []
+    max_pos = m.get("max_positions")
+    for s in c.series:
+        fits = [s.fit(f) for f in ("decode_ms", "peak_mem_bytes", "prefill_s")]
+        rows.append([s.label] + [f"{f.k:.2f}" if f else "—" for f in fits] + [
+            _reach(s.reach("peak_mem_bytes", c.limit_bytes, max_pos)),
+            _reach(s.reach("prefill_peak_bytes", c.limit_bytes, max_pos)),
+        ])
+    lines += _table(head, rows) + [""]
+    full, longest = c.full, (c.lengths[-1] if c.lengths else None)
+    ref = full.at(longest) if full is not None and longest is not None else None
+    if ref is not None:
+        lines += ["### Closing note", ""]
+        parts = []
+        for s in c.series:
+            p = s.at(longest)
+            if s is full or p is None:
+                continue
+            parts.append(f"{s.label}: {p.decode_ms:.2f} ms/token" + _times(p.decode_ratio))
+        note = f"At {longest:,} tokens (the longest length measured) FullKV decodes at {ref.decode_ms:.2f} ms/token"
+        lines += [note + (": " + "; ".join(parts) + "." if parts else "."), ""]
+    if plot_links:
+        lines += ["### Plots", ""]
+        for caption, png in plot_links.items():
+            lines += [f"![{caption}]({png.relative_to(out_dir).as_posix()})", ""]
+    return lines
+
+
+def _cost_sections(costs: list[CostSummary], out_dir: Path, plot_dir: Path) -> list[str]:
+    """The sections of the latency tasks (nothing when there is none), with their plots."""
+    from lukv_bench import plots
+
+    lines: list[str] = []
+    for c in costs:
+        try:
+            links = plots.cost_plots(c, plot_dir, _slug(f"{c.model}_{c.task}_cost"))
+        except Exception:  # a plot must never cost the user the tables
+            log.exception("plotting the cost of %s failed; the report keeps its tables", c.task)
+            links = {}
+        lines += _cost_section(c, links, out_dir)
+    return lines

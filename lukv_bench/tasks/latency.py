@@ -260,7 +260,7 @@ def run_latency(
             continue
         common = {**base, "data_source": task.data_source, "batch_size": 1}
         if max_pos is not None and length + task.new_tokens > max_pos:
-            why = (f"skipped: {length} prompt tokens + new_tokens {task.new_tokens} exceed the model's "
+            why = (f"{length} prompt tokens + new_tokens {task.new_tokens} exceed the model's "
                    f"{max_pos} positions")
             log.warning("%s %s: %s", task.name, sid, why)
             for p, b in todo:
@@ -268,10 +268,11 @@ def run_latency(
                 if progress is not None:
                     progress.update(1)
             continue
-        _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, progress)
+        env = {"device": str(engine.device), "threads": torch.get_num_threads(), "max_positions": max_pos}
+        _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, env, progress)
 
 
-def _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, progress) -> None:
+def _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, env, progress) -> None:
     ids = torch.tensor([reference_text_ids(engine.tokenizer, length)])
     sid = sample_id(length)
     # one prefill measurement per set of needed statistics, FullKV's first (it is every ratio's reference)
@@ -279,7 +280,6 @@ def _measure_length(task, engine, length, todo, full_policy, writer, make_record
     for p, b in todo:
         groups.setdefault(frozenset(p.needs), []).append((p, b))
     full_fig: _Figures | None = None
-    device = {"device": str(engine.device), "threads": torch.get_num_threads()}
     for needs, members in groups.items():
         pf = _timed_prefills(engine, ids, needs, task)
         if full_fig is None:
@@ -288,7 +288,7 @@ def _measure_length(task, engine, length, todo, full_policy, writer, make_record
             budget = Budget.resolve(spec, pf.pre.n)
             fig = full_fig if p.name == full_policy.name else _measure_setting(engine, pf, p, budget, task)
             meta = {
-                "length": length, **device, "repeats": task.repeats, "warmup": task.warmup,
+                "length": length, **env, "repeats": task.repeats, "warmup": task.warmup,
                 "decode_ms_per_token": fig.decode_ms_per_token, "tokens_per_s": fig.tokens_per_s,
                 "compress_share": fig.compress_s / fig.prefill_s if fig.prefill_s else None,
                 "prefill_needs": sorted(needs), "vs_full": _ratios(fig, full_fig), **fig.meta,
