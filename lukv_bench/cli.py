@@ -66,8 +66,18 @@ def _check_out_folder(out: Path, given: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task (overrides the suite).")
 @click.option("--model", default=None, help="Model override: embedded, a hub id, a folder or a .gguf file.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: one worker per model copy on a Ray cluster (pip install "
+                   "\"lukv-bench[ray]\"), sized by the suite's resources.")
+@click.option("--address", default=None,
+              help="Ray cluster to join (e.g. auto, or HEAD_IP:6379); default: RAY_ADDRESS, else a running local "
+                   "cluster, else a new one on this machine. Needs --executor ray.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="With --executor ray: runs of a unit again after its worker died, at most this many times.")
+def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, executor: str,
+        address: str | None, max_retries: int) -> None:
     """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
+    from lukv_bench.executors import make_executor
     from lukv_bench.report import render_report
     from lukv_bench.runner import Runner
     from lukv_bench.suite import apply_overrides, load_suite
@@ -75,7 +85,8 @@ def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_
     s = apply_overrides(load_suite(suite), limit=limit, model=model)
     _check_out_folder(out or Path("results") / s.name, given=out is not None)
     out = out or Path("results") / s.name
-    Runner(s, out, progress=not no_progress).run()
+    chosen = make_executor(executor, address=address, max_retries=max_retries)
+    Runner(s, out, progress=not no_progress).run(chosen)
     report = render_report(out)
     click.echo(f"results: {out / 'results.jsonl'}\nreport:  {report}")
 

@@ -5,6 +5,11 @@ finishes (see :mod:`lukv_bench.results`); a rerun of the same command skips what
 any model loads, a folder whose ``run.json`` holds other record-changing settings is refused
 (``on_change="error"``), unless the new settings go beside the old ones (``"add"``: their records
 have other keys) or into a fresh folder (``"new"``).
+
+The work is split into :class:`Unit` s (one model x task x sample, every setting on one prefill). An
+executor (:mod:`lukv_bench.executors`: in this process, or on a Ray cluster) evaluates them with an
+:class:`Evaluator` holding a loaded :class:`Session`; records come back to the :class:`Runner`, the only
+writer of ``results.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import json
 import logging
 import platform
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,6 +32,9 @@ from lukv_bench.errors import UserError
 from lukv_bench.prompts import build_prompt, fit_prompt, model_max_positions, use_chat_template
 from lukv_bench.records import Record, run_settings, setting_id, suite_differences
 from lukv_bench.results import RESULTS_FILE, ResultsWriter
+
+if TYPE_CHECKING:
+    from lukv_bench.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +81,74 @@ def _fresh_folder(out: Path) -> Path:
     return cand
 
 
-class Runner:
-    """Executes a validated suite on one machine."""
+@dataclass
+class Unit:
+    """One unit of work: one model x task x sample, and the settings (policy name, budget) it still needs.
 
-    def __init__(self, suite, out_dir: Path, progress: bool = True, on_change: str = "error"):
+    Every setting of the sample is evaluated on one prefill. ``attempt`` counts the runs of this unit:
+    an executor whose worker died mid-unit runs it again with ``attempt + 1``.
+    """
+
+    task: str
+    sample: str
+    todo: list[tuple[str, Any]]
+    attempt: int = 1
+
+    def __str__(self) -> str:
+        return f"task {self.task!r}, sample {self.sample!r}"
+
+
+@dataclass
+class Catalog:
+    """What a loaded model makes of a suite: the model's name and the sample ids of each sample task.
+
+    Small and picklable: a remote worker sends it to the driver, which plans the units from it.
+    """
+
+    model: str
+    tasks: list[tuple[str, dict[str, Any], list[str]]]  #: (task name, suite task dict, sample ids)
+    lm_eval: bool = False  #: the suite has lm-eval tasks (run after the units, by the local executor)
+
+
+class Session:
+    """The model of a suite loaded in this process, with its engine and the suite's tasks and samples."""
+
+    def __init__(self, suite) -> None:
+        from lukv_bench.models import load_model
+        from lukv_bench.tasks import expand_task
+        from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig
+
+        if suite.threads:
+            torch.set_num_threads(int(suite.threads))
+        torch.manual_seed(suite.seed)
+        self.lm = load_model(suite.model, dtype=suite.dtype, device=str(resolve_device(suite.device)))
+        settings = EngineSettings(
+            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
+        )
+        self.engine = Engine(self.lm.model, self.lm.tokenizer, settings)
+        self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)
+        expanded = [(t, cfg) for cfg in suite.tasks for t in expand_task(cfg, suite, self.lm.tokenizer)]
+        self.lm_eval_tasks = [(t, cfg) for t, cfg in expanded if isinstance(t, LmEvalTaskConfig)]
+        #: sample tasks by name: (task, suite task dict, {sample id: sample}) in the tasks' sample order
+        self.samples = {t.name: (t, cfg, {str(s.id): s for s in t.samples(t.limit)})
+                        for t, cfg in expanded if not isinstance(t, LmEvalTaskConfig)}
+
+    def catalog(self) -> Catalog:
+        """The model name and every sample task's sample ids, in order."""
+        tasks = [(name, cfg, list(samples)) for name, (_, cfg, samples) in self.samples.items()]
+        return Catalog(model=self.lm.name, tasks=tasks, lm_eval=bool(self.lm_eval_tasks))
+
+
+class Evaluator:
+    """The model side of a run, built from the suite alone: its policies, its records, and units evaluated.
+
+    A worker on another machine builds one from the suite; :class:`Runner` is one, plus the results folder.
+    """
+
+    def __init__(self, suite) -> None:
         from lukv_bench.registry import resolve_policy
 
-        if on_change not in ON_CHANGE:
-            raise ValueError(f"on_change must be one of {ON_CHANGE}")
         self.suite = suite
-        self.progress = progress
         self.policies = []
         for i, spec in enumerate(suite.policies):
             try:
@@ -101,6 +169,73 @@ class Runner:
         self.full = next(p for p in self.policies if p.name == "full")
         self.descriptions = {p.name: p.describe() for p in self.policies}
         self.run_settings = run_settings(suite.to_dict())
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _policy_budgets(self, policy) -> list[Any]:
+        # FullKV does not depend on the budget: one record per sample
+        return [1.0] if policy.name == "full" else list(self.suite.budgets)
+
+    def _setting(self, task_dict: dict[str, Any], policy) -> str:
+        return setting_id(self.run_settings, task_dict, self.descriptions[policy.name])
+
+    def _record(self, model: str, task_name: str, sample_id: Any, policy, budget, task_dict, **fields) -> Record:
+        """A record with the identity and run-level fields filled; results go in ``fields``."""
+        s = self.suite
+        return Record(
+            model=model, task=task_name, sample_id=str(sample_id), policy=policy.name, budget=budget,
+            setting=self._setting(task_dict, policy), policy_params=policy.params,
+            policy_description=self.descriptions[policy.name], seed=s.seed, compress_mode=s.compress,
+            window=s.window, storage=s.storage, gqa_reduce=s.gqa_reduce, versions=versions(), **fields,
+        )
+
+    def policy(self, name: str):
+        """The resolved policy called ``name``."""
+        return next(p for p in self.policies if p.name == name)
+
+    def run_unit(self, session: Session, unit: Unit) -> Iterator[Record]:
+        """Evaluate every setting ``unit`` still needs on one prefill; yield records batch by batch."""
+        task, cfg, samples = session.samples[unit.task]
+        todo = [(self.policy(name), budget) for name, budget in unit.todo]
+        yield from self._run_sample(session.engine, session.lm.name, task, cfg, samples[unit.sample], todo,
+                                    session.chat)
+
+    def _run_sample(self, engine, model_name, task, cfg, sample, todo, chat) -> Iterator[Record]:
+        suite = self.suite
+        max_new = sample.max_new_tokens or suite.max_new_tokens
+        ids, original, used = fit_prompt(
+            build_prompt(engine.tokenizer, sample, chat), model_max_positions(engine.model.config), max_new,
+            suite.truncate, task=task.name, sample_id=str(sample.id), where=suite.where("truncate"),
+        )
+        outcomes = sweep(
+            engine, ids.context, ids.question, todo, self.full, compress=suite.compress,
+            max_new_tokens=max_new, eos_ids=engine.eos_ids(), stop=suite.stop, batch_settings=suite.batch_settings,
+        )
+        for pre, out in outcomes:
+            gen = out.generation
+            meta = dict(sample.meta)
+            warning = suite.budget_warning(out.budget.tokens, pre.n) if out.policy.name != "full" else None
+            if warning:
+                meta["budget_warning"] = warning
+                log.warning("%s %s: %s", task.name, sample.id, warning)
+            rec = self._record(
+                model_name, task.name, sample.id, out.policy, out.budget_spec, cfg,
+                score=task.score(gen.text, sample), metric=task.metric, prediction=gen.text, answers=sample.answers,
+                context_tokens_original=original, data_source=task.data_source, meta=meta,
+            ).set_outcome(pre, out)
+            yield rec
+        if used < original:
+            log.info("%s %s: prompt truncated from %d to %d tokens (%s)", task.name, sample.id, original, used,
+                     suite.truncate)
+
+
+class Runner(Evaluator):
+    """Executes a validated suite: plans its units, has an executor evaluate them, writes the records."""
+
+    def __init__(self, suite, out_dir: Path, progress: bool = True, on_change: str = "error"):
+        if on_change not in ON_CHANGE:
+            raise ValueError(f"on_change must be one of {ON_CHANGE}")
+        super().__init__(suite)
+        self.progress = progress
         self.out_dir = self._choose_folder(Path(out_dir), on_change)
         self.history: list[dict[str, Any]] = self._previous_runs(on_change)
         self.writer = ResultsWriter(self.out_dir)
@@ -150,104 +285,60 @@ class Runner:
                 return []
         return []
 
-    def _write_run_json(self, model_name: str) -> None:
+    def _write_run_json(self, model_name: str, executor: dict[str, Any] | None = None) -> None:
         info = {"suite": self.suite.to_dict(), "model": model_name, "policies": self.descriptions,
-                "versions": versions(), "argv": sys.argv}
+                "versions": versions(), "argv": sys.argv, "executor": executor or {"kind": "local"}}
         if self.history:
             info["history"] = self.history  # earlier settings whose records stay in results.jsonl
         (self.out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _policy_budgets(self, policy) -> list[Any]:
-        # FullKV does not depend on the budget: one record per sample
-        return [1.0] if policy.name == "full" else list(self.suite.budgets)
-
-    def _setting(self, task_dict: dict[str, Any], policy) -> str:
-        return setting_id(self.run_settings, task_dict, self.descriptions[policy.name])
-
-    def _record(self, model: str, task_name: str, sample_id: Any, policy, budget, task_dict, **fields) -> Record:
-        """A record with the identity and run-level fields filled; results go in ``fields``."""
-        s = self.suite
-        return Record(
-            model=model, task=task_name, sample_id=str(sample_id), policy=policy.name, budget=budget,
-            setting=self._setting(task_dict, policy), policy_params=policy.params,
-            policy_description=self.descriptions[policy.name], seed=s.seed, compress_mode=s.compress,
-            window=s.window, storage=s.storage, gqa_reduce=s.gqa_reduce, versions=versions(), **fields,
-        )
-
     # -- main loop --------------------------------------------------------------------------------
-    def run(self) -> Path:
-        """Run everything not yet in results.jsonl; returns the results path."""
-        from lukv_bench.models import load_model
-        from lukv_bench.tasks import expand_task
-        from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig
-
-        suite = self.suite
-        if suite.threads:
-            torch.set_num_threads(int(suite.threads))
-        torch.manual_seed(suite.seed)
-        device = resolve_device(suite.device)
-        lm = load_model(suite.model, dtype=suite.dtype, device=str(device))
-        self._write_run_json(lm.name)
-        settings = EngineSettings(
-            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
-        )
-        engine = Engine(lm.model, lm.tokenizer, settings)
-        chat = use_chat_template(lm.tokenizer, suite.chat_template)
-        expanded = [(t, cfg) for cfg in suite.tasks for t in expand_task(cfg, suite, lm.tokenizer)]
-        lm_eval_tasks = [(t, cfg) for t, cfg in expanded if isinstance(t, LmEvalTaskConfig)]
-        samples = [(t, cfg, list(t.samples(t.limit))) for t, cfg in expanded if not isinstance(t, LmEvalTaskConfig)]
-        per_sample = sum(len(self._policy_budgets(p)) for p in self.policies)
-        total = per_sample * sum(len(s) for _, _, s in samples)
-        bar = tqdm(total=total, desc="overall", unit="run", disable=not self.progress, position=0)
-        for task, cfg, task_samples in samples:
-            for sample in task_samples:
-                todo = [(p, b) for p in self.policies for b in self._policy_budgets(p)
-                        if not self.writer.is_done(self._record(lm.name, task.name, sample.id, p, b, cfg,
+    def plan(self, catalog: Catalog) -> tuple[list[Unit], int]:
+        """The units still to run (settings already in results.jsonl left out) and the number of runs in all."""
+        units, total = [], 0
+        for task_name, cfg, sample_ids in catalog.tasks:
+            for sample_id in sample_ids:
+                runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+                total += len(runs)
+                todo = [(p.name, b) for p, b in runs
+                        if not self.writer.is_done(self._record(catalog.model, task_name, sample_id, p, b, cfg,
                                                                 score=None, metric="", prediction="", answers=[]))]
-                bar.update(per_sample - len(todo))
                 if todo:
-                    self._run_sample(engine, lm.name, task, cfg, sample, todo, chat, bar)
-        if lm_eval_tasks:
-            from lukv_bench.lm_eval_model import run_lm_eval
-            from lukv_bench.models import resolve_model_path
+                    units.append(Unit(task=task_name, sample=sample_id, todo=todo))
+        return units, total
 
-            tokenizer_path = resolve_model_path(suite.model)[0] if suite.model != "tiny" else ""
-            runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
-            for cfg, task_dict in lm_eval_tasks:
-                def make(task_name, doc_id, policy, budget, _cfg=task_dict, **fields):
-                    return self._record(lm.name, task_name, doc_id, policy, budget, _cfg, **fields)
+    def run(self, executor: Executor | None = None) -> Path:
+        """Run everything not yet in results.jsonl with ``executor`` (default: in this process); returns the
+        results path."""
+        from lukv_bench.executors import LocalExecutor
 
-                run_lm_eval(cfg, engine, tokenizer_path, runs, self.full, self.writer, make, chat,
-                            batch_settings=suite.batch_settings, progress=bar)
-        bar.close()
+        executor = executor or LocalExecutor()
+        try:
+            catalog = executor.start(self)
+            self._write_run_json(catalog.model, executor.describe())
+            units, total = self.plan(catalog)
+            bar = tqdm(total=total, desc="overall", unit="run", disable=not self.progress, position=0)
+            bar.update(total - sum(len(u.todo) for u in units))
+            for rec in executor.execute(units):
+                self.writer.append(rec)
+                bar.update(1)
+            if catalog.lm_eval:
+                self._run_lm_eval(executor.session, bar)
+            bar.close()
+        finally:
+            executor.close()
         return self.writer.path
 
-    def _run_sample(self, engine, model_name, task, cfg, sample, todo, chat, bar) -> None:
-        suite = self.suite
-        max_new = sample.max_new_tokens or suite.max_new_tokens
-        ids, original, used = fit_prompt(
-            build_prompt(engine.tokenizer, sample, chat), model_max_positions(engine.model.config), max_new,
-            suite.truncate, task=task.name, sample_id=str(sample.id), where=suite.where("truncate"),
-        )
-        outcomes = sweep(
-            engine, ids.context, ids.question, todo, self.full, compress=suite.compress,
-            max_new_tokens=max_new, eos_ids=engine.eos_ids(), stop=suite.stop, batch_settings=suite.batch_settings,
-        )
-        for pre, out in outcomes:
-            gen = out.generation
-            meta = dict(sample.meta)
-            warning = suite.budget_warning(out.budget.tokens, pre.n) if out.policy.name != "full" else None
-            if warning:
-                meta["budget_warning"] = warning
-                log.warning("%s %s: %s", task.name, sample.id, warning)
-            rec = self._record(
-                model_name, task.name, sample.id, out.policy, out.budget_spec, cfg,
-                score=task.score(gen.text, sample), metric=task.metric, prediction=gen.text, answers=sample.answers,
-                context_tokens_original=original, data_source=task.data_source, meta=meta,
-            ).set_outcome(pre, out)
-            self.writer.append(rec)
-            bar.update(1)
-        if used < original:
-            log.info("%s %s: prompt truncated from %d to %d tokens (%s)", task.name, sample.id, original, used,
-                     suite.truncate)
+    def _run_lm_eval(self, session: Session, bar) -> None:
+        from lukv_bench.lm_eval_model import run_lm_eval
+        from lukv_bench.models import resolve_model_path
+
+        suite, lm = self.suite, session.lm
+        tokenizer_path = resolve_model_path(suite.model)[0] if suite.model != "tiny" else ""
+        runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+        for cfg, task_dict in session.lm_eval_tasks:
+            def make(task_name, doc_id, policy, budget, _cfg=task_dict, **fields):
+                return self._record(lm.name, task_name, doc_id, policy, budget, _cfg, **fields)
+
+            run_lm_eval(cfg, session.engine, tokenizer_path, runs, self.full, self.writer, make, session.chat,
+                        batch_settings=suite.batch_settings, progress=bar)
