@@ -56,8 +56,9 @@ def streaming_decode_keep(
 def streaming_rule(
     lens_per_head: list[int], logical_len: int, budget_per_head: list[int], params: Mapping[str, Any]
 ) -> list[torch.Tensor] | None:
-    """The ``streaming`` decode rule (a :class:`~lukv_bench.policy.DecodeRule`): sinks plus the newest tokens.
+    """StreamingLLM while decoding: each head over its budget keeps its first ``sinks`` and its newest tokens.
 
-    ``logical_len`` is not needed: a segment's order is its logical order.
+    The ``streaming`` :class:`~lukv_bench.policy.DecodeRule`. ``logical_len`` is not needed: a segment's
+    order is its logical order.
     """
     return streaming_decode_keep(lens_per_head, budget_per_head, int(params.get("sinks", 0)))

@@ -1,4 +1,5 @@
-"""The example third-party plugin installs with pip and shows up in the registry under its entry point."""
+"""The example third-party plugin installs with pip, shows up in the registries under its entry point and
+distribution, and a suite uses its policy, task type and metric together."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lukv-plugin-exampl
 
 CHECK = """
 import json
-from lukv_bench.registry import broken_plugins, list_policies, list_scorers, resolve_policy
+from lukv_bench.registry import broken_plugins, list_components, list_policies, list_scorers, resolve_policy
 from lukv_bench.policy import LayerStats, PrefillStats
 import torch
 
@@ -24,8 +25,10 @@ keys = torch.tensor([[[3.0, 0], [0.1, 0], [2.0, 0], [0.5, 0], [1.0, 0], [9.0, 0]
 zeros = torch.zeros(1, 6)
 layer = LayerStats(0, keys, keys, zeros, zeros, torch.zeros(1), 1)
 plan = resolve_policy("keynorm").plan(PrefillStats([layer], 1, 1), 3, window=1)
+kinds = list_components()
+mine = {k: [c for c in items if c["plugin"] == "lukv-plugin-example"] for k, items in kinds.items()}
 print(json.dumps({"policy": policy, "scorer": scorer, "broken": broken_plugins(),
-                  "kept": plan.keep[0].indices.tolist()}))
+                  "kept": plan.keep[0].indices.tolist(), "mine": mine}))
 """
 
 
@@ -38,7 +41,8 @@ model: tiny
 policies: [full, keynorm, {name: keynorm-sq, scorer: keynorm, allocator: uniform, power: 2.0}, snapkv]
 budgets: [0.25]
 tasks:
-  - {name: facts, type: jsonl, path: data.jsonl}
+  - {name: facts, type: jsonl, path: data.jsonl, metric: word_recall}
+  - {name: pass, type: passphrase, samples: 2, length: 60, phrase_words: 2}
 generation: {max_new_tokens: 4}
 window: 8
 device: cpu
@@ -69,6 +73,12 @@ def test_example_plugin_registers_keynorm(installed: Path) -> None:
     assert out["policy"]["scorer"] == "keynorm" and out["policy"]["allocator"] == "uniform"
     assert out["scorer"]["plugin"] == "lukv-plugin-example"
     assert out["scorer"]["params"] == {"power": 1.0}
+    assert out["policy"]["distribution"] == "lukv-plugin-example" and out["policy"]["version"] == "0.1.0"
+    names = {kind: [c["name"] for c in items] for kind, items in out["mine"].items()}
+    assert names == {"scorers": ["keynorm"], "allocators": [], "decode_rules": [], "metrics": ["word_recall"],
+                     "task_types": ["passphrase"], "policies": ["keynorm"]}
+    assert all(c["distribution"] == "lukv-plugin-example" and c["version"] == "0.1.0"
+               for items in out["mine"].values() for c in items)
     assert out["broken"] == []
     # lowest key norms: positions 1 (0.1) and 3 (0.5), plus the window (position 5)
     assert out["kept"] == [1, 3, 5]
@@ -76,7 +86,7 @@ def test_example_plugin_registers_keynorm(installed: Path) -> None:
 
 @pytest.mark.slow
 def test_example_plugin_runs_in_a_suite(installed: Path, tmp_path: Path) -> None:
-    """``lukv-bench run`` with the plugin's policy (twice, with a param) writes its records."""
+    """``lukv-bench run`` with the plugin's policy (twice, with a param), task type and metric writes its records."""
     row = {"id": "q1", "context": "The key is under the blue mat by the door. " * 5, "question": "Where?",
            "answers": ["mat"]}
     (tmp_path / "data.jsonl").write_text(json.dumps(row) + "\n")
@@ -86,12 +96,29 @@ def test_example_plugin_runs_in_a_suite(installed: Path, tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["policy"] for r in recs) == ["full", "keynorm", "keynorm-sq", "snapkv"]
-    mine = sorted((r for r in recs if r["policy"].startswith("keynorm")), key=lambda r: r["policy"])
+    facts = [r for r in recs if r["task"] == "facts"]
+    assert sorted(r["policy"] for r in facts) == ["full", "keynorm", "keynorm-sq", "snapkv"]
+    assert {r["metric"] for r in facts} == {"word_recall"}
+    passes = [r for r in recs if r["task"] == "pass"]
+    assert len(passes) == 2 * 4 and {r["metric"] for r in passes} == {"word_recall"}
+    assert {r["data_source"] for r in passes} == {"generated passphrases (lukv-plugin-example)"}
+    assert all(len(r["answers"][0].split()) == 2 and 0.0 <= r["score"] <= 1.0 for r in passes)
+    mine = sorted((r for r in facts if r["policy"].startswith("keynorm")), key=lambda r: r["policy"])
     assert [r["policy_params"]["power"] for r in mine] == [1.0, 2.0]
     for r in mine:
         assert abs(r["kv_bytes"] / r["kv_bytes_full"] - 0.25) <= 0.01
         assert r["kl_mean"] is not None and r["kl_mean"] >= 0 and r["new_tokens"] >= 1
+        scorer = r["policy_description"]["components"]["scorer"]
+        assert scorer == {"name": "keynorm", "plugin": "lukv-plugin-example", "distribution": "lukv-plugin-example",
+                          "version": "0.1.0"}
+        assert r["policy_description"]["components"]["allocator"]["distribution"] == "lukv-bench"
     # power only sharpens the ranking: the same tokens are kept, so the outputs are identical
     assert mine[0]["prediction"] == mine[1]["prediction"] and mine[0]["kl_mean"] == mine[1]["kl_mean"]
+    run_info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_info["policies"]["keynorm"]["components"]["policy"]["distribution"] == "lukv-plugin-example"
     assert "keynorm" in (tmp_path / "out" / "report.md").read_text()
+    listing = subprocess.run([*cli, "plugins"], capture_output=True, text=True, timeout=120)
+    rows = [line.split() for line in listing.stdout.splitlines()]
+    for kind, name in (("scorer", "keynorm"), ("metric", "word_recall"), ("passphrase", None), ("policy", "keynorm")):
+        assert any(kind in row and (name is None or name in row) and "lukv-plugin-example" in row and "0.1.0" in row
+                   for row in rows), (kind, listing.stdout)

@@ -46,6 +46,7 @@ class Task(Protocol):
     name: str
     metric: str
     data_source: str
+    limit: int | None  #: samples a suite run uses (None: all); the runner passes it to ``samples``
 
     def samples(self, limit: int | None = None) -> Iterator[Sample]:
         """Yield up to ``limit`` samples in a fixed (seeded) order."""
