@@ -263,3 +263,17 @@ def test_no_core_module_imports_a_builtin_policy(tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(probe)
     found = _imported_modules(tmp_path / "probe.py")
     assert {"lukv_bench.policies.streaming", "lukv_bench.policies"} <= found
+
+
+def test_cli_plugins_command() -> None:
+    from click.testing import CliRunner
+
+    from lukv_bench.cli import main
+
+    res = CliRunner().invoke(main, ["plugins"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines()]
+    assert any(row[:3] == ["task", "type", "needle"] and "lukv-bench" in row for row in rows)
+    assert any(row[:3] == ["decode", "rule", "streaming"] for row in rows)
+    data = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).output)
+    assert {c["name"] for c in data["components"]["metrics"]} >= {"substring", "code_sim"}
