@@ -1,11 +1,10 @@
-"""The ``lukv-bench`` command line: run suites, list policies, profile memory/latency, render reports.
+"""The ``lukv-bench`` command line: run suites, list policies, profile attention per layer, render reports.
 
 Exit codes: 0 success, 2 bad input (suite, policy, budget, model or data), 1 runtime failure.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -122,36 +121,47 @@ def report(out: Path) -> None:
 
 
 @main.command()
-@click.option("--model", default="embedded", show_default=True, help="Model: embedded, hub id, folder, .gguf.")
-@click.option("--context", "context", type=click.IntRange(min=8), default=2000, show_default=True,
-              help="Prompt length in tokens (real text from Python's documentation).")
-@click.option("--policies", "policy_names", default="snapkv,layer-uncertainty", show_default=True,
-              help="Comma-separated policy names.")
-@click.option("--budgets", default="0.2", show_default=True, help="Comma-separated budget ratios.")
-@click.option("--new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--model", default=None,
+              help="Model: embedded, a hub id, a folder or a .gguf file (default: the suite's, else embedded).")
+@click.option("--suite", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Profile the samples of this suite's tasks (jsonl, longbench, needle; lm_eval tasks are skipped).")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Profile a JSONL file of {id, context, question, answers} rows instead. Without --suite and "
+                   "--data: the built-in pass-key set (4 needles in ~1000 tokens).")
+@click.option("--tau", default="0.8,0.9,0.95", show_default=True,
+              help="LMBA attention-mass shares, comma-separated in (0, 1].")
+@click.option("--cos", "cos", default="0.99", show_default=True,
+              help="LMBO cosine-similarity thresholds, comma-separated in (0, 1].")
+@click.option("--budget", type=float, default=0.2, show_default=True,
+              help="Mean budget (ratio of the prompt) at which the policies' per-layer allocations are compared.")
+@click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True, help="Samples per task.")
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="Observation window in tokens (default: the suite's, else 32).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads on CPU.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
-def profile(model: str, context: int, policy_names: str, budgets: str, new_tokens: int,
-            threads: int | None, device: str, as_json: bool) -> None:
-    """Measure prefill, compression and decode time and KV memory for policies at budgets."""
-    from lukv_bench.profile import profile_policies
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder for the tables (CSV, JSON) and plots (PNG).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def profile(model: str | None, suite: Path | None, data: Path | None, tau: str, cos: str, budget: float,
+            limit: int, window: int | None, threads: int | None, out: Path, no_progress: bool) -> None:
+    """Per-layer attention profile: LMBA, LMBO and a retrieval ablation per layer and KV head.
 
-    try:
-        budget_list = [float(b) for b in budgets.split(",") if b.strip()]
-    except ValueError as e:
-        raise UserError(f"--budgets must be comma-separated numbers (got {budgets!r})") from e
-    rows = profile_policies(
-        model=model, context=context, policies=[p.strip() for p in policy_names.split(",") if p.strip()],
-        budgets=budget_list, new_tokens=new_tokens, threads=threads, device=device,
+    Also compares the per-layer budgets every layer-adaptive policy allocates at --budget with
+    uniform, and correlates the measures across layers. Writes CSV/JSON tables and PNG plots to --out.
+    """
+    from lukv_bench.attention_profile import ProfileSettings, parse_fractions, run_profile, write_outputs
+
+    settings = ProfileSettings(
+        taus=parse_fractions(tau, "--tau", "0.8,0.9,0.95"),
+        cos_thresholds=parse_fractions(cos, "--cos", "0.99"),
+        budget=budget,
+        window=window,
     )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    cols = ["policy", "budget", "kv_ratio", "prefill_s", "compress_s", "decode_s_per_token", "peak_mem_mb"]
-    click.echo("  ".join(f"{c:>18}" for c in cols))
-    for r in rows:
-        click.echo("  ".join(f"{r[c]:>18.4f}" if isinstance(r[c], float) else f"{r[c]!s:>18}" for c in cols))
+    result = run_profile(model=model, suite=suite, data=data, settings=settings, limit=limit, threads=threads,
+                         progress=not no_progress)
+    files = write_outputs(result, out)
+    for line in result.skipped:
+        click.echo(f"note: {line}", err=True)
+    click.echo(f"profiled {len(result.samples)} samples of {result.model}; wrote {len(files)} files to {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover
