@@ -108,6 +108,7 @@ class Catalog:
     model: str
     tasks: list[tuple[str, dict[str, Any], list[str]]]  #: (task name, suite task dict, sample ids)
     lm_eval: bool = False  #: the suite has lm-eval tasks (run after the units, by the local executor)
+    latency: bool = False  #: the suite has latency tasks (run last, in this process, one setting at a time)
 
 
 class Session:
@@ -116,6 +117,7 @@ class Session:
     def __init__(self, suite) -> None:
         from lukv_bench.models import load_model
         from lukv_bench.tasks import expand_task
+        from lukv_bench.tasks.latency import LatencyTaskConfig
         from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig
 
         if suite.threads:
@@ -129,14 +131,16 @@ class Session:
         self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)
         expanded = [(t, cfg) for cfg in suite.tasks for t in expand_task(cfg, suite, self.lm.tokenizer)]
         self.lm_eval_tasks = [(t, cfg) for t, cfg in expanded if isinstance(t, LmEvalTaskConfig)]
+        self.latency_tasks = [(t, cfg) for t, cfg in expanded if isinstance(t, LatencyTaskConfig)]
         #: sample tasks by name: (task, suite task dict, {sample id: sample}) in the tasks' sample order
         self.samples = {t.name: (t, cfg, {str(s.id): s for s in t.samples(t.limit)})
-                        for t, cfg in expanded if not isinstance(t, LmEvalTaskConfig)}
+                        for t, cfg in expanded if not isinstance(t, (LmEvalTaskConfig, LatencyTaskConfig))}
 
     def catalog(self) -> Catalog:
         """The model name and every sample task's sample ids, in order."""
         tasks = [(name, cfg, list(samples)) for name, (_, cfg, samples) in self.samples.items()]
-        return Catalog(model=self.lm.name, tasks=tasks, lm_eval=bool(self.lm_eval_tasks))
+        return Catalog(model=self.lm.name, tasks=tasks, lm_eval=bool(self.lm_eval_tasks),
+                       latency=bool(self.latency_tasks))
 
 
 class Evaluator:
@@ -324,6 +328,8 @@ class Runner(Evaluator):
                 bar.update(1)
             if catalog.lm_eval:
                 self._run_lm_eval(executor.session, bar)
+            if catalog.latency:
+                self._run_latency(executor.session, bar)
             bar.close()
         finally:
             executor.close()
@@ -342,3 +348,19 @@ class Runner(Evaluator):
 
             run_lm_eval(cfg, session.engine, tokenizer_path, runs, self.full, self.writer, make, session.chat,
                         batch_settings=suite.batch_settings, progress=bar)
+
+    def _run_latency(self, session: Session | None, bar) -> None:
+        """Measure the latency tasks in this process, one setting at a time (resumes per record)."""
+        from lukv_bench.tasks.latency import run_latency
+
+        if session is None:
+            raise UserError("latency tasks measure this machine: run the suite with --executor local")
+        runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+        for task, task_dict in session.latency_tasks:
+            bar.total += len(runs) * len(task.lengths)
+            bar.refresh()
+
+            def make(sample_id, policy, budget, _task=task, _cfg=task_dict, **fields):
+                return self._record(session.lm.name, _task.name, sample_id, policy, budget, _cfg, **fields)
+
+            run_latency(task, session.engine, runs, self.full, self.writer, make, progress=bar)
