@@ -95,6 +95,10 @@ def _collect(hook: Any, registry: Registry, check: Callable[[Any], str | None], 
 
         def register(obj: Any, name: str | None = None, aliases: Any = None, description: str | None = None,
                      origin: Origin = origin, plugin: str = plugin) -> None:
+            if isinstance(obj, str):  # the old register("name", cls) form
+                plugins.record_broken(plugin, f"{registry.kind} {obj!r}: call register(obj) (a class's `name` "
+                                      f"ClassVar is its name) or register(obj, name=...), not register(name, obj)")
+                return
             label = name or getattr(obj, "name", None) or getattr(obj, "__name__", repr(obj))
             problem = check(obj)
             if problem is not None:

@@ -197,6 +197,7 @@ def _good_plugin() -> types.ModuleType:
     def register_scorers(register: Callable[..., None]) -> None:
         register(_ConstScorer)  # the ClassVar name is the registration name
         register(_NoNeeds)  # breaks the Scorer protocol: recorded, the rest still registers
+        register("const2", _ConstScorer)  # the old (name, cls) form: recorded with the fix
 
     @hookimpl
     def register_decode_rules(register: Callable[..., None]) -> None:
@@ -264,6 +265,7 @@ def test_broken_plugin_is_reported_and_others_load(fake_entry_points: Callable[[
     assert any("already registered by plugin 'builtin'" in e for e in errors)
     assert any("badparams" in e and "'level' must be a number" in e for e in errors)
     assert any("'noneeds'" in e and "lacks needs" in e for e in errors)
+    assert any("scorer 'const2': call register(obj)" in e for e in errors)
     assert any("baddecode" in e and "unknown decode rule 'oldest'" in e for e in errors)
     # a plugin's decode rule runs through Policy.decode_keep
     newest = resolve_policy("const-newest")
