@@ -261,6 +261,7 @@ class Engine:
         eos_ids: Sequence[int] = (),
         stop: Sequence[str] = (),
         decode_hooks: Sequence[DecodeHook | None] | None = None,
+        follow: dict[int, int | Sequence[int]] | None = None,
     ) -> list[Generation]:
         """Greedy decoding of every active setting together; one :class:`Generation` per setting.
 
@@ -269,6 +270,11 @@ class Engine:
         batch; the others go on unchanged. ``decode_hooks[i]`` (decode-time eviction) runs for
         setting ``i`` after each of its appended tokens. Each step's wall time is shared equally
         by the settings in it.
+
+        ``follow[i]`` makes row ``i`` teacher-forced instead of greedy: it is fed the tokens of a
+        reference answer — row ``j``'s own tokens as they are decoded (``follow[i] = j``, lockstep),
+        or a given token list — all but the reference's last, and its logits are what the
+        reference's next tokens were predicted from (``stopped = "forced"``).
         """
         settings = list(cache.active)
         B = len(settings)
@@ -280,12 +286,17 @@ class Engine:
         stopped = ["length"] * B
         decode_s = [0.0] * B
         eos = set(int(e) for e in eos_ids)
+        follow = dict(follow or {})
+        for i in follow:
+            stopped[i] = "forced"
         alive, cur = list(range(B)), first
         while alive:
             t0 = time.perf_counter()
             picks = torch.argmax(cur, dim=-1).tolist()
-            still, rows = [], []
+            going: dict[int, int] = {}
             for row, i in enumerate(alive):
+                if i in follow:
+                    continue
                 tok = int(picks[row])
                 tokens[i].append(tok)
                 if tok in eos:
@@ -293,8 +304,18 @@ class Engine:
                 elif stop and any(s in self.tokenizer.decode(tokens[i], skip_special_tokens=True) for s in stop):
                     stopped[i] = "stop"
                 elif len(tokens[i]) < max_new_tokens:
-                    still.append(i)
-                    rows.append(tok)
+                    going[i] = tok
+            for i in alive:
+                if i in follow:
+                    ref, step = follow[i], len(tokens[i])
+                    if isinstance(ref, int) and ref in going:
+                        going[i] = tokens[ref][-1]
+                    elif not isinstance(ref, int) and step < len(ref) - 1:
+                        going[i] = int(ref[step])
+                    if i in going:
+                        tokens[i].append(going[i])
+            still = [i for i in alive if i in going]
+            rows = [going[i] for i in still]
             if still:
                 if still != alive:
                     cache.set_active([settings[i] for i in still])
@@ -341,25 +362,6 @@ class Outcome:
     fidelity: str | None = None
 
 
-def _teacher_forced(engine: Engine, cache: RaggedCache, forced: list[int], tail_len: int, make_hooks=None):
-    """Logits [B, len(forced), V] of feeding ``forced`` (tail + FullKV's answer) to the active settings.
-
-    Without decode-time eviction (``make_hooks`` None) this is one forward. With it, the tail goes
-    in one forward, then ``make_hooks()`` gives each setting's eviction hook (sized as after the
-    tail, as while decoding) and the answer goes token by token, each hook evicting as it did.
-    """
-    if make_hooks is None:
-        return engine.feed(cache, forced)
-    parts = [engine.feed(cache, forced[:tail_len])] if tail_len else []
-    hooks = make_hooks()
-    for step, tok in enumerate(forced[tail_len:], start=1):
-        parts.append(engine.feed(cache, [tok]))
-        for row, s in enumerate(cache.active):
-            if hooks[row] is not None:
-                hooks[row](cache, s, step)
-    return torch.cat(parts, dim=1)
-
-
 def sweep(
     engine: Engine,
     context_ids: Sequence[int],
@@ -401,55 +403,58 @@ def sweep(
     for lo in range(0, len(order), size):
         chunk = order[lo : lo + size]
         budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
+        evicting = [i for i, ((p, _), b) in enumerate(zip(chunk, budgets))
+                    if b.tokens < pre.n and getattr(p, "decode_rule", None) is not None]
+        # a setting that evicts while decoding is measured for fidelity by a shadow copy of its cache,
+        # fed FullKV's answer in the same batch and evicting as it goes (a rollback cannot undo eviction)
+        rows = [(p, b) for (p, _), b in zip(chunk, budgets)] + [(chunk[i][0], budgets[i]) for i in evicting]
+        shadow = {len(chunk) + k: i for k, i in enumerate(evicting)}
         with PeakMemory(engine.device) as mem:
-            cache, comps = engine.compress(pre, list(zip([p for p, _ in chunk], budgets)),
-                                           headroom=len(tail) + max_new_tokens)
+            cache, comps = engine.compress(pre, rows, headroom=len(tail) + max_new_tokens)
             mark = cache.mark()
             first = engine.feed(cache, tail)[:, -1] if tail else pre.last_logits
-            evicting = [b.tokens < pre.n and getattr(p, "decode_rule", None) is not None
-                        for (p, _), b in zip(chunk, budgets)]
-            hooks = [engine.decode_hook(p, cache, i) if ev else None for i, ((p, _), ev) in
-                     enumerate(zip(chunk, evicting))]
-            gens = engine.generate(cache, first, max_new_tokens, eos_ids, stop, decode_hooks=hooks)
+            hooks = [engine.decode_hook(p, cache, i) if i in evicting or i in shadow else None
+                     for i, (p, _) in enumerate(rows)]
+            follow = {r: (0 if ref is None else ref.tokens) for r in shadow}
+            gens = engine.generate(cache, first, max_new_tokens, eos_ids, stop, decode_hooks=hooks, follow=follow)
         if ref is None:
             ref = gens[0]
-        outs = [Outcome(p, spec, b, c, g, mem.peak, len(chunk))
+        outs = [Outcome(p, spec, b, c, g, mem.peak, len(rows))
                 for (p, spec), b, c, g in zip(chunk, budgets, comps, gens)]
-        _fidelity(engine, pre, cache, mark, chunk, comps, outs, evicting, tail, ref, full_policy)
+        _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy)
+        for r, i in shadow.items():
+            _score_fidelity(outs[i], gens[r].logits, ref, tail, "teacher-forced+decode-eviction")
         for out in outs:
             if out.policy is full_policy and not full_wanted:
                 continue
             yield pre, out
 
 
-def _fidelity(engine, pre, cache, mark, chunk, comps, outs, evicting, tail, ref, full_policy):
-    """Teacher-force FullKV's answer through every non-FullKV setting of a batch; fill KL and agreement."""
+def _score_fidelity(out: Outcome, test: torch.Tensor, ref: Generation, tail: list[int], how: str) -> None:
+    """KL and greedy agreement of ``test`` (logits along FullKV's answer) against FullKV's own logits."""
     from lukv_bench.metrics import greedy_agreement, kl_divergence
 
     m = len(ref.tokens)
+    # without a tail the first answer token comes from the shared, uncompressed prefill: leave it out
+    want, test = (ref.logits, test[-m:]) if tail else (ref.logits[1:], test[-(m - 1):] if m > 1 else test[:0])
+    if len(test):
+        out.kl_mean = float(kl_divergence(want, test).mean())
+        out.greedy_agreement = float(greedy_agreement(want, test))
+        out.fidelity = how
+
+
+def _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy) -> None:
+    """Teacher-force FullKV's answer through every setting of a batch that did not evict while decoding.
+
+    One forward over (tail + FullKV's answer) for all of them, after rolling the cache back.
+    """
+    m = len(ref.tokens)
     forced = tail + ref.tokens[: m - 1]
-    if not forced:
+    plain = [i for i, (p, _) in enumerate(chunk) if p is not full_policy and i not in evicting]
+    if not forced or not plain:
         return
-    want = ref.logits if tail else ref.logits[1:]
-    plain = [i for i, (p, _) in enumerate(chunk) if p is not full_policy and not evicting[i]]
-    groups = []
-    if plain:
-        cache.rollback(mark)
-        cache.set_active(plain)
-        groups.append((plain, cache, None))
-    evict = [i for i in range(len(chunk)) if evicting[i]]
-    if evict:  # eviction during decoding dropped tokens a rollback cannot bring back: rebuild those
-        fresh = RaggedCache.build(pre.keys, pre.values, [comps[i].keep for i in evict], n_q_heads=engine.n_q_heads,
-                                  storage=engine.settings.storage, headroom=len(forced))
-
-        def make_hooks(fresh=fresh, evict=evict):
-            return [engine.decode_hook(chunk[i][0], fresh, j) for j, i in enumerate(evict)]
-
-        groups.append((evict, fresh, make_hooks))
-    for members, c, make_hooks in groups:
-        fed = _teacher_forced(engine, c, forced, len(tail), make_hooks)
-        test = fed[:, -m:] if tail else fed
-        for row, i in enumerate(members):
-            outs[i].kl_mean = float(kl_divergence(want, test[row]).mean())
-            outs[i].greedy_agreement = float(greedy_agreement(want, test[row]))
-            outs[i].fidelity = "teacher-forced+decode-eviction" if evicting[i] else "teacher-forced"
+    cache.rollback(mark)
+    cache.set_active(plain)
+    fed = engine.feed(cache, forced)
+    for row, i in enumerate(plain):
+        _score_fidelity(outs[i], fed[row], ref, tail, "teacher-forced")

@@ -241,3 +241,31 @@ def test_batched_sweep_equals_single_setting_decoding(tiny, mode):
     for key, a in alone_eos.items():
         assert together_eos[key].generation.tokens == a.generation.tokens, key
         assert together_eos[key].generation.stopped == a.generation.stopped, key
+
+
+def test_streaming_fidelity_is_measured_with_its_decode_eviction(tiny):
+    """The shadow row that follows FullKV's answer evicts exactly as a step-by-step replay does."""
+    from lukv_bench.metrics import kl_divergence
+    from lukv_bench.registry import resolve_policy
+
+    eng = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=4))
+    gen = torch.Generator().manual_seed(21)
+    ctx = torch.randint(0, 250, (50,), generator=gen).tolist()
+    question = torch.randint(0, 250, (5,), generator=gen).tolist()
+    full, stream = resolve_policy("full"), resolve_policy("streaming")
+    outs = {o.policy.name: o for _, o in sweep(eng, ctx, question, [(full, 1.0), (stream, 0.3)], full,
+                                               compress="context", max_new_tokens=12)}
+    ref, got = outs["full"].generation, outs["streaming"]
+    assert got.fidelity == "teacher-forced+decode-eviction"
+    # replay by hand: compress, feed the question, then FullKV's answer one token at a time, evicting
+    pre = eng.prefill(torch.tensor([ctx]))
+    cache, _ = eng.compress(pre, [(stream, Budget.resolve(0.3, pre.n))], headroom=20)
+    rows = [eng.feed(cache, question)[0, -1]]
+    sizes = cache.stored_tokens(0)
+    hook = eng.decode_hook(stream, cache, 0)
+    for step, tok in enumerate(ref.tokens[:-1], start=1):
+        rows.append(eng.feed(cache, [tok])[0, -1])
+        hook(cache, 0, step)
+    want = float(kl_divergence(ref.logits, torch.stack(rows)).mean())
+    assert got.kl_mean == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert len(ref.tokens) > 2 and cache.stored_tokens(0) == sizes  # it evicted: held at its size
