@@ -40,8 +40,14 @@ def task_settings(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def setting_id(run: dict[str, Any], task: dict[str, Any], policy: dict[str, Any]) -> str:
-    """Digest of everything besides (model, task, sample, policy name, budget) that shapes a record."""
-    return _digest({"run": run, "task": task_settings(task), "policy": policy})
+    """Digest of everything besides (model, task, sample, policy name, budget) that shapes a record.
+
+    The policy counts by what it computes (scorer, allocator, decode rule, every parameter), not
+    by the versions of the packages that supplied it: those are recorded, but a release that does
+    not change a policy's rule must not invalidate finished records.
+    """
+    rule = {k: v for k, v in policy.items() if k != "components"}
+    return _digest({"run": run, "task": task_settings(task), "policy": rule})
 
 
 @dataclass
@@ -163,7 +169,8 @@ def suite_differences(old: dict[str, Any], new: dict[str, Any], old_policies: di
             diffs.append(f"tasks[{name}]: {', '.join(changed)} changed")
     if old_policies is not None and new_policies is not None:
         for name, desc in new_policies.items():
-            if name in old_policies and old_policies[name] != desc:
+            old_rule = {k: v for k, v in (old_policies.get(name) or {}).items() if k != "components"}
+            if name in old_policies and old_rule != {k: v for k, v in desc.items() if k != "components"}:
                 diffs.append(f"policy {name}: {json.dumps(old_policies[name], default=str)} -> "
                              f"{json.dumps(desc, default=str)}")
     return diffs
