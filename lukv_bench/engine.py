@@ -205,7 +205,8 @@ class Engine:
                 keep=plan.keep,
                 layer_budgets=[round(sum(c) / len(c)) for c in counts],
                 head_budgets=counts if ragged else None,
-                kv_bytes=cache.kv_bytes(b),
+                # everything kept: the FullKV cache, which needs no per-query-head copies in query mode
+                kv_bytes=pre.kv_bytes_full() if all(c == pre.n for cs in counts for c in cs) else cache.kv_bytes(b),
                 kv_bytes_full=pre.kv_bytes_full(),
                 compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
                 kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),

@@ -224,8 +224,9 @@ class Evaluator:
             rec = self._record(
                 model_name, task.name, sample.id, out.policy, out.budget_spec, cfg,
                 score=task.score(gen.text, sample), metric=task.metric, prediction=gen.text, answers=sample.answers,
-                context_tokens_original=original, data_source=task.data_source, meta=meta,
+                data_source=task.data_source, meta=meta,
             ).set_outcome(pre, out)
+            rec.context_tokens_original = pre.n + (original - used)  # what would have been prefilled
             yield rec
         if used < original:
             log.info("%s %s: prompt truncated from %d to %d tokens (%s)", task.name, sample.id, original, used,
