@@ -1,8 +1,9 @@
 """The per-layer attention profile of a model: how many prompt tokens each layer and KV head needs.
 
 Per sample, one captured prefill of the prompt (context + question, :meth:`Engine.prefill`) gives
-the window statistics the policies see. Short re-runs of the prompt's tail over the cached context
-then give the window queries and the answer's teacher-forced log-likelihood. Per layer ``l`` and KV
+the window statistics the policies see. Short re-runs of the prompt's tail, attending over the
+captured keys and values of the rest, give the window queries and the answer's teacher-forced
+log-likelihood. Per layer ``l`` and KV
 head ``h`` (query heads of a GQA group averaged, as ``layer-uncertainty`` averages over heads):
 
 * **LMBA** at ``tau``: the fewest tokens holding ``tau`` of the window-averaged attention
@@ -15,8 +16,9 @@ head ``h`` (query heads of a GQA group averaged, as ``layer-uncertainty`` averag
   if only that layer had evicted them after the context was prefilled (per layer, not per head).
   Samples whose answer does not occur in the context are skipped for this measure and counted.
 
-On the same prefills it records the per-layer budgets every registered layer-adaptive policy
-allocates at one mean budget, next to uniform. Values are averaged over samples with their spread;
+On the same prefills it records the per-layer budgets every registered policy with a non-uniform
+allocator (layer-uncertainty, pyramidkv, cake, adakv and plugins' ones) allocates at one mean
+budget, next to uniform. Values are averaged over samples with their spread;
 :func:`run_profile` drives everything and :func:`write_outputs` writes tables and plots
 (:mod:`lukv_bench.profile_plots`).
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -40,8 +41,6 @@ from lukv_bench.errors import UserError
 from lukv_bench.kernels import attention_mass_budget, group_reduce
 from lukv_bench.policy import Budget, LayerStats
 from lukv_bench.selection import boosted_scores
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TAUS = (0.8, 0.9, 0.95)
 DEFAULT_COS = (0.99,)
@@ -60,7 +59,6 @@ DEFAULT_TASK: dict[str, Any] = {
 #: allocators that give every layer the same budget: their policies are not layer-adaptive
 UNIFORM_ALLOCATORS = frozenset({"uniform", "full"})
 UNIFORM_LABEL = "uniform"
-MEASURES = ("lmba", "lmbo", "ablation")
 #: layers ablated per batched forward (bounds the memory of the batch's copies of the prefix keys)
 ABLATION_BATCH = 8
 
@@ -253,6 +251,8 @@ def answer_log_likelihood(model: torch.nn.Module, start: int, tail_ids: Sequence
     positions = torch.arange(start, start + ids.shape[1], device=device)[None, :].expand(batch, -1)
     m = len(answer_ids)
     out = model(input_ids=ids, position_ids=positions, use_cache=False, lukv=handler, logits_to_keep=m + 1)
+    if m == 0:  # nothing to score (the forward still ran the handler, e.g. to record queries)
+        return torch.full((batch,), float("nan"), dtype=torch.float64)
     logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
     target = torch.tensor(list(answer_ids), dtype=torch.long, device=logp.device)
     return logp.gather(2, target[None, :, None].expand(batch, -1, -1))[..., 0].mean(dim=1).double().cpu()
@@ -330,7 +330,7 @@ class SampleProfile:
     answer: str
     answer_tokens: int
     span_tokens: int  #: answer-bearing context tokens hidden by the ablation (0 when skipped)
-    baseline_ll: float  #: mean answer log-likelihood with nothing hidden
+    baseline_ll: float | None  #: mean answer log-likelihood with nothing hidden (None: empty answer)
     allocations: dict[str, list[int]]  #: policy -> tokens kept per layer at the settings' budget
 
     def describe(self) -> dict[str, Any]:
@@ -377,13 +377,15 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
 
     found = answer_span(tok, sample, chat, ids.context)
     answer = found[0] if found else sample.answers[0]
-    answer_ids = answer_token_ids(tok, answer, chat)
+    answer_ids = answer_token_ids(tok, answer.strip(), chat)
     start = min(n_ctx, n - w)  # re-run from here: covers the window and everything after the context
     tail = prompt[start:]
     prefix_keys = [k[:, :, :start] for k in pre.keys]
     prefix_values = [v[:, :, :start] for v in pre.values]
     recorder = TailAttention(prefix_keys, prefix_values, record=(n - w, n))
     baseline = float(answer_log_likelihood(model, start, tail, answer_ids, recorder)[0])
+    if not answer_ids:
+        found = None  # an empty answer has no likelihood to lose
 
     lmbo = []
     for i, layer in enumerate(stats.layers):
@@ -404,13 +406,13 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
         sample_id=sample.id,
         prompt_tokens=n,
         context_tokens=n_ctx,
-        lmba=lmba,
-        lmbo=lmbo_t,
+        lmba=lmba.cpu(),
+        lmbo=lmbo_t.cpu(),
         ablation=ablation,
         answer=answer,
         answer_tokens=len(answer_ids),
         span_tokens=len(found[1]) if found else 0,
-        baseline_ll=baseline,
+        baseline_ll=None if math.isnan(baseline) else baseline,
         allocations=allocations,
     )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matplotlib.ticker import MaxNLocator
+
 from lukv_bench.plots import _new_figure, _save, _style
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ def zigzag(result: ProfileResult, path: Path) -> Path:
             ax.text(0.5, 0.5, "no sample with the answer\nin its context", ha="center", va="center",
                     transform=ax.transAxes)
         ax.set_title(title, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
@@ -89,6 +92,7 @@ def allocations(result: ProfileResult, path: Path) -> Path:
         if label == "uniform":
             style.update(color="black", linestyle="--", marker="")
         ax.plot([r["layer"] for r in cell], [r["mean"] for r in cell], markersize=3, **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("kept fraction of prompt")
     ax.set_title(f"Per-layer budgets at a mean budget of {result.settings.budget:g} (mean over samples)", fontsize=10)

@@ -331,3 +331,19 @@ def test_cli_profile_bad_input_exits_2_naming_the_option(tmp_path: Path, args: l
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert "Traceback" not in res.output
+
+
+def test_cli_profile_reads_a_suite_and_skips_lm_eval_tasks(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW_WITH_ANSWER) + "\n")
+    (tmp_path / "suite.yaml").write_text(
+        "name: s\nmodel: tiny\npolicies: [full, snapkv]\nbudgets: [0.5]\nwindow: 8\ntasks:\n"
+        "  - {name: rows, type: jsonl, path: rows.jsonl}\n"
+        "  - {name: ruler, type: lm_eval, tasks: [niah_single_1]}\n"
+    )
+    out = tmp_path / "out"
+    res = _invoke(["profile", "--suite", str(tmp_path / "suite.yaml"), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "lm_eval tasks have no context/answer samples" in res.output
+    doc = json.loads((out / "profile.json").read_text())
+    assert doc["settings"]["window"] == 8 and doc["model"] == "tiny-random-llama"
+    assert [s["task"] for s in doc["samples"]] == ["rows"]
