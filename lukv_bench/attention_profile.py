@@ -14,7 +14,8 @@ head ``h`` (query heads of a GQA group averaged, as ``layer-uncertainty`` averag
 * **ablation**: how much the answer's mean per-token log-likelihood (nats) drops when the question
   and answer tokens cannot attend to the answer-bearing context tokens in layer ``l`` alone, i.e. as
   if only that layer had evicted them after the context was prefilled (per layer, not per head).
-  Samples whose answer does not occur in the context are skipped for this measure and counted.
+  Samples whose answer does not occur in the context, or whose prompt was cut to fit the model's
+  positions (the suite's ``truncate`` rule), are skipped for this measure and counted.
 
 On the same prefills it records the per-layer budgets every registered policy with a non-uniform
 allocator (layer-uncertainty, pyramidkv, cake, adakv and plugins' ones) allocates at one mean
@@ -89,6 +90,7 @@ class ProfileSettings:
     window: int | None = None  #: observation window (last prompt tokens); None: the suite's, else 32
     chat_template: bool | str = "auto"
     gqa_reduce: str = "mean"  #: how query-head scores fold onto KV heads (SnapKV scores for LMBO)
+    truncate: str = "middle"  #: prompts longer than the model's positions: the suite's rule (prompts.fit_prompt)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget < 1.0:
@@ -324,6 +326,7 @@ class SampleProfile:
     sample_id: str
     prompt_tokens: int
     context_tokens: int
+    truncated_from: int | None  #: prompt tokens before truncation (None: not truncated)
     lmba: torch.Tensor  #: [T, L, Hkv] tokens, one row per tau
     lmbo: torch.Tensor  #: [C, L, Hkv] tokens, one row per cosine threshold
     ablation: torch.Tensor | None  #: [L] drop of mean answer log-likelihood (nats/token); None: skipped
@@ -340,6 +343,7 @@ class SampleProfile:
             "sample_id": self.sample_id,
             "prompt_tokens": self.prompt_tokens,
             "context_tokens": self.context_tokens,
+            "truncated_from": self.truncated_from,
             "answer": self.answer,
             "answer_tokens": self.answer_tokens,
             "span_tokens": self.span_tokens,
@@ -360,10 +364,17 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
     ``scorer`` gives the SnapKV scores that rank tokens for LMBO; ``policies`` (uniform first) are
     planned at ``settings.budget`` on the same prefill.
     """
-    from lukv_bench.prompts import build_prompt
+    from lukv_bench.prompts import build_prompt, fit_prompt, model_max_positions
 
     tok, model = engine.tokenizer, engine.model
     ids = build_prompt(tok, sample, chat)
+    found = answer_span(tok, sample, chat, ids.context)
+    answer = found[0] if found else sample.answers[0]
+    answer_ids = answer_token_ids(tok, answer.strip(), chat)
+    ids, original, used = fit_prompt(ids, model_max_positions(model.config), len(answer_ids), settings.truncate,
+                                     task=task, sample_id=str(sample.id), where="--suite: truncate")
+    if used < original:
+        found = None  # the span's positions moved with the cut; this sample is not ablated
     prompt = ids.full
     n, n_ctx = len(prompt), len(ids.context)
     needs = set().union(*(p.needs for p in policies)) if policies else set()
@@ -375,9 +386,6 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
         [torch.stack([head_mass_budgets(layer, tau, n_kv) for layer in stats.layers]) for tau in settings.taus]
     )
 
-    found = answer_span(tok, sample, chat, ids.context)
-    answer = found[0] if found else sample.answers[0]
-    answer_ids = answer_token_ids(tok, answer.strip(), chat)
     start = min(n_ctx, n - w)  # re-run from here: covers the window and everything after the context
     tail = prompt[start:]
     prefix_keys = [k[:, :, :start] for k in pre.keys]
@@ -406,6 +414,7 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
         sample_id=sample.id,
         prompt_tokens=n,
         context_tokens=n_ctx,
+        truncated_from=original if used < original else None,
         lmba=lmba.cpu(),
         lmbo=lmbo_t.cpu(),
         ablation=ablation,
@@ -689,7 +698,7 @@ def run_profile(
             s = apply_overrides(load_suite(suite), limit=limit, model=model)
         except UserError as e:
             raise type(e)(f"--suite: {e}") from e
-        settings.chat_template, settings.gqa_reduce = s.chat_template, s.gqa_reduce
+        settings.chat_template, settings.gqa_reduce, settings.truncate = s.chat_template, s.gqa_reduce, s.truncate
         if settings.window is None:
             settings.window = s.window
     if settings.window is None:
@@ -721,7 +730,7 @@ def run_profile(
     result.n_layers = result.samples[0].lmba.shape[1]
     if result.ablation_skipped():
         result.skipped.append(
-            f"ablation: {len(result.ablation_skipped())} of {total} samples have no answer in their context "
-            f"({', '.join(result.ablation_skipped())})"
+            f"ablation: {len(result.ablation_skipped())} of {total} samples skipped: no answer in their context "
+            f"(or a truncated prompt): {', '.join(result.ablation_skipped())}"
         )
     return result

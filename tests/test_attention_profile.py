@@ -347,3 +347,15 @@ def test_cli_profile_reads_a_suite_and_skips_lm_eval_tasks(tmp_path: Path) -> No
     doc = json.loads((out / "profile.json").read_text())
     assert doc["settings"]["window"] == 8 and doc["model"] == "tiny-random-llama"
     assert [s["task"] for s in doc["samples"]] == ["rows"]
+
+
+def test_prompts_longer_than_the_model_are_cut_and_not_ablated(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", 150)
+    engine = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=8))
+    settings = ProfileSettings(taus=(0.9,), cos_thresholds=(0.99,), budget=0.3, window=8)
+    policies = allocation_policies()[:1]
+    sample = Sample(**{k: ROW_WITH_ANSWER[k] for k in ("id", "context", "question", "answers")})
+    sp = profile_sample(engine, "t", sample, False, settings, policies[0].policy.scorer, policies)
+    assert sp.truncated_from is not None and sp.truncated_from > 150
+    assert sp.prompt_tokens + sp.answer_tokens <= 150
+    assert sp.ablation is None and sp.span_tokens == 0
