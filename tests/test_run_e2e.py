@@ -308,3 +308,45 @@ def test_context_mode_compresses_only_the_context(prompt_run, tmp_path: Path) ->
             assert abs(r["kv_bytes"] / r["kv_bytes_full"] - 0.3) <= 0.01 * 0.3
     # the same prompt ids, fed whole: FullKV answers identically in both protocols
     assert next(x for x in recs if x["policy"] == "full")["prediction"] == in_prompt["full", 1.0]["prediction"]
+
+
+# ------------------------------------------------------------------------------ resume and settings
+
+
+def test_rerun_with_changed_settings_is_refused_or_kept_apart(tmp_path: Path) -> None:
+    """A rerun into a folder made under other settings stops (exit 2, naming them) before any model
+    loads, unless --add-settings (beside, as distinct keys) or --new-run (a fresh sibling folder)."""
+    _write_data(tmp_path, 1)
+    out = tmp_path / "out"
+    _cli_run(_write_suite(tmp_path, policies=["full", "snapkv"], budgets=[0.3], new=3), out)
+    before = (out / "results.jsonl").read_bytes()
+
+    # adding a budget changes no existing record: it simply runs what is missing
+    _cli_run(_write_suite(tmp_path, policies=["full", "snapkv"], budgets=[0.3, 0.5], new=3), out)
+    assert len(_records(out)) == 3
+
+    changed = _write_suite(tmp_path, policies=["full", {"name": "snapkv", "kernel": 5}], budgets=[0.3], new=3)
+    res = CliRunner().invoke(main, ["run", str(changed), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "run.json" in res.output and "policy snapkv" in res.output and "--add-settings" in res.output
+    assert "Traceback" not in res.output
+    assert (out / "results.jsonl").read_bytes().startswith(before)
+    assert len(_records(out)) == 3  # nothing ran
+
+    text = changed.read_text().replace("window: 8", "window: 4")
+    changed.write_text(text)
+    res = CliRunner().invoke(main, ["run", str(changed), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2 and "window: 8 -> 4" in res.output
+
+    res = CliRunner().invoke(main, ["run", str(changed), "--out", str(out), "--no-progress", "--add-settings"])
+    assert res.exit_code == 0, res.output
+    recs = _records(out)
+    snap = [r for r in recs if r["policy"] == "snapkv" and r["budget"] == 0.3]
+    assert len(snap) == 2 and len({r["setting"] for r in snap}) == 2  # old and new, side by side
+    assert json.loads((out / "run.json").read_text())["history"]  # the earlier settings are recorded
+
+    res = CliRunner().invoke(main, ["run", str(_write_suite(tmp_path, policies=["full"], budgets=[0.3], new=2)),
+                                    "--out", str(out), "--no-progress", "--new-run"])
+    assert res.exit_code == 0, res.output
+    fresh = tmp_path / "out-2"
+    assert len(_records(fresh)) == 1 and len(_records(out)) == len(recs)
