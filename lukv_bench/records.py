@@ -22,7 +22,7 @@ RECORD_SETTINGS = (
     "gqa_reduce", "seed", "device", "dtype",
 )
 #: task keys that do not change a record (``memory_limit_gb``: a latency task's report setting)
-_TASK_NEUTRAL = ("limit", "memory_limit_gb")
+_TASK_NEUTRAL = ("limit", "memory_limit_gb", "control")  # control: adds its own records only
 
 
 def _digest(obj: Any) -> str:

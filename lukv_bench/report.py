@@ -81,6 +81,9 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
     head = f"Data: **{'; '.join(s.data_sources) or 'not recorded'}** · metric: `{s.metric}`"
     if s.full is not None:
         head += f" · FullKV: n = {s.full.n}, mean score {fmt3(s.full.score)}"
+    if s.control is not None:
+        head += f" · no-context control: {fmt3(s.control.score)}" + (" (**not clearly below FullKV**)"
+                                                                       if s.answers_from_memory else "")
     lines += [head, ""]
     budgets = s.budgets
     heads = ["policy"] + [b.label for b in budgets]
@@ -91,6 +94,9 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
     rows = []
     if s.full is not None:
         rows.append(["**FullKV (reference)**"] + [fmt3(s.full.score) + _ci(s.full)] * len(budgets))
+    if s.control is not None:
+        flag = " ⚠ may answer from memory" if s.answers_from_memory else ""
+        rows.append([f"no-context control (FullKV){flag}"] + [fmt3(s.control.score) + _ci(s.control)] * len(budgets))
     for p in s.policies:
         rows.append([p] + [fmt3(c.score) + _ci(c) if (c := s.cell(p, b)) else "" for b in budgets])
     lines += _table(heads, rows) + [""]

@@ -117,6 +117,7 @@ class Session:
     def __init__(self, suite) -> None:
         from lukv_bench.models import load_model
         from lukv_bench.tasks import expand_task
+        from lukv_bench.tasks.control import add_controls
         from lukv_bench.tasks.latency import LatencyTaskConfig
         from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig
 
@@ -135,6 +136,7 @@ class Session:
         #: sample tasks by name: (task, suite task dict, {sample id: sample}) in the tasks' sample order
         self.samples = {t.name: (t, cfg, {str(s.id): s for s in t.samples(t.limit)})
                         for t, cfg in expanded if not isinstance(t, (LmEvalTaskConfig, LatencyTaskConfig))}
+        add_controls(self.samples)  # `<task>:no-context` beside each task whose entry sets `control`
 
     def catalog(self) -> Catalog:
         """The model name and every sample task's sample ids, in order."""
@@ -175,6 +177,13 @@ class Evaluator:
         self.run_settings = run_settings(suite.to_dict())
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _runs(self, task_name: str) -> list[tuple[Any, Any]]:
+        """The (policy, budget) settings of a sample task: a no-context control runs FullKV only."""
+        from lukv_bench.tasks.control import is_control
+
+        policies = [self.full] if is_control(task_name) else self.policies
+        return [(p, b) for p in policies for b in self._policy_budgets(p)]
+
     def _policy_budgets(self, policy) -> list[Any]:
         # FullKV does not depend on the budget: one record per sample
         return [1.0] if policy.name == "full" else list(self.suite.budgets)
@@ -303,7 +312,7 @@ class Runner(Evaluator):
         units, total = [], 0
         for task_name, cfg, sample_ids in catalog.tasks:
             for sample_id in sample_ids:
-                runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+                runs = self._runs(task_name)
                 total += len(runs)
                 todo = [(p.name, b) for p, b in runs
                         if not self.writer.is_done(self._record(catalog.model, task_name, sample_id, p, b, cfg,

@@ -207,6 +207,14 @@ class TaskSummary:
     records: list[dict[str, Any]] = field(repr=False, default_factory=list)
     proposed: str | None = None  #: the policy the findings compare with its rivals
     rivals: list[str] = field(default_factory=list)
+    control: Cell | None = None  #: FullKV on the questions without their context (``<task>:no-context``)
+    full_vs_control: Paired | None = None  #: FullKV minus the control, paired on the same samples
+
+    @property
+    def answers_from_memory(self) -> bool:
+        """True when a control ran and FullKV is not clearly above it (paired interval not above 0)."""
+        p = self.full_vs_control
+        return self.control is not None and (p is None or p.ci is None or p.ci[0] <= 0)
 
     def cell(self, policy: str, budget: BudgetColumn) -> Cell | None:
         """The cell of ``policy`` at ``budget``, or None if it was not run."""
@@ -262,9 +270,14 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = DEFAULT_
     ``proposed`` is the policy every other one is also paired with (None: none); ``rivals`` the
     ones the findings compare it with (None: every other compressing policy).
     """
+    from lukv_bench.tasks.control import base_task, is_control
+
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(str(r.get("model")), str(r.get("task")))].append(r)
+    # a no-context control joins its task's summary (a control without its task keeps its own)
+    controls = {(m, base_task(t)): groups.pop((m, t)) for m, t in list(groups)
+                if is_control(t) and (m, base_task(t)) in groups}
     out = []
     for (model, task), recs in groups.items():
         names = _labels(recs)
@@ -309,6 +322,11 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = DEFAULT_
                 rivals=[p for p in (rivals if rivals is not None else policies) if p in policies and p != proposed],
             )
         )
+        ctrl = [r for r in controls.get((model, task), []) if r.get("policy") == FULL]
+        if ctrl:
+            out[-1].control = Cell.of(list({str(r.get("sample_id")): r for r in ctrl}.values()))
+            if full is not None:
+                out[-1].full_vs_control = Paired.of(full.scores, out[-1].control.scores)
     return out
 
 
@@ -353,6 +371,18 @@ def findings(s: TaskSummary) -> list[str]:
             f"**FullKV itself scores {fmt3(full_score)}** on this task, so the task says little about "
             "compression on this model: any policy can only match a near-zero reference."
         )
+    if s.control is not None:
+        pair = s.full_vs_control
+        diff = f"FullKV − control {pair.diff:+.3f}" + (f", 95% CI [{pair.ci[0]:+.3f}, {pair.ci[1]:+.3f}]"
+                                                        if pair and pair.ci else "") if pair else "not paired"
+        if s.answers_from_memory:
+            out.append(f"**The model may answer from memory**: without the context it scores "
+                       f"{fmt3(s.control.score)} against FullKV's {fmt3(full_score)} ({diff}), so FullKV is not "
+                       "clearly above the no-context control and this task says little about what compression "
+                       "removes from the context.")
+        else:
+            out.append(f"No-context control: {fmt3(s.control.score)} against FullKV's {fmt3(full_score)} ({diff}); "
+                       "the answers come from the context.")
     ns = sorted({c.n for c in s.cells.values()})
     if ns and ns[0] < 20:
         out.append(

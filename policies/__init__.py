@@ -11,8 +11,10 @@ from lukv_bench.policies.cake import CakeAllocator, CakeScorer
 from lukv_bench.policies.full import FullAllocator
 from lukv_bench.policies.h2o import H2OScorer
 from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
+from lukv_bench.policies.output_cosine import OutputCosineAllocator
 from lukv_bench.policies.pyramidkv import PyramidAllocator
 from lukv_bench.policies.random_scores import RandomScorer
+from lukv_bench.policies.redirected_uncertainty import RedirectedUncertaintyAllocator
 from lukv_bench.policies.snapkv import SnapKVScorer
 from lukv_bench.policies.streaming import RecencyScorer, streaming_rule
 from lukv_bench.policies.uniform import UniformAllocator
@@ -27,9 +29,11 @@ __all__ = [
     "FullAllocator",
     "H2OScorer",
     "LayerUncertaintyAllocator",
+    "OutputCosineAllocator",
     "PyramidAllocator",
     "RandomScorer",
     "RecencyScorer",
+    "RedirectedUncertaintyAllocator",
     "SnapKVScorer",
     "UniformAllocator",
     "streaming_rule",
@@ -57,6 +61,8 @@ def register_allocators(register: Register) -> None:
         AdaKVAllocator,
         LayerUncertaintyAllocator,
         CakeAllocator,
+        RedirectedUncertaintyAllocator,
+        OutputCosineAllocator,
     ):
         register(cls)
 

@@ -55,14 +55,18 @@ class LayerUncertaintyAllocator:
         check_range("layer-uncertainty allocator", "tau", self.tau, lo=0.0, hi=1.0, lo_open=True)
         check_range("layer-uncertainty allocator", "floor_ratio", self.floor_ratio, lo=0.0, hi=1.0)
 
+    def weights(self, lmba: list[float]) -> list[float]:
+        """The layer shares ``u`` the budget above the floor is split by: ``LMBA_l / sum LMBA`` (ZigZagKV)."""
+        total = sum(lmba)
+        return [x / total for x in lmba]
+
     def allocate(
         self, stats: PrefillStats, budget: int, window: int, scores: list[torch.Tensor]
     ) -> Allocation:
         """Per-layer budgets; ``info`` records lmba, u, the effective floor and tau."""
         n, n_layers = stats.n, stats.n_layers
         lmba = [layer_minimum_budget(layer, self.tau) for layer in stats.layers]
-        total_lmba = sum(lmba)
-        u = [x / total_lmba for x in lmba]
+        u = self.weights(lmba)
         mean = min(budget, n)
         floor = min(mean, max(math.ceil(self.floor_ratio * mean - 1e-9), min(window + 1, n)))
         info = {"lmba": lmba, "u": u, "floor": floor, "tau": self.tau}

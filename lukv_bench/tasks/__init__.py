@@ -8,6 +8,8 @@ The built-in task types (this module is the ``builtin-tasks`` plugin):
 * ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval_tasks.LmEvalTaskConfig` (run by the lm-eval
   adapter, not through the :class:`Task` protocol);
 * ``needle`` — :class:`lukv_bench.tasks.needle.NeedleTask` (gets the tokenizer);
+* ``family`` — :class:`lukv_bench.data.families.FamilyTask`, a generated family whose answers only
+  the context holds (gets the tokenizer);
 * ``latency`` — a :class:`~lukv_bench.tasks.latency.LatencyTaskConfig` (memory and latency per context
   length, run by :func:`~lukv_bench.tasks.latency.run_latency`, not through the :class:`Task` protocol).
 
@@ -23,6 +25,7 @@ from lukv_bench.errors import UserError
 from lukv_bench.hookspecs import Register, hookimpl
 from lukv_bench.schema import TaskContext, normalize_task
 from lukv_bench.tasks.base import BaseTaskType, Sample, Task, TaskType
+from lukv_bench.tasks.family import FamilyTaskType
 from lukv_bench.tasks.jsonl import JsonlTaskType
 from lukv_bench.tasks.latency import LatencyTaskType
 from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig, LmEvalTaskType
@@ -53,7 +56,7 @@ TaskLike = Task | LmEvalTaskConfig
 @hookimpl
 def register_task_types(register: Register) -> None:
     """The built-in task types."""
-    for cls in (JsonlTaskType, LongBenchTaskType, LmEvalTaskType, NeedleTaskType, LatencyTaskType):
+    for cls in (JsonlTaskType, LongBenchTaskType, LmEvalTaskType, NeedleTaskType, LatencyTaskType, FamilyTaskType):
         register(cls)
 
 

@@ -30,6 +30,7 @@ from lukv_bench import metrics
 from lukv_bench.errors import UserError
 from lukv_bench.schema import REQUIRED, Key, TaskContext
 from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+from lukv_bench.tasks.control import control_key
 
 if TYPE_CHECKING:
     from lukv_bench.suite import Suite
@@ -446,6 +447,7 @@ class LongBenchTaskType(BaseTaskType):
         "hub_repo": Key("str", HUB_REPO),
         "shuffle": Key("bool", False),
         "max_new_tokens": MAX_NEW_TOKENS,
+        "control": control_key(True),
     }
 
     def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:

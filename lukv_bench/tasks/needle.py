@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from lukv_bench.errors import UserError
 from lukv_bench.schema import Key, TaskContext, normalize_task
 from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+from lukv_bench.tasks.control import control_key
 
 if TYPE_CHECKING:
     from lukv_bench.suite import Suite
@@ -267,6 +268,7 @@ class NeedleTaskType(BaseTaskType):
         "samples_per_cell": Key("int", 1, minimum=1),
         "seed": Key("int", 0),
         "max_new_tokens": MAX_NEW_TOKENS,
+        "control": control_key(True),
         **{key: Key.refuse(why) for key, why in REFUSED_KEYS.items()},
     }
 

@@ -1,0 +1,265 @@
+"""Generated task families whose answers can come only from the context (offline, seeded).
+
+Each family asks for something invented per sample (numbers, made-up names, arbitrary labels), so a
+model cannot answer from memory: its no-context control (:mod:`lukv_bench.tasks.control`) scores
+near zero, and a score above that measures what the context gave. The filler text is the needle
+haystack (prose from Python's ``pydoc_data``, :func:`lukv_bench.tasks.needle.haystack_units`).
+
+============ ========== =====================================================================================
+family       metric     what it asks
+============ ========== =====================================================================================
+multikey     substring  the 5-digit access code of one of ``keys`` invented projects, each stated once in the
+                        prose (the others are distractors of the same form)
+multivalue   recall     all ``values`` access codes of one project, stated in separate sentences (share found)
+vartrack     recall     RULER-style variable tracking: which variables hold a number, through a chain of
+                        assignments ``VAR B = VAR A`` spread through the prose, with distractor chains
+factqa       substring  who founded an invented organisation: a two-word invented name (a multi-token span),
+                        among ``keys`` founding facts
+fewshot      substring  few-shot classification: labelled examples map topics to invented labels; the query is
+                        an unseen sentence of one topic (every label equally often over the samples)
+config       substring  structured-text lookup: the port of one invented service in a generated INI file
+============ ========== =====================================================================================
+
+A sample depends only on ``(family, seed, context_tokens, index)`` (and the tokenizer that measures
+lengths): its id names them, so results stay keyed to the exact data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lukv_bench.data.longbench_offline import _FIRST_NAMES, distinct_words
+from lukv_bench.tasks.base import Sample
+from lukv_bench.tasks.family import FAMILIES, METRICS
+from lukv_bench.tasks.needle import _join, _token_counter, _Unit, haystack_units
+
+VERSION = "families v1"
+
+
+
+@dataclass
+class Spec:
+    """What a family builder gets: the seeded random stream, the target length and a token counter."""
+
+    rng: random.Random
+    tokens: int
+    count: Callable[[str], int]
+    keys: int  #: distractor/fact count (multikey, factqa) or chain count (vartrack)
+    values: int  #: values per key (multivalue) or chain length (vartrack)
+
+
+def _code(rng: random.Random, taken: set[str]) -> str:
+    while True:
+        code = str(rng.randrange(10_000, 100_000))
+        if code not in taken:
+            taken.add(code)
+            return code
+
+
+def _with_needles(spec: Spec, needles: list[str]) -> str:
+    """Haystack prose of about ``spec.tokens`` tokens with each needle sentence at a random depth, in order."""
+    units = haystack_units()
+    start = spec.rng.randrange(len(units))
+    room = spec.tokens - sum(spec.count(n) + 1 for n in needles)
+    hay: list[_Unit] = []
+    used = 0
+    while used < room:
+        unit = units[(start + len(hay)) % len(units)]
+        used += spec.count(unit.text) + 1
+        hay.append(unit)
+    slots = sorted(spec.rng.randrange(len(hay) + 1) for _ in needles)
+    out = list(hay)
+    for k, (slot, text) in enumerate(zip(slots, needles, strict=True)):
+        out.insert(slot + k, _Unit(text, para_end=False))
+    return _join(out)
+
+
+def _multikey(spec: Spec) -> tuple[str, str, list[str], str]:
+    rng, taken = spec.rng, set()
+    names = [w.capitalize() for w, _ in zip(distinct_words(rng), range(spec.keys), strict=False)]
+    codes = [_code(rng, taken) for _ in names]
+    needles = [f"The access code of project {n} is {c}." for n, c in zip(names, codes, strict=True)]
+    rng.shuffle(needles)
+    ask = rng.randrange(len(names))
+    return (_with_needles(spec, needles), f"What is the access code of project {names[ask]}? Answer with the number "
+            "only.", [codes[ask]], "Below is a long text with the access codes of several projects. Remember them.")
+
+
+def _multivalue(spec: Spec) -> tuple[str, str, list[str], str]:
+    rng, taken = spec.rng, set()
+    name = next(distinct_words(rng)).capitalize()
+    codes = [_code(rng, taken) for _ in range(spec.values)]
+    needles = [f"One of the access codes of project {name} is {c}." for c in codes]
+    return (_with_needles(spec, needles), f"List all the access codes of project {name}, separated by commas.",
+            codes, "Below is a long text. It states several access codes of one project. Remember all of them.")
+
+
+def _vartrack(spec: Spec) -> tuple[str, str, list[str], str]:
+    rng, taken = spec.rng, set()
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    names: set[str] = set()
+
+    def var() -> str:
+        while True:
+            v = "".join(rng.choice(letters) for _ in range(3))
+            if v not in names:
+                names.add(v)
+                return v
+
+    chains = []
+    for _ in range(spec.keys):
+        chain = [var() for _ in range(spec.values)]
+        value = _code(rng, taken)
+        chains.append((chain, value))
+    # each chain's statements keep their order; chains interleave at random
+    per_chain = [[f"VAR {c[0]} = {v}."] + [f"VAR {c[i]} = VAR {c[i - 1]}." for i in range(1, len(c))]
+                 for c, v in chains]
+    order = [k for k, stmts in enumerate(per_chain) for _ in stmts]
+    rng.shuffle(order)
+    needles, pos = [], [0] * len(per_chain)
+    for k in order:
+        needles.append(per_chain[k][pos[k]])
+        pos[k] += 1
+    chain, value = chains[0]
+    return (_with_needles(spec, needles),
+            f"Which variables are assigned the value {value}, directly or through other variables? "
+            "List their names, separated by commas.",
+            chain, "Below is a long text with variable assignments (VAR X = ...) hidden in it. Track them.")
+
+
+_ORGS = ("Institute", "Foundation", "Society", "Laboratory", "Academy", "Observatory")
+
+
+def _factqa(spec: Spec) -> tuple[str, str, list[str], str]:
+    rng = spec.rng
+    words = distinct_words(rng)
+    facts = []
+    for _ in range(spec.keys):
+        person = f"{rng.choice(_FIRST_NAMES)} {next(words).capitalize()}"
+        org = f"{next(words).capitalize()} {rng.choice(_ORGS)}"
+        facts.append((person, org))
+    needles = [f"The {org} was founded by {person}." for person, org in facts]
+    rng.shuffle(needles)
+    person, org = facts[0]
+    return (_with_needles(spec, needles), f"Who founded the {org}? Answer with the full name only.", [person],
+            "Below is a long text that mentions who founded several organisations.")
+
+
+#: topic -> sentences (the few-shot family's examples and queries)
+_TOPICS = {
+    "weather": ("Heavy rain is expected all afternoon.", "The wind blew hard and the sky turned grey.",
+                "Tomorrow will be sunny and warm.", "Snow covered the roads this morning.",
+                "A thunderstorm rolled in after lunch.", "The fog lifted by noon.",
+                "It was freezing cold overnight.", "Light showers will clear by evening."),
+    "food": ("She baked fresh bread with butter.", "The soup needs more salt and pepper.",
+             "He fried two eggs for breakfast.", "We ordered noodles and dumplings.",
+             "The cake was sweet with strawberries.", "Grill the fish with lemon and garlic.",
+             "They ate rice with spicy beans.", "The pasta sauce simmered for an hour."),
+    "sport": ("The striker scored a late goal.", "She won the race by two seconds.",
+              "The team trained on the field all week.", "He hit the ball over the fence.",
+              "The coach praised the defenders.", "The match ended in a draw.",
+              "They lost the final on penalties.", "The runner crossed the finish line first."),
+    "money": ("The bank raised its interest rate.", "He paid the bill with his credit card.",
+              "Prices rose again this month.", "She saved part of her salary.",
+              "The loan must be repaid within a year.", "Shares fell sharply on the market.",
+              "They opened a new savings account.", "The company reported higher profits."),
+}
+
+
+def _fewshot(spec: Spec, index: int) -> tuple[str, str, list[str], str]:
+    rng = spec.rng
+    topics = sorted(_TOPICS)
+    labels = dict(zip(topics, (w for w, _ in zip(distinct_words(rng), topics, strict=False)), strict=True))
+    target = topics[index % len(topics)]  # every label equally often
+    query = rng.choice(_TOPICS[target])
+    pool = [(t, s) for t in topics for s in _TOPICS[t] if s != query]
+    lines: list[str] = []
+    while True:
+        t, s = rng.choice(pool)
+        line = f"Sentence: {s}\nLabel: {labels[t]}"
+        if lines and spec.count("\n\n".join([*lines, line])) > spec.tokens:
+            break
+        lines.append(line)
+    missing = [t for t in topics if not any(f"Label: {labels[t]}" in ln for ln in lines)]
+    for k, t in enumerate(missing):  # every label shown at least once
+        lines[k] = f"Sentence: {_TOPICS[t][0] if _TOPICS[t][0] != query else _TOPICS[t][1]}\nLabel: {labels[t]}"
+    return ("\n\n".join(lines), f"Sentence: {query}\nLabel:", [labels[target]],
+            "Each sentence below has a label. Labels are made-up words; learn which label goes with which "
+            "kind of sentence. Answer with the label only.")
+
+
+def _config(spec: Spec) -> tuple[str, str, list[str], str]:
+    rng, taken = spec.rng, set()
+    words = distinct_words(rng)
+    blocks: list[str] = []
+    names: list[str] = []
+    ports: list[str] = []
+    while True:
+        name = next(words)
+        port = _code(rng, taken)
+        block = (f"[service {name}]\nhost = {next(words)}-{rng.randrange(1, 40):02d}.internal\nport = {port}\n"
+                 f"owner = {rng.choice(_FIRST_NAMES).lower()}\nretries = {rng.randrange(1, 9)}")
+        if blocks and spec.count("\n\n".join([*blocks, block])) > spec.tokens:
+            break
+        blocks.append(block)
+        names.append(name)
+        ports.append(port)
+    ask = rng.randrange(len(names))
+    return ("\n\n".join(blocks), f"What is the port of service {names[ask]} in the configuration above? Answer "
+            "with the number only.", [ports[ask]], "Below is a configuration file (INI format).")
+
+
+def recall(prediction: str, answers: list[str]) -> float:
+    """Share of the gold answers that occur in the prediction (case-insensitive)."""
+    pred = prediction.lower()
+    return sum(a.lower() in pred for a in answers) / len(answers) if answers else 0.0
+
+
+class FamilyTask:
+    """One generated family as a task: ``samples`` builds them on demand, ``score`` applies its metric."""
+
+    def __init__(self, name: str, family: str, seed: int = 0, context_tokens: int = 800, keys: int = 4,
+                 values: int = 3, tokenizer: Any = None, max_new_tokens: int | None = None) -> None:
+        """Build the task; the tokenizer (when given) measures lengths in tokens, else 4 characters count as one."""
+        if family not in METRICS:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        self.name, self.family, self.seed = name, family, int(seed)
+        self.context_tokens, self.keys, self.values = int(context_tokens), int(keys), int(values)
+        self.metric = METRICS[family]
+        self.max_new_tokens = max_new_tokens
+        self.limit: int | None = None
+        self._count = _token_counter(tokenizer)
+        self.data_source = (f"offline generated family {family} ({VERSION}; seed {self.seed}, "
+                            f"~{self.context_tokens} tokens; invented names and numbers, pydoc_data prose)")
+
+    def make_sample(self, index: int) -> Sample:
+        """Sample ``index``: deterministic in (family, seed, context_tokens, keys, values, index)."""
+        tag = f"{self.family}|{self.seed}|{self.context_tokens}|{self.keys}|{self.values}|{index}"
+        spec = Spec(random.Random(f"lukv-{VERSION}|{tag}"), self.context_tokens, self._count, self.keys, self.values)
+        if self.family == "fewshot":
+            context, question, answers, instruction = _fewshot(spec, index)
+        else:
+            context, question, answers, instruction = _BUILDERS[self.family](spec)
+        return Sample(id=f"{self.family}-s{self.seed}-t{self.context_tokens}-{index}", context=context,
+                      question=question, answers=answers, instruction=instruction,
+                      max_new_tokens=self.max_new_tokens,
+                      meta={"family": self.family, "index": index, "context_tokens_est": self._count(context)})
+
+    def samples(self, limit: int | None = None) -> Iterator[Sample]:
+        """Samples 0, 1, ... up to ``limit`` (12 when no limit is set)."""
+        for i in range(limit if limit is not None else 12):
+            yield self.make_sample(i)
+
+    def score(self, prediction: str, sample: Sample) -> float:
+        """``recall`` families: share of the answers found; others: 1.0 when the answer occurs in the prediction."""
+        if self.metric == "recall":
+            return recall(prediction, sample.answers)
+        return 1.0 if recall(prediction, sample.answers) > 0 else 0.0
+
+
+_BUILDERS: dict[str, Callable[[Spec], tuple[str, str, list[str], str]]] = {
+    "multikey": _multikey, "multivalue": _multivalue, "vartrack": _vartrack, "factqa": _factqa, "config": _config,
+}
