@@ -46,6 +46,10 @@ class CostPoint:
     decode_ms: float
     decode_ratio: float | None
     tokens_per_s: float
+    decode_cpu_ms: float | None = None  #: process CPU time per decode step (CPU device only)
+    decode_cpu_ratio: float | None = None
+    prefill_cpu_s: float | None = None
+    prefill_cpu_ratio: float | None = None
 
     @classmethod
     def of(cls, rec: dict[str, Any]) -> CostPoint:
@@ -59,7 +63,9 @@ class CostPoint:
             prefill_s=rec["prefill_s"],
             prefill_ratio=vs.get("prefill_s"), compress_s=rec["compress_s"], compress_share=meta.get("compress_share"),
             decode_ms=meta["decode_ms_per_token"], decode_ratio=vs.get("decode_ms_per_token"),
-            tokens_per_s=meta["tokens_per_s"],
+            tokens_per_s=meta["tokens_per_s"], decode_cpu_ms=meta.get("decode_cpu_ms_per_token"),
+            decode_cpu_ratio=vs.get("decode_cpu_ms_per_token"), prefill_cpu_s=meta.get("prefill_cpu_s"),
+            prefill_cpu_ratio=vs.get("prefill_cpu_s"),
         )
 
 
@@ -118,7 +124,8 @@ class CostSeries:
 
     def fit(self, figure: str) -> Fit | None:
         """Power-law fit of one :class:`CostPoint` figure (``decode_ms``, ``peak_mem_bytes``, ``prefill_s``...)."""
-        return fit_power(self.lengths, [getattr(p, figure) for p in self.points])
+        pts = [(p.length, getattr(p, figure)) for p in self.points if getattr(p, figure) is not None]
+        return fit_power([n for n, _ in pts], [y for _, y in pts])
 
     def at(self, length: int) -> CostPoint | None:
         """The point at ``length`` (None if not measured)."""
@@ -157,6 +164,11 @@ class CostSummary:
     def lengths(self) -> list[int]:
         """Every length measured by some series, ascending."""
         return sorted({n for s in self.series for n in s.lengths})
+
+    @property
+    def has_cpu_time(self) -> bool:
+        """Whether the points carry CPU-time figures (runs on a CPU device)."""
+        return any(p.decode_cpu_ms is not None for s in self.series for p in s.points)
 
     @property
     def limit_bytes(self) -> float:
@@ -200,7 +212,8 @@ def summarize_cost(records: Sequence[dict[str, Any]], run: dict[str, Any] | None
         series.sort(key=lambda s: (rank[s.policy], _budget_order(s.budget)))
         first = (measured or recs)[0]
         meta = first.get("meta") or {}
-        info = {k: meta.get(k) for k in ("device", "threads", "repeats", "warmup", "max_positions", "peak_mem_method")}
+        info = {k: meta.get(k) for k in ("device", "threads", "repeats", "warmup", "max_positions", "peak_mem_method",
+                                         "cpu_time")}
         info["new_tokens"] = first.get("new_tokens")
         out.append(CostSummary(
             model=model, task=task, series=series, memory_limit_gb=_memory_limit(run or {}, task),

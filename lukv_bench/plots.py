@@ -228,7 +228,7 @@ def _cost_lines(c: CostSummary, figure: str, scale: float, ax) -> bool:
     budgets = sorted({budget_key(s.budget) for s in c.series if s.policy != FULL})
     drawn = False
     for i, s in enumerate(c.series):
-        pts = [(p.length, getattr(p, figure) / scale) for p in s.points if getattr(p, figure) > 0]
+        pts = [(p.length, getattr(p, figure) / scale) for p in s.points if (getattr(p, figure) or 0) > 0]
         if not pts:
             continue
         if s.policy == FULL:
@@ -255,17 +255,21 @@ def _log_axes(ax, c: CostSummary) -> None:
 
 
 def cost_decode(c: CostSummary, path: Path) -> Path | None:
-    """Decode ms/token vs context length, log-log, one line per (policy, budget)."""
-    fig = _new_figure(7.0, 4.6)
-    ax = fig.add_subplot()
-    if not _cost_lines(c, "decode_ms", 1.0, ax):
-        return None
-    _log_axes(ax, c)
-    ax.set_ylabel("decode ms / token (median), log")
-    ax.set_title(f"{c.task}: decode time per token vs context (batch 1, {c.meta.get('device')})")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best", ncol=2)
-    return _save(fig, path)
+    """Decode ms/token vs context length, log-log, one line per (policy, budget); wall time, and CPU time
+    beside it when measured."""
+    panels = [("decode_ms", "wall")] + ([("decode_cpu_ms", "process CPU")] if c.has_cpu_time else [])
+    fig = _new_figure(6.4 * len(panels), 4.6)
+    drawn = False
+    for ax, (figure, what) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        if not _cost_lines(c, figure, 1.0, ax):
+            continue
+        drawn = True
+        _log_axes(ax, c)
+        ax.set_ylabel(f"decode ms / token, {what} time (median), log")
+        ax.set_title(f"{c.task}: {what} time per token (batch 1, {c.meta.get('device')})", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best", ncol=2)
+    return _save(fig, path) if drawn else None
 
 
 def cost_memory(c: CostSummary, path: Path) -> Path | None:

@@ -249,6 +249,10 @@ def _times(r: float | None) -> str:
     return "" if r is None else f" (×{r:.2f})"
 
 
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _reach(r) -> str:
     if r is None:
         return "—"
@@ -273,10 +277,13 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
         f"Peak memory (weights not counted): {m.get('peak_mem_method') or 'not recorded'}.",
         "",
     ]
+    cpu = c.has_cpu_time
+    if cpu:
+        lines += [f"{m.get('cpu_time')}.", ""]
     lines += [f"- Skipped: {s}" for s in c.skipped] + ([""] if c.skipped else [])
     lines += ["### Per context length", ""]
     head = ["tokens", "setting", "KV MiB", "decode peak MiB", "prefill peak MiB", "prefill s",
-            "compress s (of prefill)", "decode ms/token", "tokens/s"]
+            "compress s (of prefill)", "decode ms/token", "tokens/s"] + ["decode CPU ms/token"] * cpu
     rows = []
     for n in c.lengths:
         for s in c.series:
@@ -289,7 +296,7 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
                 _mib(p.prefill_peak_bytes) + _times(p.prefill_peak_ratio),
                 f"{p.prefill_s:.3f}" + _times(p.prefill_ratio), f"{p.compress_s:.4f}{share}",
                 f"{p.decode_ms:.2f}" + _times(p.decode_ratio), f"{p.tokens_per_s:.1f}",
-            ])
+            ] + [_fmt(p.decode_cpu_ms) + _times(p.decode_cpu_ratio)] * cpu)
     lines += _table(head, rows) + [""]
     lines += ["### Growth with context length", ""]
     lines += [
@@ -300,12 +307,16 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
         "policy needs FullKV's prefill memory (policies whose scorer needs more statistics, such as H2O, more).",
         "",
     ]
-    head = ["setting", "k decode ms/token", "k decode peak memory", "k prefill s",
-            f"longest context in {c.memory_limit_gb:g} GiB: decoding", "prefill"]
+    figures = ["decode_ms", "decode_cpu_ms", "peak_mem_bytes", "prefill_s"] if cpu else [
+        "decode_ms", "peak_mem_bytes", "prefill_s"]
+    names = {"decode_ms": "k decode ms/token", "decode_cpu_ms": "k decode CPU ms/token",
+             "peak_mem_bytes": "k decode peak memory", "prefill_s": "k prefill s"}
+    head = [names[f] for f in figures] + [f"longest context in {c.memory_limit_gb:g} GiB: decoding", "prefill"]
+    head = ["setting", *head]
     rows = []
     max_pos = m.get("max_positions")
     for s in c.series:
-        fits = [s.fit(f) for f in ("decode_ms", "peak_mem_bytes", "prefill_s")]
+        fits = [s.fit(f) for f in figures]
         rows.append([s.label] + [f"{f.k:.2f}" if f else "—" for f in fits] + [
             _reach(s.reach("peak_mem_bytes", c.limit_bytes, max_pos)),
             _reach(s.reach("prefill_peak_bytes", c.limit_bytes, max_pos)),
@@ -320,8 +331,11 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
             p = s.at(longest)
             if s is full or p is None:
                 continue
-            parts.append(f"{s.label}: {p.decode_ms:.2f} ms/token" + _times(p.decode_ratio))
+            cpu_part = f", CPU {p.decode_cpu_ms:.2f}{_times(p.decode_cpu_ratio)}" if p.decode_cpu_ms else ""
+            parts.append(f"{s.label}: {p.decode_ms:.2f} ms/token{_times(p.decode_ratio)}{cpu_part}")
         note = f"At {longest:,} tokens (the longest length measured) FullKV decodes at {ref.decode_ms:.2f} ms/token"
+        if ref.decode_cpu_ms:
+            note += f" (CPU time {ref.decode_cpu_ms:.2f} ms/token)"
         lines += [note + (": " + "; ".join(parts) + "." if parts else "."), ""]
     if plot_links:
         lines += ["### Plots", ""]

@@ -84,6 +84,7 @@ def test_figures_measured_and_ratios_to_fullkv(latency_run):
         assert meta["decode_ms_per_token"] == pytest.approx(1000 * r["decode_s"] / (NEW - 1))
         assert meta["tokens_per_s"] == pytest.approx(1000 / meta["decode_ms_per_token"])
         assert meta["compress_share"] == pytest.approx(r["compress_s"] / r["prefill_s"])
+        assert meta["decode_cpu_ms_per_token"] > 0 and meta["prefill_cpu_s"] > 0  # CPU time of the same runs
         assert len(meta["samples"]["decode_s"]) == 2  # repeats
         # decoding memory = the cache's buffers + what one measured decode step allocated
         assert meta["decode_step_peak_bytes"] > 0
@@ -140,6 +141,7 @@ def test_report_has_the_cost_section(latency_run):
     report = (latency_run / "report.md").read_text()
     assert "## Cost: task `cost`" in report
     assert "### Growth with context length" in report and "### Closing note" in report
+    assert "k decode CPU ms/token" in report
     assert f"Skipped: {TOO_LONG} prompt tokens" in report
     assert "## Task `cost`" not in report  # no quality section for latency records
     for png in ("decode", "memory"):

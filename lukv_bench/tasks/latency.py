@@ -21,6 +21,9 @@ stop on EOS, so every run decodes the same number of tokens). What is measured:
   ``meta.compress_share`` = compress_s / prefill_s;
 * ``decode_s``: median wall time of the ``new_tokens - 1`` decode forwards;
   ``meta.decode_ms_per_token`` and ``meta.tokens_per_s`` follow from it;
+* on CPU also the process CPU time of the same runs (``meta.prefill_cpu_s``,
+  ``meta.decode_cpu_ms_per_token``): on a machine shared with other jobs, wall time includes the
+  waits for a core and CPU time does not;
 * ``kv_bytes``: bytes of the kept K/V, measured from the cache's buffers (``kv_bytes_full``: FullKV's);
 * ``peak_mem_bytes``: memory while decoding = the bytes of the cache's buffers (kept tokens plus the
   room reserved for the new ones) + the peak of what one more decode step allocates, measured by
@@ -40,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,7 +72,11 @@ MIN_LENGTH = 16
 #: figures given relative to FullKV in ``meta.vs_full``
 RATIO_FIGURES = (
     "kv_bytes", "peak_mem_bytes", "prefill_peak_mem_bytes", "prefill_s", "compress_s", "decode_ms_per_token",
-    "tokens_per_s",
+    "tokens_per_s", "prefill_cpu_s", "decode_cpu_ms_per_token",
+)
+CPU_TIME_NOTE = (
+    "CPU time: time.process_time() of the same timed runs (CPU device only). On a machine shared with other "
+    "jobs it counts the work done, not the waiting for a core, so it is the steadier figure there"
 )
 
 
@@ -140,6 +148,8 @@ class _PrefillFigures:
     prefill_s: float  #: median of the timed runs
     samples: list[float]
     peak: int  #: bytes the prefill allocated at its peak (memory pass)
+    cpu_s: float | None  #: median process CPU seconds of the timed runs (None on a GPU)
+    cpu_samples: list[float]
 
 
 @dataclass
@@ -155,10 +165,13 @@ class _Figures:
     decode_ms_per_token: float
     tokens_per_s: float
     peak_mem_bytes: int
+    prefill_cpu_s: float | None
+    decode_cpu_ms_per_token: float | None
     meta: dict[str, Any]
 
-    def value(self, name: str) -> float:
-        return float(getattr(self, name))
+    def value(self, name: str) -> float | None:
+        v = getattr(self, name)
+        return None if v is None else float(v)
 
 
 def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], task: LatencyTaskConfig,
@@ -169,28 +182,35 @@ def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], ta
     for _ in range(task.warmup - 1):
         pre = None
         pre = engine.prefill(ids, needs)
-    samples = []
+    samples, cpu = [], []
     for _ in range(task.repeats):
         pre = None  # free the previous capture before the next one
+        c0 = time.process_time()
         pre = engine.prefill(ids, needs)
+        cpu.append(time.process_time() - c0)
         samples.append(pre.prefill_s)
-    return _PrefillFigures(pre, statistics.median(samples), samples, mem.peak)
+    on_cpu = engine.device.type == "cpu"
+    return _PrefillFigures(pre, statistics.median(samples), samples, mem.peak,
+                           statistics.median(cpu) if on_cpu else None, cpu if on_cpu else [])
 
 
 def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
                      ) -> _Figures:
     """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
     pre = pf.pre
-    compress_s, decode_s = [], []
+    compress_s, decode_s, decode_cpu = [], [], []
     for run in range(task.warmup + task.repeats):
         cache = None  # free the previous run's cache first
         cache, comps = engine.compress(pre, [(policy, budget)], headroom=task.new_tokens + 1)
         evicting = budget.tokens < pre.n and getattr(policy, "decode_rule", None) is not None
         hook = engine.decode_hook(policy, cache, 0) if evicting else None
+        c0 = time.process_time()
         gen = engine.generate(cache, pre.last_logits, task.new_tokens, decode_hooks=[hook])[0]
+        c1 = time.process_time()
         if run >= task.warmup:
             compress_s.append(comps[0].compress_s)
             decode_s.append(gen.decode_s)
+            decode_cpu.append(c1 - c0)
     comp = comps[0]
     held = cache.kv_bytes()  # the buffers as allocated: kept rows + room for the new tokens
     with AllocationPeak(engine.device) as mem:  # one more step, untimed: the cache is at its longest
@@ -200,11 +220,12 @@ def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget
     steps = len(gen.tokens) - 1  # the first token comes from the prefill's logits
     dec = statistics.median(decode_s)
     ms = 1000.0 * dec / max(1, steps)
+    cpu_ms = 1000.0 * statistics.median(decode_cpu) / max(1, steps) if pf.cpu_s is not None else None
     return _Figures(
         kv_bytes=comp.kv_bytes, kv_bytes_full=comp.kv_bytes_full, prefill_s=pf.prefill_s,
         prefill_peak_mem_bytes=pf.peak, compress_s=statistics.median(compress_s), decode_s=dec,
         decode_ms_per_token=ms, tokens_per_s=1000.0 / ms if ms > 0 else math.inf,
-        peak_mem_bytes=held + mem.peak,
+        peak_mem_bytes=held + mem.peak, prefill_cpu_s=pf.cpu_s, decode_cpu_ms_per_token=cpu_ms,
         meta={
             "decode_steps": steps,
             "cache_buffer_bytes": held,
@@ -213,7 +234,8 @@ def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget
                 f"cache buffers (kept K/V + room for new tokens) + peak one decode step allocates: {mem.method}; "
                 "prefill peak: the same method over the first warmup prefill; weights not counted"
             ),
-            "samples": {"prefill_s": pf.samples, "compress_s": compress_s, "decode_s": decode_s},
+            "samples": {"prefill_s": pf.samples, "compress_s": compress_s, "decode_s": decode_s,
+                        "prefill_cpu_s": pf.cpu_samples, "decode_cpu_s": decode_cpu if cpu_ms is not None else []},
             "budget_tokens": budget.tokens,
             "layer_budgets": comp.layer_budgets,
             "kept_tokens_mean": comp.kept_tokens_mean,
@@ -224,8 +246,8 @@ def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget
 def _ratios(fig: _Figures, full: _Figures) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for name in RATIO_FIGURES:
-        ref = full.value(name)
-        out[name] = fig.value(name) / ref if ref and math.isfinite(ref) else None
+        ref, v = full.value(name), fig.value(name)
+        out[name] = v / ref if v is not None and ref and math.isfinite(ref) else None
     return out
 
 
@@ -294,6 +316,8 @@ def _measure_length(task, engine, length, todo, full_policy, writer, make_record
             meta = {
                 "length": length, **env, "repeats": task.repeats, "warmup": task.warmup,
                 "decode_ms_per_token": fig.decode_ms_per_token, "tokens_per_s": fig.tokens_per_s,
+                "decode_cpu_ms_per_token": fig.decode_cpu_ms_per_token, "prefill_cpu_s": fig.prefill_cpu_s,
+                "cpu_time": CPU_TIME_NOTE if fig.prefill_cpu_s is not None else None,
                 "compress_share": fig.compress_s / fig.prefill_s if fig.prefill_s else None,
                 "prefill_needs": sorted(needs), "vs_full": _ratios(fig, full_fig), **fig.meta,
             }
