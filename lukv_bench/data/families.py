@@ -11,13 +11,16 @@ family       metric     what it asks
 multikey     substring  the 5-digit access code of one of ``keys`` invented projects, each stated once in the
                         prose (the others are distractors of the same form)
 multivalue   recall     all ``values`` access codes of one project, stated in separate sentences (share found)
-vartrack     recall     RULER-style variable tracking: which variables hold a number, through a chain of
-                        assignments ``VAR B = VAR A`` spread through the prose, with distractor chains
+vartrack     substring  variable tracking (RULER-like, asked forwards): the value of the last variable of a chain
+                        ``VAR A = 12345. ... VAR B = VAR A.`` of ``values`` variables spread through the prose,
+                        among ``keys`` chains
 factqa       substring  who founded an invented organisation: a two-word invented name (a multi-token span),
                         among ``keys`` founding facts
-fewshot      substring  few-shot classification: labelled examples map topics to invented labels; the query is
-                        an unseen sentence of one topic (every label equally often over the samples)
-config       substring  structured-text lookup: the port of one invented service in a generated INI file
+fewshot      substring  few-shot labelled examples (topics mapped to invented labels): the label of one example
+                        sentence, asked back (every label equally often over the samples). The embedded model
+                        could not label *unseen* sentences (1 of 8 in calibration), so the query is a shown one
+config       substring  structured-text completion: the port line of one invented service's block in a generated
+                        INI file, prompted with the block's first lines
 ============ ========== =====================================================================================
 
 A sample depends only on ``(family, seed, context_tokens, index)`` (and the tokenizer that measures
@@ -109,11 +112,7 @@ def _vartrack(spec: Spec) -> tuple[str, str, list[str], str]:
                 names.add(v)
                 return v
 
-    chains = []
-    for _ in range(spec.keys):
-        chain = [var() for _ in range(spec.values)]
-        value = _code(rng, taken)
-        chains.append((chain, value))
+    chains = [([var() for _ in range(spec.values)], _code(rng, taken)) for _ in range(spec.keys)]
     # each chain's statements keep their order; chains interleave at random
     per_chain = [[f"VAR {c[0]} = {v}."] + [f"VAR {c[i]} = VAR {c[i - 1]}." for i in range(1, len(c))]
                  for c, v in chains]
@@ -124,10 +123,8 @@ def _vartrack(spec: Spec) -> tuple[str, str, list[str], str]:
         needles.append(per_chain[k][pos[k]])
         pos[k] += 1
     chain, value = chains[0]
-    return (_with_needles(spec, needles),
-            f"Which variables are assigned the value {value}, directly or through other variables? "
-            "List their names, separated by commas.",
-            chain, "Below is a long text with variable assignments (VAR X = ...) hidden in it. Track them.")
+    return (_with_needles(spec, needles), f"What is the value of VAR {chain[-1]}? Answer with the number only.",
+            [value], "Below is a long text with variable assignments (VAR X = ...) hidden in it. Track them.")
 
 
 _ORGS = ("Institute", "Foundation", "Society", "Laboratory", "Academy", "Observatory")
@@ -173,43 +170,42 @@ def _fewshot(spec: Spec, index: int) -> tuple[str, str, list[str], str]:
     rng = spec.rng
     topics = sorted(_TOPICS)
     labels = dict(zip(topics, (w for w, _ in zip(distinct_words(rng), topics, strict=False)), strict=True))
-    target = topics[index % len(topics)]  # every label equally often
-    query = rng.choice(_TOPICS[target])
-    pool = [(t, s) for t in topics for s in _TOPICS[t] if s != query]
+    pool = [(t, s) for t in topics for s in _TOPICS[t]]
+    rng.shuffle(pool)
     lines: list[str] = []
-    while True:
-        t, s = rng.choice(pool)
+    shown: list[tuple[str, str]] = []
+    for t, s in pool:  # each sentence at most once, as many as fit
         line = f"Sentence: {s}\nLabel: {labels[t]}"
         if lines and spec.count("\n\n".join([*lines, line])) > spec.tokens:
             break
         lines.append(line)
-    missing = [t for t in topics if not any(f"Label: {labels[t]}" in ln for ln in lines)]
-    for k, t in enumerate(missing):  # every label shown at least once
-        lines[k] = f"Sentence: {_TOPICS[t][0] if _TOPICS[t][0] != query else _TOPICS[t][1]}\nLabel: {labels[t]}"
-    return ("\n\n".join(lines), f"Sentence: {query}\nLabel:", [labels[target]],
-            "Each sentence below has a label. Labels are made-up words; learn which label goes with which "
-            "kind of sentence. Answer with the label only.")
+        shown.append((t, s))
+    target = topics[index % len(topics)]  # every label equally often over the samples
+    if not any(t == target for t, _ in shown):  # only with very short contexts
+        target = shown[0][0]
+    query = rng.choice([s for t, s in shown if t == target])
+    return ("\n\n".join(lines), f'Which label does the sentence "{query}" have? Answer with the label only.',
+            [labels[target]], "Each sentence below has a label; labels are made-up words, one per kind of sentence.")
 
 
 def _config(spec: Spec) -> tuple[str, str, list[str], str]:
     rng, taken = spec.rng, set()
     words = distinct_words(rng)
     blocks: list[str] = []
-    names: list[str] = []
+    heads: list[str] = []
     ports: list[str] = []
     while True:
-        name = next(words)
+        head = f"[service {next(words)}]\nhost = {next(words)}-{rng.randrange(1, 40):02d}.internal\nport ="
         port = _code(rng, taken)
-        block = (f"[service {name}]\nhost = {next(words)}-{rng.randrange(1, 40):02d}.internal\nport = {port}\n"
-                 f"owner = {rng.choice(_FIRST_NAMES).lower()}\nretries = {rng.randrange(1, 9)}")
+        block = f"{head} {port}\nowner = {rng.choice(_FIRST_NAMES).lower()}\nretries = {rng.randrange(1, 9)}"
         if blocks and spec.count("\n\n".join([*blocks, block])) > spec.tokens:
             break
         blocks.append(block)
-        names.append(name)
+        heads.append(head)
         ports.append(port)
-    ask = rng.randrange(len(names))
-    return ("\n\n".join(blocks), f"What is the port of service {names[ask]} in the configuration above? Answer "
-            "with the number only.", [ports[ask]], "Below is a configuration file (INI format).")
+    ask = rng.randrange(len(heads))
+    return ("\n\n".join(blocks), "Complete the entry as it appears in the configuration above; reply with the "
+            f"number only.\n{heads[ask]}", [ports[ask]], "Below is a configuration file (INI format).")
 
 
 def recall(prediction: str, answers: list[str]) -> float:
