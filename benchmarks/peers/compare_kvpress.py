@@ -220,7 +220,7 @@ def summarize(job: dict, pairs: list, lukv_recs: list[dict], kv: dict) -> list[d
             "kv_bytes_kvpress": statistics.mean(r["kv_bytes"] for r in theirs),
             "kv_bytes_lukv": statistics.mean(r["kv_bytes"] for r in ours),
             "masked_entries_kvpress": statistics.mean(r["masked_entries"] for r in theirs),
-            "layer_len_kvpress": [min(r["layer_len_min"] for r in theirs), max(r["layer_len_max"] for r in theirs)],
+            "uneven_layers_kvpress": sum(r["layer_len_min"] != r["layer_len_max"] for r in theirs),
             "tokenwise_question_kvpress": any(r["tokenwise_question"] for r in theirs),
             "peak_mb_kvpress": max(r["peak_rss_bytes"] for r in theirs) / 2**20,
             "peak_mb_lukv": max(r["peak_mem_bytes"] or 0 for r in ours) / 2**20,
@@ -235,6 +235,11 @@ def render(rows: list[dict], meta: dict) -> str:
     w = meta["wall_s"]
     ratio = w["kvpress"] / w["lukv"]
     ctx = meta["context_tokens"]
+    pairs_of = [(a.strip(), b.strip()) for r in rows for a, b in zip(r["answers_kvpress"], r["answers_lukv"])]
+    same_answers, all_answers = sum(a == b for a, b in pairs_of), len(pairs_of)
+    full = next(r for r in rows if r["policy"] == "full")
+    n_full = len(full["answers_kvpress"])
+    same_full = sum(a.strip() == b.strip() for a, b in zip(full["answers_kvpress"], full["answers_lukv"]))
     same = "the same tokens on both sides" if meta["same_context_tokens"] else "NOT the same token counts on both sides"
     lines = [
         "# lukv-bench and kvpress side by side",
@@ -252,7 +257,13 @@ def render(rows: list[dict], meta: dict) -> str:
         f"{len(meta['samples'])} samples): kvpress **{w['kvpress']:.1f} s**, lukv-bench **{w['lukv']:.1f} s**; "
         f"sweep-time ratio kvpress / lukv-bench = **{ratio:.2f}x**. "
         f"(kvpress's own split: import {meta['kvpress_split']['import_s']:.1f} s, model load "
-        f"{meta['kvpress_split']['model_load_s']:.1f} s, settings {meta['kvpress_split']['sweep_s']:.1f} s.)",
+        f"{meta['kvpress_split']['model_load_s']:.1f} s, settings {meta['kvpress_split']['sweep_s']:.1f} s.) "
+        "Absolute times depend on the machine and on its load (see the load average above; the sides ran one "
+        "after the other, so both saw it); the ratio is the figure to compare.",
+        "",
+        f"**Same answers**: the two implementations produced the identical answer text in {same_answers} of "
+        f"{all_answers} runs ({same_full} of {n_full} FullKV runs), so where scores differ it is a real difference "
+        "in what was kept, not in prompting or decoding.",
         "",
         "| policy (kvpress press) | kvpress ratio / our budget | score kvpress | score lukv | time kvpress s "
         "| time lukv s | KV held kvpress MB | KV held lukv MB | peak RSS kvpress MB | peak RSS lukv MB |",
@@ -262,9 +273,9 @@ def render(rows: list[dict], meta: dict) -> str:
         notes = []
         if r["masked_entries_kvpress"]:
             notes.append(f"{r['masked_entries_kvpress']:,.0f} entries masked, not freed")
-        lo, hi = r["layer_len_kvpress"]
         if r["policy"] == "pyramidkv":
-            notes.append("pyramid applied" if lo != hi else f"uniform {lo} tokens/layer (fell back)")
+            notes.append(f"pyramid on {r['uneven_layers_kvpress']} of {r['samples']} samples, uniform fallback on "
+                         f"{r['samples'] - r['uneven_layers_kvpress']}")
         if r["tokenwise_question_kvpress"]:
             notes.append("question fed token by token")
         note = f" ({'; '.join(notes)})" if notes else ""
@@ -289,7 +300,9 @@ def render(rows: list[dict], meta: dict) -> str:
         "the ragged cache's buffers. *peak RSS* is the process's resident memory sampled during the setting "
         "(lukv-bench's `PeakMemory` on both sides), largest over the samples; it includes the fp32 weights "
         "(~540 MB) and each side's libraries, and since freed memory is not always returned to the OS it "
-        "rarely falls from one setting to the next, so read it as an upper bound per setting.",
+        "rarely falls from one setting to the next, so read it as an upper bound per setting. lukv-bench decodes "
+        "all settings of a sample together in one batch and captures the statistics of every policy in its one "
+        "prefill, so its peak is that of the batch and the same in every row.",
         "",
         "## What is known to differ",
         "",
@@ -327,6 +340,17 @@ def render(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def render_only(out: Path, suite_path: Path) -> int:
+    """Rebuild rows and README.md from a previous run's comparison.json (same suite), running nothing."""
+    saved = json.loads((out / "comparison.json").read_text())
+    job, _, pairs = build_job(load_compare_suite(suite_path), suite_path)
+    rows = summarize(job, pairs, saved["lukv_runs"], {"runs": saved["kvpress_runs"]})
+    (out / "README.md").write_text(render(rows, saved["meta"]))
+    (out / "comparison.json").write_text(json.dumps({**saved, "rows": rows}, indent=2) + "\n")
+    print(f"compare: re-rendered {out / 'README.md'} from comparison.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -334,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
                     "comparison.json go (default: docs/peers/kvpress)")
     ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="the suite both sides run")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="kvpress's virtual environment (made if missing)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite OUT/README.md from OUT/comparison.json "
+                    "without running anything (after a change to the table's layout)")
     args = ap.parse_args(argv)
+    if args.render_only:
+        return render_only(args.out, args.suite.resolve())
     from lukv_bench.errors import UserError
 
     try:
