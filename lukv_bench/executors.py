@@ -43,6 +43,11 @@ RAY_INSTALL = 'pip install "lukv-bench[ray]"'
 DEFAULT_MAX_RETRIES = 3
 #: environment variable of the fault-injection hook (see the module docstring)
 KILL_WORKER_ENV = "LUKV_BENCH_KILL_WORKER"
+#: task types that run in the driver's process, not as units, and why
+IN_PROCESS_TASKS = {
+    "lm_eval": "run inside lm-eval's own loop, which is not split into units",
+    "latency": "measure the machine they run on, one setting at a time",
+}
 
 
 class Executor(Protocol):
@@ -195,11 +200,11 @@ class RayExecutor:
         """Connect to (or start) the cluster, start the workers, wait for the first to load the model."""
         suite = self._suite = evaluator.suite
         for i, task in enumerate(suite.tasks):
-            if task.get("type") == "lm_eval":
+            why = IN_PROCESS_TASKS.get(task.get("type"))
+            if why:
                 raise UserError(
-                    f"{suite.where(f'tasks[{i}].type')}: lm_eval tasks run inside lm-eval's own loop, which the ray "
-                    "executor does not split into units; run this suite with --executor local, or move the "
-                    "lm_eval tasks to a suite of their own"
+                    f"{suite.where(f'tasks[{i}].type')}: {task['type']} tasks {why}, so the ray executor does not run "
+                    f"them; use --executor local, or move the {task['type']} tasks to a suite of their own"
                 )
         res = suite.resources
         self.cpus = float(res.cpus_per_worker or suite.threads or 1)
@@ -211,7 +216,8 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(address=self.address, logging_level=logging.WARNING)
             self._owns_ray = True
-        self.workers = res.workers or self._workers_that_fit()
+        fit = self._workers_that_fit(required=res.workers is None)
+        self.workers = res.workers or fit
         self._actor_class = ray.remote(UnitWorker)
         for _ in range(self.workers):
             self._add_worker()
@@ -221,18 +227,20 @@ class RayExecutor:
                 raise failure
         return self._catalog
 
-    def _workers_that_fit(self) -> int:
+    def _workers_that_fit(self, required: bool) -> int:
+        """How many workers the cluster's present CPUs and GPUs hold; none is an error unless ``workers`` was set
+        (then an autoscaler may still add nodes)."""
         total = self.ray.cluster_resources()
         cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
         n = int(cpus // self.cpus)
         if self.gpus > 0:
             n = min(n, int(gpus // self.gpus))
         if n < 1:
-            raise UserError(
-                f"{self._suite.where('resources')}: the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs) cannot hold one "
-                f"worker of {self.cpus:g} CPUs and {self.gpus:g} GPUs; lower resources.cpus_per_worker / "
-                "gpus_per_worker, or add nodes"
-            )
+            problem = (f"{self._suite.where('resources')}: the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs) cannot hold "
+                       f"one worker of {self.cpus:g} CPUs and {self.gpus:g} GPUs")
+            if required:
+                raise UserError(f"{problem}; lower resources.cpus_per_worker / gpus_per_worker, or add nodes")
+            log.warning("%s yet: waiting for nodes to join (Ctrl-C stops; finished records are kept)", problem)
         return n
 
     def _add_worker(self) -> None:
@@ -253,9 +261,10 @@ class RayExecutor:
         """Dispatch units to idle workers; yield each finished unit's records; retry units of dead workers."""
         queue = self._queue = deque(units)
         failure: BaseException | None = None
-        while queue or self._pending:
-            if failure is not None and all(u is None for _, u in self._pending.values()):
-                break  # the units in flight are done; workers still loading are not waited for
+        while True:
+            in_flight = any(u is not None for _, u in self._pending.values())
+            if not in_flight and (failure is not None or not queue):
+                break  # workers still loading the model are not waited for
             while failure is None and queue and self._idle:
                 actor = self._idle.pop()
                 unit = queue.popleft()

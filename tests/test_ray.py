@@ -49,7 +49,7 @@ resources: {workers: 2, cpus_per_worker: 1}
 """
 
 
-def _jsonl_suite(folder: Path, n: int, long_sample: int | None = None, extra: str = "") -> Path:
+def _jsonl_suite(folder: Path, n: int, long_sample: int | None = None, extra: str = "", workers: int = 2) -> Path:
     """A jsonl task of ``n`` short samples (sample ``long_sample`` longer than the tiny model's 4096 positions)."""
     rows = []
     for i in range(n):
@@ -63,7 +63,7 @@ def _jsonl_suite(folder: Path, n: int, long_sample: int | None = None, extra: st
         "name: ray-e2e\nmodel: tiny\npolicies: [full, snapkv, h2o]\nbudgets: [0.3, 0.6]\n"
         "tasks:\n  - {name: facts, type: jsonl, path: data.jsonl}\n"
         "generation: {max_new_tokens: 4}\nwindow: 8\ndevice: cpu\nthreads: 1\n"
-        f"resources: {{workers: 2}}\n{extra}"
+        f"resources: {{workers: {workers}}}\n{extra}"
     )
     return suite
 
@@ -128,6 +128,17 @@ def test_resources_are_in_run_json_but_not_in_record_settings(tmp_path: Path) ->
     assert "resources" not in RECORD_SETTINGS and "resources" not in run_settings(suite.to_dict())
 
 
+@needs_ray
+def test_tasks_that_run_in_process_are_refused_before_ray_starts(tmp_path: Path) -> None:
+    suite = _jsonl_suite(tmp_path, 1)
+    task = "  - {name: facts, type: jsonl, path: data.jsonl}\n"
+    lm_eval = "  - {name: ruler, type: lm_eval, tasks: [niah_single_1]}\n"
+    suite.write_text(suite.read_text().replace(task, task + lm_eval))
+    code, output = _run(str(suite), "--out", str(tmp_path / "out"), "--executor", "ray")
+    assert code == 2, output
+    assert f"{suite}:7: tasks[1].type: lm_eval tasks" in output and "--executor local" in output
+
+
 # ------------------------------------------------------------------------------------ on a Ray cluster
 
 
@@ -140,7 +151,8 @@ def test_quick_style_suite_gives_the_local_records(cluster, tmp_path: Path) -> N
     code, output = _run(str(suite), "--out", str(tmp_path / "ray"), "--executor", "ray")
     assert code == 0, output
     local, remote = _by_key(_records(tmp_path / "local")), _by_key(_records(tmp_path / "ray"))
-    assert len(local) == 3 * (1 + 2 * 2)
+    assert {k[3] for k in local} == {"full", "snapkv", "layer-uncertainty"}
+    assert len(local) >= 3 * (1 + 2 * 2)  # and FullKV on the needle's no-context controls
     assert set(remote) == set(local)
     for key, rec in local.items():
         for f in RESULT_FIELDS:
@@ -182,7 +194,7 @@ def test_worker_killed_mid_unit_is_retried(cluster, tmp_path: Path, monkeypatch)
 
 @needs_ray
 def test_bad_sample_is_reported_with_its_unit_and_not_retried(cluster, tmp_path: Path) -> None:
-    suite, out = _jsonl_suite(tmp_path, 3, long_sample=1, extra="truncate: error\n"), tmp_path / "out"
+    suite, out = _jsonl_suite(tmp_path, 3, long_sample=1, extra="truncate: error\n", workers=1), tmp_path / "out"
     code, output = _run(str(suite), "--out", str(out), "--executor", "ray")
     assert code == 2, output
     assert "unit task 'facts', sample 's1'" in output and "Traceback" not in output
@@ -216,8 +228,8 @@ def test_driver_killed_then_rerun_resumes(cluster, tmp_path: Path) -> None:
     before = results.read_bytes()
     assert 3 <= before.count(b"\n") < total
 
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    code, output = _run(str(suite), "--out", str(out), "--executor", "ray", "--address", cluster)  # the rerun
+    assert code == 0, output
     data = results.read_bytes()
     assert data.startswith(before[: before.rfind(b"\n") + 1])  # finished records are untouched
     recs = _by_key(_records(out))
