@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from lukv_bench.data.families import FamilyTask, recall
 
+from lukv_bench.data.families import FamilyTask, recall
 from lukv_bench.errors import UserError
 from lukv_bench.tasks import build_task
 from lukv_bench.tasks.family import FAMILIES
