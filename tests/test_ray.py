@@ -143,6 +143,20 @@ def test_tasks_that_run_in_process_are_refused_before_ray_starts(tmp_path: Path)
 
 
 @needs_ray
+def test_resources_the_cluster_cannot_give_exit_2(cluster, tmp_path: Path) -> None:
+    suite = _jsonl_suite(tmp_path, 1)
+    text = suite.read_text()
+    suite.write_text(text.replace("resources: {workers: 2}", "resources: {cpus_per_worker: 4}"))
+    code, output = _run(str(suite), "--out", str(tmp_path / "out"), "--executor", "ray")
+    assert code == 2, output
+    assert f"{suite}:11: resources: the Ray cluster (2 CPUs, 0 GPUs) cannot hold one worker of 4 CPUs" in output
+    suite.write_text(text.replace("device: cpu", "device: cuda"))
+    code, output = _run(str(suite), "--out", str(tmp_path / "out"), "--executor", "ray")
+    assert code == 2, output
+    assert f"{suite}:9: device: device cuda needs GPUs on the workers" in output
+
+
+@needs_ray
 def test_quick_style_suite_gives_the_local_records(cluster, tmp_path: Path) -> None:
     suite = tmp_path / "quick.yaml"
     suite.write_text(QUICK_STYLE)
