@@ -65,6 +65,10 @@ def _check_out_folder(out: Path, given: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task (overrides the suite).")
 @click.option("--model", default=None, help="Model override: embedded, a hub id, a folder or a .gguf file.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--new-run", is_flag=True,
+              help="If --out holds results of other settings, write to a fresh sibling folder (OUT-2, ...).")
+@click.option("--add-settings", is_flag=True,
+              help="If --out holds results of other settings, keep them and add the new settings beside them.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: one worker per model copy on a Ray cluster (pip install "
                    "\"lukv-bench[ray]\"), sized by the suite's resources.")
@@ -73,8 +77,8 @@ def _check_out_folder(out: Path, given: bool) -> None:
                    "cluster, else a new one on this machine. Needs --executor ray.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="With --executor ray: runs of a unit again after its worker died, at most this many times.")
-def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, executor: str,
-        address: str | None, max_retries: int) -> None:
+def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, new_run: bool,
+        add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
     """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
     from lukv_bench.executors import make_executor
     from lukv_bench.report import render_report
@@ -84,8 +88,13 @@ def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_
     s = apply_overrides(load_suite(suite), limit=limit, model=model)
     _check_out_folder(out or Path("results") / s.name, given=out is not None)
     out = out or Path("results") / s.name
+    if new_run and add_settings:
+        raise UserError("--new-run and --add-settings exclude each other: pick one")
+    on_change = "new" if new_run else "add" if add_settings else "error"
     chosen = make_executor(executor, address=address, max_retries=max_retries)
-    Runner(s, out, progress=not no_progress).run(chosen)
+    runner = Runner(s, out, progress=not no_progress, on_change=on_change)
+    out = runner.out_dir
+    runner.run(chosen)
     report = render_report(out)
     click.echo(f"results: {out / 'results.jsonl'}\nreport:  {report}")
 
