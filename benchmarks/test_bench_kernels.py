@@ -5,8 +5,9 @@ Not collected by the default ``pytest`` run (testpaths = tests); run ``tox -e be
 (3 KV heads, 9 query heads, head dim 64) at prompt lengths 2k/8k. The ops dispatch as in production
 (torch on CPU, Triton on CUDA).
 
-Every benchmark also times a naive reference written below: the same result computed with a plain
-loop over KV segments or query heads, as a first implementation would. The gate
+Every benchmark also times a naive reference: the same result computed with a plain loop over KV
+segments or query heads, as a first implementation would (written below, except ragged attention's,
+which the kernel module keeps as ``ragged_attention_naive`` for tests too). The gate
 (``benchmarks/gate.py``) watches ``extra_info["ratio"]`` = kernel / naive reference, measured in the
 same run, so it does not depend on how fast the machine is.
 """
@@ -24,6 +25,7 @@ from lukv_bench.kernels import (
     truncate,
     window_stats,
 )
+from lukv_bench.kernels.ragged_attention import ragged_attention_naive
 
 S, HQ, D, W = 3, 9, 64, 32
 G = HQ // S
@@ -62,19 +64,6 @@ def _repeat(fn, times: int):
 
 
 # -- naive references: one query head / one segment at a time -------------------------------------
-
-
-def naive_ragged_decode(q: torch.Tensor, st: RaggedStore) -> torch.Tensor:
-    """One decode query per head over its segment: a softmax and a weighted sum per query head."""
-    out = torch.empty(HQ, 1, D, dtype=torch.float32, device=q.device)
-    starts, lens = st.starts.tolist(), st.lens.tolist()
-    for h in range(HQ):
-        s = h // G
-        k = st.k[starts[s] : starts[s] + lens[s]].float()
-        v = st.v[starts[s] : starts[s] + lens[s]].float()
-        p = torch.softmax(k @ q[h, 0].float() * SCALE, dim=0)
-        out[h, 0] = p @ v
-    return out
 
 
 def naive_window_stats(q_win: torch.Tensor, k: torch.Tensor, prefix_len: int):
@@ -128,13 +117,12 @@ def naive_append(st: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor) -> N
 def test_bench_ragged_decode(bench_ratio, T: int) -> None:
     st = _store(T)
     q = _rand(HQ, 1, D)
-    torch.testing.assert_close(
-        ragged_attention(q, st.k, st.v, st.starts, st.lens, SCALE).float(), naive_ragged_decode(q, st)
-    )
+    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
+    torch.testing.assert_close(ragged_attention(*args), ragged_attention_naive(*args))
     bench_ratio(
-        _repeat(lambda: ragged_attention(q, st.k, st.v, st.starts, st.lens, SCALE), 10),
-        _repeat(lambda: naive_ragged_decode(q, st), 10),
-        desc="ragged_attention (1 decode query) / per-query-head loop",
+        _repeat(lambda: ragged_attention(*args), 10),
+        _repeat(lambda: ragged_attention_naive(*args), 10),
+        desc="ragged_attention (1 decode query) / per-segment loop (ragged_attention_naive)",
         rounds=15,
     )
 
