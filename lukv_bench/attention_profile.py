@@ -357,8 +357,8 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
                    scorer: Any, policies: Sequence[Any]) -> SampleProfile:
     """All measures of one sample: one captured prefill, then short forwards over the prompt's tail.
 
-    The tail re-run starts at ``min(context end, n - window)``: one forward records the window
-    queries and the baseline answer log-likelihood, ``ceil(L / ABLATION_BATCH)`` batched forwards
+    One forward from ``min(context end, n - window)`` records the window queries and the baseline
+    answer log-likelihood; ``ceil(L / ABLATION_BATCH)`` batched forwards of the question and answer
     give the ablation.
 
     ``scorer`` gives the SnapKV scores that rank tokens for LMBO; ``policies`` (uniform first) are
@@ -404,8 +404,11 @@ def profile_sample(engine: Any, task: str, sample: Any, chat: bool, settings: Pr
 
     ablation = None
     if found:
+        # only the question and answer queries see the hiding, so the re-run can start after the context
+        # (the baseline re-ran from an earlier point: equal up to float rounding)
         hidden = torch.tensor(found[1], dtype=torch.long)
-        ablation = ablation_drops(model, prefix_keys, prefix_values, tail, answer_ids, hidden, n_ctx, baseline)
+        ctx_keys, ctx_values = [k[:, :, :n_ctx] for k in pre.keys], [v[:, :, :n_ctx] for v in pre.values]
+        ablation = ablation_drops(model, ctx_keys, ctx_values, prompt[n_ctx:], answer_ids, hidden, n_ctx, baseline)
 
     budget = Budget.resolve(settings.budget, n)
     allocations = {p.label: list(p.policy.plan(stats, budget, w).allocation.per_layer) for p in policies}
