@@ -30,8 +30,8 @@ Usage::
 
 ``--update`` with several results files (e.g. three runs of ``tox -e bench``'s pytest step, each
 with ``--benchmark-json``) takes the median ratio, records the spread as ``noise`` and sets each
-tolerance by :func:`tolerance_for`; from one file it keeps the existing tolerances (new entries get
-``DEFAULT_TOLERANCE``).
+tolerance by :func:`tolerance_for`, never below the entry's previous tolerance (lower one by editing
+the file); from one file it keeps the existing tolerances (new entries get ``DEFAULT_TOLERANCE``).
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def update(baseline: dict[str, Any], runs: list[dict[str, dict[str, Any]]], mach
         prev = old.get(name, {})
         if len(values) >= 2:
             noise: float | None = round((max(values) - min(values)) / median, 3)
-            tolerance = tolerance_for(noise)
+            # a quiet refresh must not undo what noisier sessions showed: never lower a tolerance here
+            tolerance = max(float(prev.get("tolerance", 0.0)), tolerance_for(noise))
         else:
             noise = prev.get("noise")
             tolerance = prev.get("tolerance", DEFAULT_TOLERANCE)

@@ -110,20 +110,27 @@ def test_bad_or_empty_baseline_exits_2(tmp_path: Path) -> None:
 
 def test_update_takes_median_noise_and_tolerance(tmp_path: Path, baseline: Path) -> None:
     runs = [
-        _results(tmp_path / f"r{i}.json", {"test_a[1]": a, "test_new": 2.0}) for i, a in enumerate([1.0, 1.2, 1.1])
+        _results(tmp_path / f"r{i}.json", {"test_a[1]": a, "test_new": 2 * a, "test_b": b})
+        for i, (a, b) in enumerate([(1.0, 1.0), (1.2, 1.4), (1.1, 1.2)])
     ]
     proc = _run("--update", *runs, "--baseline", baseline)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(baseline.read_text())
-    a = data["benchmarks"]["test_a[1]"]
-    assert a["ratio"] == pytest.approx(1.1) and a["noise"] == pytest.approx(0.2 / 1.1, abs=1e-3)
-    assert a["tolerance"] == _gate_module().tolerance_for(a["noise"]) == 0.3
+    new = data["benchmarks"]["test_new"]
+    assert new["ratio"] == pytest.approx(2.2) and new["noise"] == pytest.approx(0.2 / 1.1, abs=1e-3)
+    assert new["tolerance"] == _gate_module().tolerance_for(new["noise"]) == 0.3
+    assert data["benchmarks"]["test_a[1]"]["tolerance"] == 0.5  # quieter than before: tolerance kept
+    b = data["benchmarks"]["test_b"]
+    assert b["noise"] == pytest.approx(1 / 3, abs=1e-3) and b["tolerance"] == 0.5  # noisier than 0.3 allows: raised
+    runs = [_results(tmp_path / f"s{i}.json", {"test_a[1]": a}) for i, a in enumerate([1.0, 1.2, 1.1])]
+    assert _run("--update", *runs, "--baseline", baseline).returncode == 0
+    data = json.loads(baseline.read_text())
     assert "test_b" not in data["benchmarks"]  # dropped: not optional and not run
     assert data["benchmarks"]["test_gpu"]["optional"] is True  # optional entries are kept
     assert data["machine"]["cpu"] == "test cpu" and data["machine"]["date"]
     # one run keeps the tolerance it had; the refreshed baseline passes the run it came from
     proc = _run("--update", runs[0], "--baseline", baseline)
-    assert json.loads(baseline.read_text())["benchmarks"]["test_a[1]"]["tolerance"] == 0.3
+    assert json.loads(baseline.read_text())["benchmarks"]["test_a[1]"]["tolerance"] == 0.5
     assert _run(runs[0], "--baseline", baseline).returncode == 0
 
 
