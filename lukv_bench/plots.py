@@ -29,18 +29,20 @@ _MARKERS = "osD^v<>phX*"
 _COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")  #: no red: red is the proposed method
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas (no pyplot, no display)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG; returns the path."""
     fig.savefig(path, format="png")
     return path
 
 
-def _style(policy: str, i: int, proposed: str | None = None) -> dict[str, object]:
+def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, object]:
     """Line style of a policy: the same colour in every plot, the proposed method emphasised."""
 
     k = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + i
@@ -56,7 +58,7 @@ def _style(policy: str, i: int, proposed: str | None = None) -> dict[str, object
 
 def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     """(a) Mean score vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy."""
-    fig = _new_figure(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     drawn = False
     for i, p in enumerate(s.policies):
@@ -66,7 +68,7 @@ def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
             if (c := s.cell(p, b)) and c.mem_ratio is not None and c.score is not None
         )
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i, s.proposed))
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **policy_style(p, i, s.proposed))
             drawn = True
     if s.full is not None and s.full.score is not None:
         ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
@@ -78,12 +80,12 @@ def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     ax.set_title(f"{s.task}: score vs KV memory")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     """(b) Mean KL(FullKV || policy) vs measured KV memory, log scale; zero or missing KL is omitted."""
-    fig = _new_figure(6.4, 4.2)
+    fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     drawn = False
     for i, p in enumerate(s.policies):
@@ -93,7 +95,7 @@ def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
             if (c := s.cell(p, b)) and c.mem_ratio is not None and c.kl is not None and c.kl > 0
         )
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **_style(p, i, s.proposed))
+            ax.plot([x for x, _ in pts], [y for _, y in pts], **policy_style(p, i, s.proposed))
             drawn = True
     if not drawn:
         return None
@@ -103,7 +105,7 @@ def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     ax.set_title(f"{s.task}: fidelity vs KV memory (lower is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
@@ -116,7 +118,7 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
     if not cols:
         return None
     b = cols[(len(cols) - 1) // 2]
-    fig = _new_figure(7.0, 4.0)
+    fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
     drawn = False
     for i, p in enumerate(adaptive):
@@ -126,7 +128,7 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
         mean = sum(c.layer_profile) / len(c.layer_profile)
         if mean <= 0:
             continue
-        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **_style(p, i, s.proposed))
+        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **policy_style(p, i, s.proposed))
         drawn = True
     if not drawn:
         return None
@@ -136,7 +138,7 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
     ax.set_title(f"{s.task}: per-layer budget at budget {b.label}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
@@ -163,7 +165,7 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
     rows = ([FULL] if any(k[0] == FULL for k in acc) else []) + list(s.policies)
     ncols = max(1, len(s.budgets))
     annotate = len(ds) * len(ls) <= 30
-    fig = _new_figure(2.4 * ncols + 1.0, 1.9 * len(rows) + 0.6)
+    fig = new_figure(2.4 * ncols + 1.0, 1.9 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     image = None
     for ri, p in enumerate(rows):
@@ -199,7 +201,7 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
     if image is not None:
         fig.colorbar(image, ax=[a for row in axes for a in row if a.get_visible()], shrink=0.6, label="score")
     fig.suptitle(f"{s.task}: score by needle depth x context length", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
@@ -234,7 +236,7 @@ def _cost_lines(c: CostSummary, figure: str, scale: float, ax) -> bool:
         if s.policy == FULL:
             style: dict[str, object] = {"color": "black", "marker": "o", "linewidth": 2.0, "zorder": 6}
         else:
-            style = _style(s.policy, i)
+            style = policy_style(s.policy, i)
             style["linestyle"] = _DASHES[budgets.index(budget_key(s.budget)) % len(_DASHES)]
         style["label"] = s.label
         ax.plot([x for x, _ in pts], [y for _, y in pts], **style)
@@ -258,7 +260,7 @@ def cost_decode(c: CostSummary, path: Path) -> Path | None:
     """Decode ms/token vs context length, log-log, one line per (policy, budget); wall time, and CPU time
     beside it when measured."""
     panels = [("decode_ms", "wall")] + ([("decode_cpu_ms", "process CPU")] if c.has_cpu_time else [])
-    fig = _new_figure(6.4 * len(panels), 4.6)
+    fig = new_figure(6.4 * len(panels), 4.6)
     drawn = False
     for ax, (figure, what) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         if not _cost_lines(c, figure, 1.0, ax):
@@ -269,12 +271,12 @@ def cost_decode(c: CostSummary, path: Path) -> Path | None:
         ax.set_title(f"{c.task}: {what} time per token (batch 1, {c.meta.get('device')})", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="best", ncol=2)
-    return _save(fig, path) if drawn else None
+    return save_png(fig, path) if drawn else None
 
 
 def cost_memory(c: CostSummary, path: Path) -> Path | None:
     """Peak memory while decoding (cache + one step) vs context length, log-log, with the memory limit."""
-    fig = _new_figure(7.0, 4.6)
+    fig = new_figure(7.0, 4.6)
     ax = fig.add_subplot()
     if not _cost_lines(c, "peak_mem_bytes", 2**20, ax):
         return None
@@ -285,7 +287,7 @@ def cost_memory(c: CostSummary, path: Path) -> Path | None:
     ax.set_title(f"{c.task}: KV cache + one decode step vs context (weights not counted)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best", ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from matplotlib.ticker import MaxNLocator
 
-from lukv_bench.plots import _new_figure, _save, _style
+from lukv_bench.plots import new_figure, policy_style, save_png
 
 if TYPE_CHECKING:
     from lukv_bench.attention_profile import ProfileResult
@@ -28,7 +28,7 @@ _TITLES = {
 def zigzag(result: ProfileResult, path: Path) -> Path:
     """One panel per measure: the layer means with a 95% band, one line per tau / threshold."""
     rows = [r for r in result.measure_rows() if r["head"] == "all"]
-    fig = _new_figure(5.2 * 3, 3.8)
+    fig = new_figure(5.2 * 3, 3.8)
     axes = fig.subplots(1, 3)
     for ax, measure in zip(axes, ("lmba", "lmbo", "ablation")):
         title, unit = _TITLES[measure]
@@ -56,7 +56,7 @@ def zigzag(result: ProfileResult, path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle(f"{result.model}: per-layer attention profile ({len(result.samples)} samples, 95% interval)",
                  fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def head_heatmaps(result: ProfileResult, path: Path) -> Path:
@@ -64,7 +64,7 @@ def head_heatmaps(result: ProfileResult, path: Path) -> Path:
     s = result.settings
     picks = [("lmba", f"{s.taus[len(s.taus) // 2]:g}"), ("lmbo", f"{s.cos_thresholds[0]:g}")]
     rows = [r for r in result.measure_rows() if r["head"] != "all"]
-    fig = _new_figure(3.2 * len(picks) + 1.0, max(3.0, 0.22 * result.n_layers + 1.2))
+    fig = new_figure(3.2 * len(picks) + 1.0, max(3.0, 0.22 * result.n_layers + 1.2))
     axes = fig.subplots(1, len(picks))
     for ax, (measure, param) in zip(axes, picks):
         grid = [[0.0] * result.n_kv_heads for _ in range(result.n_layers)]
@@ -77,18 +77,18 @@ def head_heatmaps(result: ProfileResult, path: Path) -> Path:
         ax.set_ylabel("layer")
         ax.set_xticks(range(result.n_kv_heads))
         fig.colorbar(im, ax=ax, label="fraction of prompt")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def allocations(result: ProfileResult, path: Path) -> Path:
     """Mean kept fraction of the prompt per layer for each policy at the settings' mean budget."""
     rows = result.allocation_rows()
-    fig = _new_figure(7.5, 4.2)
+    fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
     labels = list(dict.fromkeys(r["policy"] for r in rows))
     for i, label in enumerate(labels):
         cell = [r for r in rows if r["policy"] == label]
-        style = _style(label, i)
+        style = policy_style(label, i)
         if label == "uniform":
             style.update(color="black", linestyle="--", marker="")
         ax.plot([r["layer"] for r in cell], [r["mean"] for r in cell], markersize=3, **style)
@@ -98,14 +98,14 @@ def allocations(result: ProfileResult, path: Path) -> Path:
     ax.set_title(f"Per-layer budgets at a mean budget of {result.settings.budget:g} (mean over samples)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def correlations(result: ProfileResult, path: Path) -> Path:
     """Spearman correlation matrix across layers, annotated; blank where a series is constant."""
     labels, matrix = result.correlations()
     k = len(labels)
-    fig = _new_figure(1.1 * k + 2.5, 0.9 * k + 1.8)
+    fig = new_figure(1.1 * k + 2.5, 0.9 * k + 1.8)
     ax = fig.subplots()
     values = [[float("nan") if v is None else v for v in row] for row in matrix]
     im = ax.imshow(values, cmap="coolwarm", vmin=-1, vmax=1)
@@ -117,7 +117,7 @@ def correlations(result: ProfileResult, path: Path) -> Path:
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_title("Spearman correlation across layers", fontsize=10)
     fig.colorbar(im, ax=ax)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def draw_all(result: ProfileResult, out: Path) -> dict[str, Path]:
