@@ -193,3 +193,21 @@ def test_bench_append_decode(bench_ratio, T: int) -> None:
         desc="append + truncate of one decode token / per-segment row writes",
         rounds=15,
     )
+
+
+def test_bench_ragged_decode_batched(bench_ratio) -> None:
+    """A batched sweep's table: 33 settings x 3 heads, similar lengths laid out as dense blocks."""
+    g = torch.Generator().manual_seed(0)
+    counts = [int(c) for c in torch.randint(150, 1600, (33 * S,), generator=g)]
+    st = RaggedStore.empty(counts, D, DTYPE, DEVICE, headroom=32, bucket_fill=0.75)
+    st.k.normal_()
+    st.v.normal_()
+    q = _rand(33 * HQ, 1, D)
+    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
+    torch.testing.assert_close(ragged_attention(*args), ragged_attention_naive(*args))
+    bench_ratio(
+        _repeat(lambda: ragged_attention(*args), 3),
+        _repeat(lambda: ragged_attention_naive(*args), 3),
+        desc="ragged attention, 33 settings x 3 heads (bucketed store) / per-segment loop",
+        rounds=5,
+    )
