@@ -383,6 +383,11 @@ def findings(s: TaskSummary) -> list[str]:
         else:
             out.append(f"No-context control: {fmt3(s.control.score)} against FullKV's {fmt3(full_score)} ({diff}); "
                        "the answers come from the context.")
+    warned = sorted({b.label for b in s.budgets for r in s.records
+                     if budget_key(r.get("budget")) == b.key and (r.get("meta") or {}).get("budget_warning")})
+    if warned:
+        out.append(f"**Budget {_and(warned)} is at or below the observation window** on some samples: every "
+                   "policy keeps the same newest tokens there, so policies cannot differ (see meta.budget_warning).")
     ns = sorted({c.n for c in s.cells.values()})
     if ns and ns[0] < 20:
         out.append(

@@ -112,3 +112,32 @@ def test_long_prompt_memory_at_twenty_percent(model) -> None:
         assert torch.isfinite(gen.logits).all()
         if name == "layer-uncertainty":
             assert len(set(comp.layer_budgets)) > 1  # the zig-zag: budgets differ per layer
+
+
+def test_batched_sweep_equals_single_setting_decoding(model) -> None:
+    """On the real model too, decoding all settings together changes no setting's answer or memory.
+
+    Greedy tokens, kv_bytes and allocations are identical; KL agrees to float noise (a batch of rows
+    takes other matmul kernels than one row). Streaming evicts while decoding, in both.
+    """
+    from lukv_bench.engine import sweep
+
+    eng = Engine(model.model, model.tokenizer, EngineSettings(window=16))
+    ids = reference_text_ids(model.tokenizer, 500)
+    full = resolve_policy("full")
+    runs = [(resolve_policy(p), b) for p in ("streaming", "snapkv", "layer-uncertainty", "adakv") for b in (0.2, 0.5)]
+
+    def outcomes(batch):
+        return {(o.policy.name, o.budget_spec): o for _, o in sweep(
+            eng, ids[:-20], ids[-20:], [(full, 1.0), *runs], full, compress="context", max_new_tokens=8,
+            eos_ids=_eos(model), batch_settings=batch)}
+
+    together, alone = outcomes(None), outcomes(1)
+    assert together.keys() == alone.keys()
+    for key, a in alone.items():
+        t = together[key]
+        assert t.generation.tokens == a.generation.tokens, key
+        assert t.compressed.kv_bytes == a.compressed.kv_bytes and t.compressed.head_budgets == a.compressed.head_budgets
+        if a.kl_mean is not None:
+            assert t.kl_mean == pytest.approx(a.kl_mean, rel=1e-3, abs=1e-5), key
+    assert together[("streaming", 0.2)].fidelity == "teacher-forced+decode-eviction"

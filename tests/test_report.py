@@ -262,3 +262,13 @@ def test_bootstrap_interval_and_pairing():
     pair = Paired.of({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 0.0, "x": 5.0})
     assert pair.n == 2 and pair.diff == 1.0 and pair.significant
     assert Paired.of({"a": 1.0}, {"b": 1.0}) is None
+
+
+def test_budget_at_or_below_window_is_flagged(tmp_path):
+    recs = [_record("qa", f"s{i}", "full", None, 1.0) for i in range(2)]
+    recs += [_record("qa", f"s{i}", "snapkv", {"tokens": 16}, 0.0,
+                     meta={"budget_warning": "a budget of 16 tokens ... at or below the observation window"})
+             for i in range(2)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    md = render_report(tmp_path).read_text()
+    assert "Budget 16 tok is at or below the observation window" in md
