@@ -115,3 +115,13 @@ def register_policies(register: Register) -> None:
             "cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"
         )
     )
+    register(
+        PolicySpec(
+            "layer-uncertainty-plus",
+            "snapkv",
+            "redirected-uncertainty",
+            "Layer uncertainty redirected (docs/study.md): budgets ~ 1/LMBA (sharp layers first), AdaKV head "
+            "split inside each layer, SnapKV scores pooled over 15 tokens",
+            params={"power": -1.0, "head_alpha": 0.2, "kernel": 15},
+        )
+    )
