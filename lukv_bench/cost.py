@@ -76,6 +76,7 @@ class Fit:
     k: float
     log_a: float
     n_points: int
+    r2: float  #: share of the variance of log y the fit explains (1: a straight line on log-log)
 
     def solve(self, y: float) -> float | None:
         """The ``n`` at which the fit reaches ``y`` (None when it never grows)."""
@@ -92,7 +93,10 @@ def fit_power(xs: Sequence[float], ys: Sequence[float]) -> Fit | None:
     mx = sum(x for x, _ in pts) / len(pts)
     my = sum(y for _, y in pts) / len(pts)
     k = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    return Fit(k=k, log_a=my - k * mx, n_points=len(pts))
+    log_a = my - k * mx
+    total = sum((y - my) ** 2 for _, y in pts)
+    residual = sum((y - log_a - k * x) ** 2 for x, y in pts)
+    return Fit(k=k, log_a=log_a, n_points=len(pts), r2=1.0 - residual / total if total > 0 else 1.0)
 
 
 @dataclass

@@ -300,7 +300,9 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
     lines += _table(head, rows) + [""]
     lines += ["### Growth with context length", ""]
     lines += [
-        "k = fitted exponent of y ∝ n^k (least squares on log y vs log n over the lengths measured). Longest "
+        "k = fitted exponent of y ∝ n^k (least squares on log y vs log n over the lengths measured), with the "
+        "fit's R² in brackets: a low R² means the figure does not follow a power of n (noise, or a constant part "
+        "that dominates). Longest "
         f"context = where the fitted memory reaches the limit of **{c.memory_limit_gb:g} GiB** (task setting "
         "`memory_limit_gb`): ~ marks an **extrapolation** with the fitted exponent beyond the lengths measured. "
         "Decoding: the cache plus one decode step. Prefill: compression happens after the prefill, so every "
@@ -317,7 +319,7 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
     max_pos = m.get("max_positions")
     for s in c.series:
         fits = [s.fit(f) for f in figures]
-        rows.append([s.label] + [f"{f.k:.2f}" if f else "—" for f in fits] + [
+        rows.append([s.label] + [f"{f.k:.2f} ({f.r2:.2f})" if f else "—" for f in fits] + [
             _reach(s.reach("peak_mem_bytes", c.limit_bytes, max_pos)),
             _reach(s.reach("prefill_peak_bytes", c.limit_bytes, max_pos)),
         ])
@@ -349,9 +351,10 @@ def _cost_sections(costs: list[CostSummary], out_dir: Path, plot_dir: Path) -> l
     from lukv_bench import plots
 
     lines: list[str] = []
+    multi = len({c.model for c in costs}) > 1
     for c in costs:
         try:
-            links = plots.cost_plots(c, plot_dir, _slug(f"{c.model}_{c.task}_cost"))
+            links = plots.cost_plots(c, plot_dir, _slug(f"{c.model}_{c.task}_cost" if multi else f"{c.task}_cost"))
         except Exception:  # a plot must never cost the user the tables
             log.exception("plotting the cost of %s failed; the report keeps its tables", c.task)
             links = {}

@@ -188,7 +188,8 @@ def test_length_beyond_a_known_model_refused_when_the_suite_loads(tmp_path):
 def test_fit_power_recovers_the_exponent_and_the_reach():
     ns = [1000, 2000, 4000]
     fit = fit_power(ns, [3.0 * n**1.5 for n in ns])
-    assert fit.k == pytest.approx(1.5) and math.exp(fit.log_a) == pytest.approx(3.0)
+    assert fit.k == pytest.approx(1.5) and math.exp(fit.log_a) == pytest.approx(3.0) and fit.r2 == pytest.approx(1.0)
+    assert fit_power(ns, [1.0, 4.0, 2.0]).r2 < 0.9
     assert fit.solve(3.0 * 8000**1.5) == pytest.approx(8000)
     assert fit_power([1000], [1.0]) is None
 
