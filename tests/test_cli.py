@@ -30,6 +30,7 @@ BUILTINS = {
     "adakv": ("snapkv", "adakv", {"alpha": 0.2}),
     "layer-uncertainty": ("snapkv", "layer-uncertainty", {"tau": 0.9, "floor_ratio": 0.2}),
     "cake": ("cake", "cake", {"gamma": 200, "tau1": 1, "tau2": 1}),
+    "layer-uncertainty-plus": ("snapkv", "redirected-uncertainty", {"power": -1.0, "head_alpha": 0.2, "kernel": 15}),
 }
 
 DATA_ROW = {"id": "a", "context": "The fox lives in a den. " * 4, "question": "Where?", "answers": ["den"]}

@@ -93,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
         lines.append("")
 
+    left_out = [s for s in summaries if s not in counted]
+    if left_out:
+        lines += ["### Families left out of the ranking (raw mean scores; FullKV not clearly above the control)", "",
+                  "| family | FullKV | policy | " + " | ".join(budgets) + " |",
+                  "|---|---:|---|" + "---:|" * len(budgets)]
+        for s in left_out:
+            for p in s.policies:
+                cells = [f"{c.score:.2f}" if (c := s.cell(p, b)) and c.score is not None else "" for b in s.budgets]
+                lines.append(f"| {s.task} | {s.full.score:.2f} | {p} | " + " | ".join(cells) + " |")
+        lines.append("")
+
     lines += ["### Mean over counted families of the score relative to FullKV", "",
               "| policy | " + " | ".join(budgets) + " | mean rank | significantly below "
               f"{args.baseline} on |", "|---|" + "---:|" * (len(budgets) + 1) + "---|"]
