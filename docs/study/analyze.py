@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     xs = [float(b) for b in budgets]
     for s in counted:
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             ax.plot(xs, ys, marker="o", label=p, linewidth=2.2 if p in (pick, args.faithful) else 1.0)
         ax.set_xscale("log")
         ax.set_xticks(xs, [f"{x:.0%}" for x in xs])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("KV budget (share of the context)")
         ax.set_ylabel("score / FullKV")
         ax.set_title(f"{s.task} (FullKV {s.full.score:.2f}, n={s.full.n})")
