@@ -77,7 +77,7 @@ def test_bench_ragged_vs_dense_decode(bench_ratio, setup):
     def dense() -> None:
         with torch.no_grad():
             engine.model(input_ids=tok_t, past_key_values=dense_cache, use_cache=True)
-        dense_cache.crop(pre.n)
+        dense_cache.crop(-1)
 
     bench_ratio(ragged, dense, desc="ragged decode step at 20% KV / dense FullKV step (SDPA), 2,000 tokens",
                 rounds=10)
