@@ -22,11 +22,13 @@ def test_quick_suite_runs_and_fullkv_answers(embedded, tmp_path):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     policies = {r["policy"] for r in records}
     assert policies == {"full", "snapkv", "layer-uncertainty"}
-    # 2 samples x (FullKV once + 2 policies x 2 budgets)
-    assert len(records) == 2 * (1 + 2 * 2)
-    full = [r for r in records if r["policy"] == "full"]
-    # calibration: the task is only informative if the uncompressed model solves it
+    # 2 samples x (FullKV once + 2 policies x 2 budgets + the no-context control)
+    assert len(records) == 2 * (1 + 2 * 2 + 1)
+    control = [r for r in records if r["task"] == "passkey:no-context"]
+    full = [r for r in records if r["policy"] == "full" and r not in control]
+    # calibration: the task is only informative if the uncompressed model solves it, and not without the text
     assert all(r["score"] == 1.0 for r in full), [r["prediction"] for r in full]
+    assert len(control) == 2 and all(r["policy"] == "full" and r["score"] == 0.0 for r in control)
     for r in records:
         if r["policy"] != "full":
             assert abs(r["kv_bytes"] / r["kv_bytes_full"] - r["budget"]) <= 0.01 * r["budget"]
