@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 #: family -> the metric name recorded with its scores (the generators live in lukv_bench.data.families)
 METRICS = {
-    "multikey": "substring", "multivalue": "recall", "vartrack": "recall", "factqa": "substring",
+    "multikey": "substring", "multivalue": "recall", "vartrack": "substring", "factqa": "substring",
     "fewshot": "substring", "config": "substring",
 }
 FAMILIES = tuple(METRICS)
