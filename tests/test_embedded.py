@@ -59,9 +59,9 @@ def test_budget_covering_context_matches_model_generate(model) -> None:
     policies = [resolve_policy(p) for p in ("snapkv", "layer-uncertainty", "h2o")]
     pre = eng.prefill(ids, set().union(*(p.needs for p in policies)))
     for policy in policies:
-        comp = eng.compress(pre, policy, Budget.resolve({"tokens": n + 100}, n))  # budget > context
-        assert comp.kv_bytes == comp.kv_bytes_full
-        gen = eng.generate(comp.cache, pre.last_logits, new, eos_ids=_eos(model))
+        cache, (comp,) = eng.compress(pre, [(policy, Budget.resolve({"tokens": n + 100}, n))], headroom=new)
+        assert comp.kv_bytes == comp.kv_bytes_full  # budget > context
+        (gen,) = eng.generate(cache, pre.last_logits, new, eos_ids=_eos(model))
         assert gen.tokens == ref, policy.name
         assert (gen.logits[0] - ref_logits[0]).abs().max().item() <= 1e-5, policy.name
         diff = (gen.logits - ref_logits).abs().max().item()
@@ -81,8 +81,8 @@ def test_every_builtin_on_real_text(model) -> None:
     for policy in policies:
         for ratio in (0.1, 0.5):
             budget = Budget.resolve(ratio, pre.n)
-            comp = eng.compress(pre, policy, budget)
-            logits = eng.feed(comp.cache, probe)
+            cache, (comp,) = eng.compress(pre, [(policy, budget)])
+            logits = eng.feed(cache, probe)
             assert torch.isfinite(logits).all(), (policy.name, ratio)
             kv = comp.kv_bytes / comp.kv_bytes_full
             label = (policy.name, policy.params.get("exact"), ratio, kv)
@@ -95,7 +95,7 @@ def test_every_builtin_on_real_text(model) -> None:
             else:
                 assert abs(kv - ratio) <= 0.01 * ratio, label
             if policy.name != "full":
-                assert comp.cache.get_seq_length() == pre.n + len(probe)
+                assert cache.get_seq_length() == pre.n + len(probe)
                 assert comp.kv_bytes < comp.kv_bytes_full
 
 
@@ -105,10 +105,11 @@ def test_long_prompt_memory_at_twenty_percent(model) -> None:
     pre = eng.prefill(torch.tensor([reference_text_ids(tok, 2000)]))
     assert pre.n == 2000
     for name in ("layer-uncertainty", "snapkv"):
-        comp = eng.compress(pre, resolve_policy(name), Budget.resolve(0.2, pre.n))
+        cache, (comp,) = eng.compress(pre, [(resolve_policy(name), Budget.resolve(0.2, pre.n))])
         assert comp.kv_bytes <= 0.21 * comp.kv_bytes_full, (name, comp.kv_bytes / comp.kv_bytes_full)
-        assert sum(sum(h) for h in comp.cache.stored_tokens()) == 400 * len(pre.keys) * eng.n_kv_heads
-        gen = eng.generate(comp.cache, pre.last_logits, 4)
+        assert cache.kv_bytes() == comp.kv_bytes  # one setting, no headroom: the buffers are exactly that
+        assert sum(sum(h) for h in cache.stored_tokens(0)) == 400 * len(pre.keys) * eng.n_kv_heads
+        (gen,) = eng.generate(cache, pre.last_logits, 4)
         assert torch.isfinite(gen.logits).all()
         if name == "layer-uncertainty":
             assert len(set(comp.layer_budgets)) > 1  # the zig-zag: budgets differ per layer
