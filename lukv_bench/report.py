@@ -95,7 +95,7 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
     if s.full is not None:
         rows.append(["**FullKV (reference)**"] + [fmt3(s.full.score) + _ci(s.full)] * len(budgets))
     if s.control is not None:
-        flag = " ⚠ may answer from memory" if s.answers_from_memory else ""
+        flag = " ⚠ FullKV not clearly above it" if s.answers_from_memory else ""
         rows.append([f"no-context control (FullKV){flag}"] + [fmt3(s.control.score) + _ci(s.control)] * len(budgets))
     for p in s.policies:
         rows.append([p] + [fmt3(c.score) + _ci(c) if (c := s.cell(p, b)) else "" for b in budgets])

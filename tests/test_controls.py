@@ -99,3 +99,10 @@ def test_flag_when_fullkv_is_not_clearly_above_the_control() -> None:
     assert not context.answers_from_memory
     assert context.full_vs_control is not None and context.full_vs_control.diff == 1.0
     assert not any("may answer from memory" in f for f in findings(context))
+
+
+def test_flag_when_fullkv_barely_uses_the_context() -> None:
+    (blind,) = summarize(_records([1, 0, 0, 0, 0, 0], [0] * 6))
+    assert blind.answers_from_memory  # the interval of FullKV - control reaches 0
+    text = " ".join(findings(blind))
+    assert "not clearly above the no-context control" in text and "rarely uses the context" in text
