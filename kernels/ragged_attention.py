@@ -95,11 +95,11 @@ def ragged_attention_torch(
     G = Hq // S
     dev = q.device
     out = torch.zeros(S, G * Q, D, dtype=torch.float32, device=dev)
-    lens_host = lens.tolist()
+    lens_host, starts_host = lens.tolist(), starts.tolist()
     qs_all = q.reshape(S, G * Q, D)  # query heads of segment s are s*G .. s*G+G-1
-    for members, stride in _blocks(starts.tolist(), lens_host, k_flat.shape[0]):
+    for members, stride in _blocks(starts_host, lens_host, k_flat.shape[0]):
         n = len(members)
-        first = int(starts[members[0]])
+        first = starts_host[members[0]]
         ks = k_flat[first : first + n * stride].view(n, stride, D).float()
         vs = v_flat[first : first + n * stride].view(n, stride, D).float()
         idx = torch.tensor(members, dtype=torch.long, device=dev)

@@ -194,10 +194,11 @@ class Engine:
         )
         _sync(self.device)
         build_s = time.perf_counter() - t0
-        kept = [sum(sum(ks.counts) for ks in p.keep) for p in plans]
+        all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per setting, layer and head
+        kept = [sum(map(sum, counts)) for counts in all_counts]
         out = []
         for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
-            counts = [ks.counts for ks in plan.keep]
+            counts = all_counts[b]
             ragged = any(len(set(c)) > 1 for c in counts)
             out.append(Compressed(
                 policy=policy.name,

@@ -36,13 +36,12 @@ from lm_eval.api.registry import register_model
 from lukv_bench.engine import Engine, Generation, Outcome, sweep
 from lukv_bench.memory import PeakMemory
 from lukv_bench.policy import Budget
+from lukv_bench.tasks.lm_eval_tasks import DEFAULT_TAIL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TAIL", "LukvEvalLM", "run_lm_eval"]
+__all__ = ["LukvEvalLM", "run_lm_eval"]
 
-#: context tokens left uncompressed and fed after compression (see the module docstring)
-DEFAULT_TAIL = 32
 
 Setting = tuple[Any, Any]  #: (policy, budget spec)
 
@@ -566,7 +565,7 @@ def _run_tasks(cfg: Any, engine: Engine, tasks: dict[str, Any], lm_meta: dict[st
         for task in tasks.values():
             task.set_config(key="num_fewshot", value=cfg.num_fewshot)
     settings = list(settings)
-    tail = getattr(cfg, "tail", DEFAULT_TAIL)
+    tail = cfg.tail
 
     def blank(task_name: str, doc_id: Any, policy: Any, spec: Any):
         return make_record(f"{cfg.name}/{task_name}", doc_id, policy, spec, score=None, metric="", prediction="",

@@ -46,8 +46,12 @@ def setting_id(run: dict[str, Any], task: dict[str, Any], policy: dict[str, Any]
     by the versions of the packages that supplied it: those are recorded, but a release that does
     not change a policy's rule must not invalidate finished records.
     """
-    rule = {k: v for k, v in policy.items() if k != "components"}
-    return _digest({"run": run, "task": task_settings(task), "policy": rule})
+    return _digest({"run": run, "task": task_settings(task), "policy": policy_rule(policy)})
+
+
+def policy_rule(description: dict[str, Any]) -> dict[str, Any]:
+    """A policy description without the packages that supplied it: what the policy computes."""
+    return {k: v for k, v in description.items() if k != "components"}
 
 
 @dataclass
@@ -169,8 +173,7 @@ def suite_differences(old: dict[str, Any], new: dict[str, Any], old_policies: di
             diffs.append(f"tasks[{name}]: {', '.join(changed)} changed")
     if old_policies is not None and new_policies is not None:
         for name, desc in new_policies.items():
-            old_rule = {k: v for k, v in (old_policies.get(name) or {}).items() if k != "components"}
-            if name in old_policies and old_rule != {k: v for k, v in desc.items() if k != "components"}:
+            if name in old_policies and policy_rule(old_policies[name] or {}) != policy_rule(desc):
                 diffs.append(f"policy {name}: {json.dumps(old_policies[name], default=str)} -> "
                              f"{json.dumps(desc, default=str)}")
     return diffs

@@ -175,6 +175,7 @@ class Evaluator:
         self.full = next(p for p in self.policies if p.name == "full")
         self.descriptions = {p.name: p.describe() for p in self.policies}
         self.run_settings = run_settings(suite.to_dict())
+        self._settings: dict[tuple[str, str], str] = {}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _runs(self, task_name: str) -> list[tuple[Any, Any]]:
@@ -189,7 +190,11 @@ class Evaluator:
         return [1.0] if policy.name == "full" else list(self.suite.budgets)
 
     def _setting(self, task_dict: dict[str, Any], policy) -> str:
-        return setting_id(self.run_settings, task_dict, self.descriptions[policy.name])
+        # one digest per (task, policy): planning asks for it once per sample and setting
+        key = (task_dict["name"], policy.name)
+        if key not in self._settings:
+            self._settings[key] = setting_id(self.run_settings, task_dict, self.descriptions[policy.name])
+        return self._settings[key]
 
     def _record(self, model: str, task_name: str, sample_id: Any, policy, budget, task_dict, **fields) -> Record:
         """A record with the identity and run-level fields filled; results go in ``fields``."""

@@ -16,7 +16,10 @@ from lukv_bench.tasks.base import BaseTaskType, task_limit
 if TYPE_CHECKING:
     from lukv_bench.suite import Suite
 
-__all__ = ["LmEvalTaskConfig", "LmEvalTaskType"]
+__all__ = ["DEFAULT_TAIL", "LmEvalTaskConfig", "LmEvalTaskType"]
+
+#: context tokens an lm-eval request leaves uncompressed and feeds after compression
+DEFAULT_TAIL = 32
 
 
 @dataclass
@@ -31,7 +34,7 @@ class LmEvalTaskConfig:
     include_path: str | None = None  #: folder of extra task YAMLs (absolute)
     metadata: dict[str, Any] = field(default_factory=dict)  #: extra lm-eval task metadata
     #: context tokens left uncompressed and fed after compression (the question and answer prompt)
-    tail: int = 32
+    tail: int = DEFAULT_TAIL
     kind: str = field(default="lm_eval", init=False)  #: distinguishes it from sample-based tasks
 
     def lm_eval_metadata(self) -> dict[str, Any]:
@@ -52,7 +55,7 @@ class LmEvalTaskType(BaseTaskType):
         "num_fewshot": Key("int", minimum=0, nullable=True),
         "include_path": Key("folder"),
         "metadata": Key("map"),
-        "tail": Key("int", 32, minimum=0),
+        "tail": Key("int", DEFAULT_TAIL, minimum=0),
     }
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LmEvalTaskConfig:
