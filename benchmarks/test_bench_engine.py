@@ -56,7 +56,7 @@ def test_bench_compress_many(bench_ratio, setup):
     settings = _settings(policies[2:7], pre, BUDGETS, 20)  # 5 window-scored policies x 4 budgets
     needs = set().union(*(p.needs for p in policies[2:7]))
     bench_ratio(lambda: engine.compress(pre, settings), lambda: engine.prefill(ids, needs),
-                desc="compress 5 policies x 4 budgets / one captured prefill (2,000 tokens)", rounds=2)
+                desc="compress 5 policies x 4 budgets / one captured prefill (2,000 tokens)", rounds=5)
 
 
 def test_bench_ragged_vs_dense_decode(bench_ratio, setup):
