@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     rel: dict[tuple[str, str, str], float] = {}  # (family, policy, budget) -> score / FullKV
     ranks: dict[str, list[float]] = {p: [] for p in policies}
     below: dict[str, list[str]] = {p: [] for p in policies}
+    above: dict[str, list[str]] = {p: [] for p in policies}
     for s in counted:
         for b in s.budgets:
             scores = {p: c.score for p in policies if (c := s.cell(p, b)) and c.score is not None}
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 c = s.cell(p, b)
                 if p != args.baseline and c and base:
                     pair = Paired.of(c.scores, base.scores)
-                    if pair and pair.ci and pair.ci[1] < 0:
-                        below[p].append(f"{s.task}@{b.label} ({pair.diff:+.2f})")
+                    if pair and pair.significant:
+                        side = below if pair.diff < 0 else above
+                        side[p].append(f"{s.task}@{b.label} ({pair.diff:+.2f} [{pair.ci[0]:+.2f}, {pair.ci[1]:+.2f}])")
 
     lines += ["### Score relative to FullKV (family mean score / FullKV mean score)", ""]
     for s in counted:
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
 
     lines += ["### Mean over counted families of the score relative to FullKV", "",
-              "| policy | " + " | ".join(budgets) + " | mean rank | significantly below "
-              f"{args.baseline} on |", "|---|" + "---:|" * (len(budgets) + 1) + "---|"]
+              "| policy | " + " | ".join(budgets) + f" | mean rank | significantly below {args.baseline} on "
+              f"| significantly above {args.baseline} on |", "|---|" + "---:|" * (len(budgets) + 1) + "---|---|"]
     mean_rel = {}
     for p in policies:
         row = []
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             mean_rel[(p, bl)] = sum(vals) / len(vals) if vals else float("nan")
             row.append(f"{mean_rel[(p, bl)]:.3f}")
         mr = sum(ranks[p]) / len(ranks[p]) if ranks[p] else float("nan")
-        lines.append(f"| {p} | " + " | ".join(row) + f" | {mr:.2f} | {', '.join(below[p]) or '—'} |")
+        lines.append(f"| {p} | " + " | ".join(row) + f" | {mr:.2f} | {', '.join(below[p]) or '—'} "
+                     f"| {', '.join(above[p]) or '—'} |")
     lines.append("")
 
     candidates = [p for p in policies if p not in (args.baseline, args.faithful)]
