@@ -15,7 +15,7 @@ from lukv_bench.policies.pyramidkv import PyramidAllocator, pyramid_schedule
 from lukv_bench.policies.random_scores import RandomScorer
 from lukv_bench.policies.snapkv import SnapKVScorer, pool_prefix
 from lukv_bench.policies.streaming import RecencyScorer, streaming_decode_keep
-from test_policies_stats import hand_stats, make_stats
+from test_policies_stats import make_stats, uncertainty_stats
 
 from lukv_bench.policy import LayerStats, PrefillStats
 from lukv_bench.registry import list_policies, resolve_policy
@@ -160,17 +160,6 @@ def test_pyramid_schedule_l4_by_hand() -> None:
     assert PyramidAllocator().allocate(stats, 20, 4, []).per_layer == [36, 25, 15, 4]  # default: exact
 
 
-def _lu_stats(n: int) -> PrefillStats:
-    """Three layers, one head: uniform (MBA 18 of 20 at tau .9), one spike (1), two halves (2)."""
-    uniform = torch.zeros(1, n)
-    uniform[0, :20] = 1 / 20
-    spike = torch.zeros(1, n)
-    spike[0, 3] = 1.0
-    halves = torch.zeros(1, n)
-    halves[0, 1] = halves[0, 7] = 0.5
-    return hand_stats([uniform, spike, halves], window=2)
-
-
 def test_minimum_budget_hand() -> None:
     row = torch.tensor([[0.1, 0.5, 0.1, 0.3]])
     assert minimum_budget(row, 0.85).tolist() == [3]
@@ -182,19 +171,19 @@ def test_minimum_budget_hand() -> None:
 
 def test_layer_uncertainty_proportional_split_by_hand() -> None:
     # LMBA = 18, 1, 2 (sum 21); B=10, floor max(0.2*10, w+1=3) = 3; pool 30-9=21 -> 3 + 21*u = 21, 4, 5
-    alloc = LayerUncertaintyAllocator().allocate(_lu_stats(40), 10, 2, [])
+    alloc = LayerUncertaintyAllocator().allocate(uncertainty_stats(40), 10, 2, [])
     assert alloc.per_layer == [21, 4, 5]
     assert alloc.info["lmba"] == [18, 1, 2]
     assert alloc.info["u"] == pytest.approx([18 / 21, 1 / 21, 2 / 21])
     assert alloc.info["floor"] == 3
     # n=20 caps layer 0 at 20; its extra token goes to layers 1, 2 in ratio 1:2 -> 4.33, 5.67 -> 4, 6
-    assert LayerUncertaintyAllocator().allocate(_lu_stats(20), 10, 2, []).per_layer == [20, 4, 6]
+    assert LayerUncertaintyAllocator().allocate(uncertainty_stats(20), 10, 2, []).per_layer == [20, 4, 6]
 
 
 def test_layer_uncertainty_uniform_at_floor_ratio_one() -> None:
-    assert LayerUncertaintyAllocator(floor_ratio=1.0).allocate(_lu_stats(40), 10, 2, []).per_layer == [10] * 3
+    assert LayerUncertaintyAllocator(floor_ratio=1.0).allocate(uncertainty_stats(40), 10, 2, []).per_layer == [10] * 3
     # a budget at or below the window is uniform too (the floor never exceeds the mean)
-    assert LayerUncertaintyAllocator().allocate(_lu_stats(40), 2, 2, []).per_layer == [2] * 3
+    assert LayerUncertaintyAllocator().allocate(uncertainty_stats(40), 2, 2, []).per_layer == [2] * 3
 
 
 @pytest.mark.parametrize("floor_ratio", [0.0, 0.2, 0.5])

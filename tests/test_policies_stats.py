@@ -83,6 +83,17 @@ def hand_stats(win_means: list[torch.Tensor], window: int, n_kv_heads: int | Non
     return PrefillStats(layers=layers, n_q_heads=hq, n_kv_heads=hkv)
 
 
+def uncertainty_stats(n: int) -> PrefillStats:
+    """Three layers, one head: uniform (MBA 18 of 20 at tau .9), one spike (1), two halves (2)."""
+    uniform = torch.zeros(1, n)
+    uniform[0, :20] = 1 / 20
+    spike = torch.zeros(1, n)
+    spike[0, 3] = 1.0
+    halves = torch.zeros(1, n)
+    halves[0, 1] = halves[0, 7] = 0.5
+    return hand_stats([uniform, spike, halves], window=2)
+
+
 def test_make_stats_is_consistent() -> None:
     """Window rows are distributions, variances are >= 0, column sums add up to the query count."""
     stats = make_stats(n=16, window=4)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
@@ -220,25 +217,10 @@ def test_bad_sample_is_reported_with_its_unit_and_not_retried(cluster, tmp_path:
 def test_driver_killed_then_rerun_resumes(cluster, tmp_path: Path) -> None:
     suite, out = _jsonl_suite(tmp_path, 6), tmp_path / "out"
     total = 6 * (1 + 2 * 2)
-    exe = Path(sys.executable).with_name("lukv-bench")
-    cmd = [str(exe) if exe.is_file() else sys.executable, *([] if exe.is_file() else ["-m", "lukv_bench.cli"]),
-           "run", str(suite), "--out", str(out), "--no-progress", "--executor", "ray", "--address", cluster]
+    cmd = [*lukv_bench_command(), "run", str(suite), "--out", str(out), "--no-progress", "--executor", "ray",
+           "--address", cluster]
     results = out / "results.jsonl"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if results.exists() and results.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()!r}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_records(cmd, results, cwd=tmp_path, timeout=240)
     before = results.read_bytes()
     assert 3 <= before.count(b"\n") < total
 

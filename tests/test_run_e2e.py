@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
@@ -170,37 +168,16 @@ def test_report_and_plots_exist(prompt_run) -> None:
 # --------------------------------------------------------------------------------------- durability
 
 
-def _lukv_bench() -> list[str]:
-    exe = Path(sys.executable).with_name("lukv-bench")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-c", "from lukv_bench.cli import main; main()"]
-
-
 def test_resume_after_kill_and_torn_line(tmp_path: Path) -> None:
     _write_data(tmp_path, 3)
     policies, budgets = ["full", "snapkv", "h2o", "streaming"], [0.3, 0.6]
     suite = _write_suite(tmp_path, policies=policies, budgets=budgets, new=4)
     total = 3 * (1 + 3 * len(budgets))
-    cmd = [*_lukv_bench(), "run", str(suite), "--out", "out", "--no-progress"]
+    cmd = [*lukv_bench_command(), "run", str(suite), "--out", "out", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = tmp_path / "out" / "results.jsonl"
 
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None:
-            if results.exists() and results.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()!r}"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_records(cmd, results, cwd=tmp_path, env=env)
 
     lines = results.read_bytes().splitlines(keepends=True)
     assert 3 <= len(lines) < total

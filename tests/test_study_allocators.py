@@ -8,21 +8,10 @@ from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
 from lukv_bench.policies.output_cosine import OutputCosineAllocator, cosine_curve
 from lukv_bench.policies.redirected_uncertainty import RedirectedUncertaintyAllocator
 from lukv_bench.policies.snapkv import SnapKVScorer
-from test_policies_stats import hand_stats, make_stats
+from test_policies_stats import hand_stats, make_stats, uncertainty_stats
 
 from lukv_bench.errors import ConfigError
 from lukv_bench.registry import resolve_policy
-
-
-def _lu_stats(n: int):
-    """Three layers, one head: diffuse (LMBA 18), one spike (1), two halves (2)."""
-    uniform = torch.zeros(1, n)
-    uniform[0, :20] = 1 / 20
-    spike = torch.zeros(1, n)
-    spike[0, 3] = 1.0
-    halves = torch.zeros(1, n)
-    halves[0, 1] = halves[0, 7] = 0.5
-    return hand_stats([uniform, spike, halves], window=2)
 
 
 def _scores(stats):
@@ -40,14 +29,14 @@ def test_power_one_is_layer_uncertainty() -> None:
 
 def test_inverse_power_gives_sharp_layers_more_by_hand() -> None:
     # LMBA 18, 1, 2 -> shares 1/18, 1, 1/2 (sum 1.5556); floor 3; pool 21 -> 3 + 21 * share
-    alloc = RedirectedUncertaintyAllocator(power=-1.0).allocate(_lu_stats(40), 10, 2, [])
+    alloc = RedirectedUncertaintyAllocator(power=-1.0).allocate(uncertainty_stats(40), 10, 2, [])
     shares = [1 / 18 / (1 / 18 + 1 + 0.5), 1 / (1 / 18 + 1 + 0.5), 0.5 / (1 / 18 + 1 + 0.5)]
     assert alloc.info["u"] == pytest.approx(shares)
     assert sum(alloc.per_layer) == 30
     assert alloc.per_layer[1] > alloc.per_layer[2] > alloc.per_layer[0]
     assert alloc.per_layer == [4, 16, 10]  # 3.75, 16.5, 9.75 -> largest remainders
     # power 0: uniform above the floor
-    assert RedirectedUncertaintyAllocator(power=0.0).allocate(_lu_stats(40), 10, 2, []).per_layer == [10] * 3
+    assert RedirectedUncertaintyAllocator(power=0.0).allocate(uncertainty_stats(40), 10, 2, []).per_layer == [10] * 3
 
 
 def test_headwise_split_keeps_each_layer_total() -> None:
