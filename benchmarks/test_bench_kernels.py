@@ -110,6 +110,14 @@ def naive_append(st: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor) -> N
     st.lens += 1
 
 
+def _bench_against_loop(bench_ratio, q: torch.Tensor, st: RaggedStore, repeat: int, rounds: int, desc: str) -> None:
+    """Check ragged_attention against the per-segment loop on ``st``, then time it against that loop."""
+    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
+    torch.testing.assert_close(ragged_attention(*args), ragged_attention_naive(*args))
+    bench_ratio(_repeat(lambda: ragged_attention(*args), repeat),
+                _repeat(lambda: ragged_attention_naive(*args), repeat), desc=desc, rounds=rounds)
+
+
 # -- benchmarks ---------------------------------------------------------------------------------------
 
 
@@ -117,14 +125,8 @@ def naive_append(st: RaggedStore, new_k: torch.Tensor, new_v: torch.Tensor) -> N
 def test_bench_ragged_decode(bench_ratio, T: int) -> None:
     st = _store(T)
     q = _rand(HQ, 1, D)
-    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
-    torch.testing.assert_close(ragged_attention(*args), ragged_attention_naive(*args))
-    bench_ratio(
-        _repeat(lambda: ragged_attention(*args), 10),
-        _repeat(lambda: ragged_attention_naive(*args), 10),
-        desc="ragged_attention (1 decode query) / per-segment loop (ragged_attention_naive)",
-        rounds=15,
-    )
+    _bench_against_loop(bench_ratio, q, st, repeat=10, rounds=15,
+                        desc="ragged_attention (1 decode query) / per-segment loop (ragged_attention_naive)")
 
 
 @pytest.mark.parametrize("T", LENGTHS)
@@ -203,11 +205,5 @@ def test_bench_ragged_decode_batched(bench_ratio) -> None:
     st.k.normal_()
     st.v.normal_()
     q = _rand(33 * HQ, 1, D)
-    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
-    torch.testing.assert_close(ragged_attention(*args), ragged_attention_naive(*args))
-    bench_ratio(
-        _repeat(lambda: ragged_attention(*args), 3),
-        _repeat(lambda: ragged_attention_naive(*args), 3),
-        desc="ragged attention, 33 settings x 3 heads (bucketed store) / per-segment loop",
-        rounds=5,
-    )
+    _bench_against_loop(bench_ratio, q, st, repeat=3, rounds=5,
+                        desc="ragged attention, 33 settings x 3 heads (bucketed store) / per-segment loop")

@@ -204,20 +204,25 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
     return save_png(fig, path)
 
 
-def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
-    """Draw every plot that applies to ``s`` into ``plot_dir``; return {caption: png path}."""
+def _draw(summary, plots, plot_dir: Path, stem: str) -> dict[str, Path]:
+    """Draw ``plots`` ((caption, function, file suffix)) of one task's summary; {caption: png} of those drawn."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    for caption, fn, suffix in (
+    for caption, fn, suffix in plots:
+        png = fn(summary, plot_dir / f"{stem}_{suffix}.png")
+        if png is not None:
+            out[f"{summary.task}: {caption}"] = png
+    return out
+
+
+def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
+    """Draw every plot that applies to ``s`` into ``plot_dir``; return {caption: png path}."""
+    return _draw(s, (
         ("score vs KV memory", score_vs_memory, "score"),
         ("fidelity (KL) vs KV memory", kl_vs_memory, "kl"),
         ("per-layer budget profile", layer_profiles, "layers"),
         ("score by depth x length", needle_heatmaps, "heatmap"),
-    ):
-        png = fn(s, plot_dir / f"{stem}_{suffix}.png")
-        if png is not None:
-            out[f"{s.task}: {caption}"] = png
-    return out
+    ), plot_dir, stem)
 
 
 # -- cost (latency tasks) ---------------------------------------------------------------------------
@@ -292,13 +297,7 @@ def cost_memory(c: CostSummary, path: Path) -> Path | None:
 
 def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
     """Draw the cost plots of one latency task into ``plot_dir``; return {caption: png path}."""
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    for caption, fn, suffix in (
+    return _draw(c, (
         ("decode ms/token vs context length", cost_decode, "decode"),
         ("peak memory vs context length", cost_memory, "memory"),
-    ):
-        png = fn(c, plot_dir / f"{stem}_{suffix}.png")
-        if png is not None:
-            out[f"{c.task}: {caption}"] = png
-    return out
+    ), plot_dir, stem)
