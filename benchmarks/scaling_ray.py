@@ -39,6 +39,7 @@ SAME = ("score", "prediction", "kv_bytes", "layer_budgets")
 def one_run(workers: int, folder: Path) -> dict:
     """Run the suite with ``workers`` Ray workers; return its timings and records."""
     from lukv_bench.executors import RayExecutor
+    from lukv_bench.results import read_records
     from lukv_bench.runner import Runner
     from lukv_bench.suite import load_suite
 
@@ -58,7 +59,7 @@ def one_run(workers: int, folder: Path) -> dict:
     executor.start = timed_start
     results = runner.run(executor)
     end = time.perf_counter()
-    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    records = list(read_records(results))
     units: dict[tuple, float] = {}
     for r in records:
         unit = (r["task"], r["sample_id"])

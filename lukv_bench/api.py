@@ -30,7 +30,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lukv_bench.cache import RaggedCache
-from lukv_bench.engine import Compressed, DecodeHook, Engine, EngineSettings
+from lukv_bench.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
 from lukv_bench.errors import UserError
 from lukv_bench.policy import Budget
 from lukv_bench.resolve import resolve_policy
@@ -101,7 +101,7 @@ def compress(
             busy = False
         spec = Budget.resolve(budget, pre.n)
         cache, [kept] = engine.compress(pre, [(resolved, spec)], headroom=headroom)
-        evicting = spec.tokens < pre.n and resolved.decode_rule is not None
+        evicting = evicts_while_decoding(resolved, spec, pre.n)
         session.last, session.prefills = kept, session.prefills + 1
         session._cache, session._step = cache, 0
         session._hook = engine.decode_hook(resolved, cache, 0) if evicting else None

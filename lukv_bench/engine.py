@@ -342,6 +342,14 @@ class Engine:
         return out
 
 
+def evicts_while_decoding(policy, budget: Budget, n: int) -> bool:
+    """True when ``policy`` evicts during decoding at ``budget`` on an ``n``-token prompt.
+
+    A budget that keeps the whole prompt never evicts, so it reproduces FullKV exactly.
+    """
+    return budget.tokens < n and getattr(policy, "decode_rule", None) is not None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -405,8 +413,7 @@ def sweep(
     for lo in range(0, len(order), size):
         chunk = order[lo : lo + size]
         budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
-        evicting = [i for i, ((p, _), b) in enumerate(zip(chunk, budgets))
-                    if b.tokens < pre.n and getattr(p, "decode_rule", None) is not None]
+        evicting = [i for i, ((p, _), b) in enumerate(zip(chunk, budgets)) if evicts_while_decoding(p, b, pre.n)]
         # a setting that evicts while decoding is measured for fidelity by a shadow copy of its cache,
         # fed FullKV's answer in the same batch and evicting as it goes (a rollback cannot undo eviction)
         rows = [(p, b) for (p, _), b in zip(chunk, budgets)] + [(chunk[i][0], budgets[i]) for i in evicting]

@@ -178,11 +178,9 @@ class Evaluator:
         self._settings: dict[tuple[str, str], str] = {}
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _runs(self, task_name: str) -> list[tuple[Any, Any]]:
-        """The (policy, budget) settings of a sample task: a no-context control runs FullKV only."""
-        from lukv_bench.tasks.control import is_control
-
-        policies = [self.full] if is_control(task_name) else self.policies
+    def _runs(self, control: bool = False) -> list[tuple[Any, Any]]:
+        """The (policy, budget) settings of a task: a no-context control runs FullKV only."""
+        policies = [self.full] if control else self.policies
         return [(p, b) for p in policies for b in self._policy_budgets(p)]
 
     def _policy_budgets(self, policy) -> list[Any]:
@@ -314,10 +312,12 @@ class Runner(Evaluator):
     # -- main loop --------------------------------------------------------------------------------
     def plan(self, catalog: Catalog) -> tuple[list[Unit], int]:
         """The units still to run (settings already in results.jsonl left out) and the number of runs in all."""
+        from lukv_bench.tasks.control import is_control
+
         units, total = [], 0
         for task_name, cfg, sample_ids in catalog.tasks:
+            runs = self._runs(is_control(task_name))
             for sample_id in sample_ids:
-                runs = self._runs(task_name)
                 total += len(runs)
                 todo = [(p.name, b) for p, b in runs
                         if not self.writer.is_done(self._record(catalog.model, task_name, sample_id, p, b, cfg,
@@ -356,7 +356,7 @@ class Runner(Evaluator):
 
         suite, lm = self.suite, session.lm
         tokenizer_path = resolve_model_path(suite.model)[0] if suite.model != "tiny" else ""
-        runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+        runs = self._runs()
         for cfg, task_dict in session.lm_eval_tasks:
             def make(task_name, doc_id, policy, budget, _cfg=task_dict, **fields):
                 return self._record(lm.name, task_name, doc_id, policy, budget, _cfg, **fields)
@@ -370,7 +370,7 @@ class Runner(Evaluator):
 
         if session is None:
             raise UserError("latency tasks measure this machine: run the suite with --executor local")
-        runs = [(p, b) for p in self.policies for b in self._policy_budgets(p)]
+        runs = self._runs()
         for task, task_dict in session.latency_tasks:
             bar.total += len(runs) * len(task.lengths)
             bar.refresh()

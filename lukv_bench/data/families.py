@@ -45,13 +45,15 @@ VERSION = "families v1"
 
 @dataclass
 class Spec:
-    """What a family builder gets: the seeded random stream, the target length and a token counter."""
+    """What a family builder gets: the seeded random stream, the target length, a token counter and the
+    sample's index."""
 
     rng: random.Random
     tokens: int
     count: Callable[[str], int]
     keys: int  #: distractor/fact count (multikey, factqa) or chain count (vartrack)
     values: int  #: values per key (multivalue) or chain length (vartrack)
+    index: int = 0  #: the sample's index (fewshot cycles its target label with it)
 
 
 def _code(rng: random.Random, taken: set[str]) -> str:
@@ -166,7 +168,7 @@ _TOPICS = {
 }
 
 
-def _fewshot(spec: Spec, index: int) -> tuple[str, str, list[str], str]:
+def _fewshot(spec: Spec) -> tuple[str, str, list[str], str]:
     rng = spec.rng
     topics = sorted(_TOPICS)
     labels = dict(zip(topics, (w for w, _ in zip(distinct_words(rng), topics, strict=False)), strict=True))
@@ -180,7 +182,7 @@ def _fewshot(spec: Spec, index: int) -> tuple[str, str, list[str], str]:
             break
         lines.append(line)
         shown.append((t, s))
-    target = topics[index % len(topics)]  # every label equally often over the samples
+    target = topics[spec.index % len(topics)]  # every label equally often over the samples
     if not any(t == target for t, _ in shown):  # only with very short contexts
         target = shown[0][0]
     query = rng.choice([s for t, s in shown if t == target])
@@ -234,11 +236,9 @@ class FamilyTask:
     def make_sample(self, index: int) -> Sample:
         """Sample ``index``: deterministic in (family, seed, context_tokens, keys, values, index)."""
         tag = f"{self.family}|{self.seed}|{self.context_tokens}|{self.keys}|{self.values}|{index}"
-        spec = Spec(random.Random(f"lukv-{VERSION}|{tag}"), self.context_tokens, self._count, self.keys, self.values)
-        if self.family == "fewshot":
-            context, question, answers, instruction = _fewshot(spec, index)
-        else:
-            context, question, answers, instruction = _BUILDERS[self.family](spec)
+        spec = Spec(random.Random(f"lukv-{VERSION}|{tag}"), self.context_tokens, self._count, self.keys, self.values,
+                    index)
+        context, question, answers, instruction = _BUILDERS[self.family](spec)
         return Sample(id=f"{self.family}-s{self.seed}-t{self.context_tokens}-{index}", context=context,
                       question=question, answers=answers, instruction=instruction,
                       max_new_tokens=self.max_new_tokens,
@@ -257,5 +257,6 @@ class FamilyTask:
 
 
 _BUILDERS: dict[str, Callable[[Spec], tuple[str, str, list[str], str]]] = {
-    "multikey": _multikey, "multivalue": _multivalue, "vartrack": _vartrack, "factqa": _factqa, "config": _config,
+    "multikey": _multikey, "multivalue": _multivalue, "vartrack": _vartrack, "factqa": _factqa, "fewshot": _fewshot,
+    "config": _config,
 }

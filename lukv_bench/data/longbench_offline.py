@@ -146,44 +146,6 @@ CHAPTERS: dict[str, str] = {
     ),
 }
 
-#: standard-library files used for code completion (paths relative to the stdlib folder)
-CODE_FILES = (
-    "argparse.py",
-    "ast.py",
-    "calendar.py",
-    "configparser.py",
-    "csv.py",
-    "dataclasses.py",
-    "difflib.py",
-    "fractions.py",
-    "ftplib.py",
-    "gettext.py",
-    "glob.py",
-    "heapq.py",
-    "imaplib.py",
-    "inspect.py",
-    "ipaddress.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "mailbox.py",
-    "netrc.py",
-    "optparse.py",
-    "pprint.py",
-    "shlex.py",
-    "shutil.py",
-    "smtplib.py",
-    "statistics.py",
-    "string.py",
-    "tarfile.py",
-    "tempfile.py",
-    "textwrap.py",
-    "tokenize.py",
-    "traceback.py",
-    "uuid.py",
-    "wave.py",
-    "zipapp.py",
-)
-
 _STOP = frozenset(
     """about above after again against because before being below between both could does doing during
     each every from further have having here itself just more most must other ought same should some

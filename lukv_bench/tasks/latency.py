@@ -197,12 +197,14 @@ def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], ta
 def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
                      ) -> _Figures:
     """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
+    from lukv_bench.engine import evicts_while_decoding
+
     pre = pf.pre
+    evicting = evicts_while_decoding(policy, budget, pre.n)
     compress_s, decode_s, decode_cpu = [], [], []
     for run in range(task.warmup + task.repeats):
         cache = None  # free the previous run's cache first
         cache, comps = engine.compress(pre, [(policy, budget)], headroom=task.new_tokens + 1)
-        evicting = budget.tokens < pre.n and getattr(policy, "decode_rule", None) is not None
         hook = engine.decode_hook(policy, cache, 0) if evicting else None
         c0 = time.process_time()
         gen = engine.generate(cache, pre.last_logits, task.new_tokens, decode_hooks=[hook])[0]
@@ -273,6 +275,7 @@ def run_latency(
         runs.insert(0, (full_policy, 1.0))
     max_pos = model_max_positions(engine.model.config)
     base = {"score": None, "metric": METRIC, "prediction": "", "answers": []}
+    text_ids: list[int] | None = None
     for length in task.lengths:
         sid = sample_id(length)
         todo = [(p, b) for p, b in runs if not writer.is_done(make_record(sid, p, b, **base))]
@@ -291,11 +294,14 @@ def run_latency(
                     progress.update(1)
             continue
         env = {"device": str(engine.device), "threads": torch.get_num_threads(), "max_positions": max_pos}
-        _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, env, progress)
+        if text_ids is None:  # tokenized once, for the longest length: each prompt is a prefix of it
+            text_ids = reference_text_ids(engine.tokenizer, max(task.lengths))
+        ids = torch.tensor([text_ids[:length]])
+        _measure_length(task, engine, ids, todo, full_policy, writer, make_record, common, env, progress)
 
 
-def _measure_length(task, engine, length, todo, full_policy, writer, make_record, common, env, progress) -> None:
-    ids = torch.tensor([reference_text_ids(engine.tokenizer, length)])
+def _measure_length(task, engine, ids, todo, full_policy, writer, make_record, common, env, progress) -> None:
+    length = ids.shape[1]
     sid = sample_id(length)
     # one prefill measurement per kind of capture, FullKV's first (it is every ratio's reference); the
     # capture always records the window statistics, only H2O's accumulated attention changes the prefill
