@@ -73,15 +73,14 @@ def budget_label(budget: Any) -> str:
 # -- aggregation -----------------------------------------------------------------------------------
 
 
-def _mean(values: Iterable[Any]) -> float | None:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    vals = [v for v in vals if math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else None
-
-
 def _numbers(values: Iterable[Any]) -> list[float]:
     vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return [v for v in vals if math.isfinite(v)]
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    vals = _numbers(values)
+    return sum(vals) / len(vals) if vals else None
 
 
 def bootstrap_ci(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float] | None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lukv_bench.summary import Paired, load_results, summarize
+from lukv_bench.summary import load_results, summarize
 
 
 def _rank(values: dict[str, float]) -> dict[str, float]:
@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                 rel[(s.task, p, b.label)] = v / s.full.score
             for p, r in _rank(scores).items():
                 ranks[p].append(r)
-            base = s.cell(args.baseline, b)
             for p in policies:
                 c = s.cell(p, b)
-                if p != args.baseline and c and base:
-                    pair = Paired.of(c.scores, base.scores)
+                if p != args.baseline and c:
+                    pair = c.vs_proposed  # summarize() paired every cell with the baseline's (the "proposed")
                     if pair and pair.significant:
                         side = below if pair.diff < 0 else above
                         side[p].append(f"{s.task}@{b.label} ({pair.diff:+.2f} [{pair.ci[0]:+.2f}, {pair.ci[1]:+.2f}])")
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["### Mean over counted families of the score relative to FullKV", "",
               "| policy | " + " | ".join(budgets) + f" | mean rank | significantly below {args.baseline} on "
               f"| significantly above {args.baseline} on |", "|---|" + "---:|" * (len(budgets) + 1) + "---|---|"]
+    mean_rank = {p: sum(ranks[p]) / len(ranks[p]) for p in policies if ranks[p]}
     mean_rel = {}
     for p in policies:
         row = []
@@ -116,14 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             vals = [rel[(s.task, p, bl)] for s in counted if (s.task, p, bl) in rel]
             mean_rel[(p, bl)] = sum(vals) / len(vals) if vals else float("nan")
             row.append(f"{mean_rel[(p, bl)]:.3f}")
-        mr = sum(ranks[p]) / len(ranks[p]) if ranks[p] else float("nan")
-        lines.append(f"| {p} | " + " | ".join(row) + f" | {mr:.2f} | {', '.join(below[p]) or '—'} "
-                     f"| {', '.join(above[p]) or '—'} |")
+        lines.append(f"| {p} | " + " | ".join(row) + f" | {mean_rank.get(p, float('nan')):.2f} "
+                     f"| {', '.join(below[p]) or '—'} | {', '.join(above[p]) or '—'} |")
     lines.append("")
 
     candidates = [p for p in policies if p not in (args.baseline, args.faithful)]
     eligible = [p for p in candidates if not below[p]]
-    mean_rank = {p: sum(ranks[p]) / len(ranks[p]) for p in policies if ranks[p]}
     at20 = next((bl for bl in budgets if bl in ("0.2",)), budgets[-1])
     pick = min(eligible, key=lambda p: (mean_rank[p], -mean_rel[(p, at20)])) if eligible else None
     lines += ["### The rule applied", "",
