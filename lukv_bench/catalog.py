@@ -76,8 +76,6 @@ def _check_policy(cat: Catalog) -> Callable[[Any], str | None]:
 
         if not isinstance(spec, PolicySpec):
             return f"expected a PolicySpec, got {type(spec).__name__}"
-        if spec.decode is not None and spec.decode not in cat.decode_rules:
-            return f"unknown decode rule {spec.decode!r}; known: {', '.join(cat.decode_rules.names())}"
         try:
             build_policy(spec, {}, spec.name, cat)
         except UserError as e:
@@ -104,8 +102,6 @@ def _collect(hook: Any, registry: Registry, check: Callable[[Any], str | None], 
             if problem is not None:
                 plugins.record_broken(plugin, f"{registry.kind} {label!r}: {problem}")
                 return
-            if description is None and isinstance(obj, PolicySpec):
-                description = obj.description
             entry = registry.register(obj, origin, name=name, aliases=aliases, description=description)
             if entry is None:
                 plugins.record_broken(plugin, registry.conflicts[-1].message())

@@ -55,12 +55,6 @@ class Origin:
         """JSON-able form."""
         return {"plugin": self.plugin, "distribution": self.distribution, "version": self.version}
 
-    def label(self) -> str:
-        """``plugin (distribution version)`` for tables."""
-        if self.distribution is None:
-            return self.plugin
-        return f"{self.plugin} ({self.distribution} {self.version or '?'})"
-
 
 @dataclass
 class Entry(Generic[T]):
@@ -135,7 +129,10 @@ class Registry(Generic[T]):
             if owner is not None:
                 self.conflicts.append(Conflict(self.kind, n, origin.plugin, self.entries[owner].origin.plugin))
                 return None
-        entry = Entry(self.kind, name, obj, origin, aliases, description if description is not None else doc_line(obj))
+        if description is None:  # a component's own description (a PolicySpec's), else its docstring's first line
+            own = getattr(obj, "description", None)
+            description = own if isinstance(own, str) else doc_line(obj)
+        entry = Entry(self.kind, name, obj, origin, aliases, description)
         self.entries[name] = entry
         for n in (name, *aliases):
             self._lookup[name_key(n)] = name

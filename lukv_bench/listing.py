@@ -109,9 +109,9 @@ def format_plugins(json: bool = False) -> str:
         data = {"components": components, "broken_plugins": [{"name": n, "error": e} for n, e in broken]}
         return _json.dumps(data, indent=2, default=str)
     rows = [["KIND", "NAME", "PLUGIN", "DISTRIBUTION", "VERSION", "DESCRIPTION"]]
-    for kind, items in components.items():
+    for items in components.values():
         for c in items:
             name = c["name"] + (f" ({', '.join(c['aliases'])})" if c["aliases"] else "")
-            rows.append([kind.rstrip("s").replace("_", " ") if kind != "policies" else "policy", name, c["plugin"],
+            rows.append([c["kind"], name, c["plugin"],
                          c["distribution"] or "-", c["version"] or "-", c["description"]])
     return "\n".join(["Components", *_table(rows), *_broken_lines(broken)]) + "\n"

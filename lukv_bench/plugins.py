@@ -24,7 +24,6 @@ BUILTINS = {
     "builtin-tasks": "lukv_bench.tasks",
     "builtin-metrics": "lukv_bench.metrics",
 }
-BUILTIN_NAME = "builtin"
 DISTRIBUTION = "lukv-bench"
 
 pm = pluggy.PluginManager("lukv_bench")
@@ -96,8 +95,8 @@ def load_plugins() -> pluggy.PluginManager:
         except Exception as e:
             record_broken(ep.name, _describe(e))
     for name, module_name in BUILTINS.items():
-        module = importlib.import_module(module_name)
-        _register(module, name, Origin(name, DISTRIBUTION, _own_version()))
+        if pm.get_plugin(name) is None:  # not already registered from its entry point (an installed copy)
+            _register(importlib.import_module(module_name), name, Origin(name, DISTRIBUTION, _own_version()))
     return pm
 
 

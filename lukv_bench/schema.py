@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,12 @@ COMMON_KEYS: dict[str, Key] = {
     "type": Key("str", REQUIRED),
     "limit": Key("int", None, minimum=1, nullable=True),
 }
+
+
+def resolve_path(folder: Path, value: str) -> Path:
+    """A path written in a suite: ``~`` expanded, relative to the suite's folder unless absolute."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (folder / p).resolve()
 
 
 def check_keys(keys: Any) -> str | None:
@@ -237,8 +243,7 @@ def _scalar(c: Checker, path: str, value: Any, typ: str, key: Key, ctx: TaskCont
     if typ in ("file", "folder"):
         if not c.is_str(path, value):
             return _INVALID
-        p = Path(value).expanduser()
-        resolved = p if p.is_absolute() else (ctx.folder / p).resolve()
+        resolved = resolve_path(ctx.folder, value)
         if typ == "file" and not resolved.exists():
             c.fail(path, f"file not found: {resolved}")
             return _INVALID
@@ -335,7 +340,3 @@ def normalize_task(task: dict[str, Any], task_type: Any, ctx: TaskContext, deep:
         label = f"{task.get('type')} task {task.get('name')!r}"
         raise UserError(f"{label}: " + "; ".join(c.problems))
     return out
-
-
-#: a task type's cross-key check: ``check(task, report, ctx)``, ``report(key, problem)``
-TypeCheck = Callable[[dict[str, Any], Callable[[str, str], None], TaskContext], None]

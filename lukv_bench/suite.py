@@ -23,7 +23,7 @@ import yaml
 from lukv_bench.errors import UserError
 from lukv_bench.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 from lukv_bench.schema import Checker as _Checker
-from lukv_bench.schema import TaskContext, check_task
+from lukv_bench.schema import TaskContext, check_task, resolve_path
 from lukv_bench.schema import join_path as _join
 from lukv_bench.schema import line_for as _line_for
 from lukv_bench.schema import show as _show
@@ -254,11 +254,6 @@ _TOKENS_HINT = "for token counts write budgets: {tokens: [...]}"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-def _resolve_path(folder: Path, value: str) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (folder / p).resolve()
-
-
 def _looks_like_path(value: str) -> bool:
     return value.startswith(("./", "../", "/", "~", ".\\")) or value.endswith(".gguf")
 
@@ -267,7 +262,7 @@ def _resolve_model(value: str, folder: Path) -> str | None:
     """Absolute path for local models (relative to ``folder``), the id itself otherwise, None if missing."""
     if value == "embedded":
         return value
-    candidate = _resolve_path(folder, value)
+    candidate = resolve_path(folder, value)
     if candidate.exists():
         return str(candidate)
     if _looks_like_path(value):
@@ -446,7 +441,7 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         if resolved is None:
             c.fail(
                 "model",
-                f"model path not found: {_resolve_path(folder, model)} (use 'embedded', a hub id, "
+                f"model path not found: {resolve_path(folder, model)} (use 'embedded', a hub id, "
                 "a local model folder or a .gguf file)",
             )
         else:
@@ -542,7 +537,7 @@ def apply_overrides(suite: Suite, limit: int | None = None, model: str | None = 
             raise UserError(f"--model must be a non-empty string (got {model!r})")
         resolved = _resolve_model(model, Path.cwd())
         if resolved is None:
-            raise UserError(f"--model: path not found: {_resolve_path(Path.cwd(), model)}")
+            raise UserError(f"--model: path not found: {resolve_path(Path.cwd(), model)}")
         changes["model"] = resolved
     return replace(suite, **changes)
 

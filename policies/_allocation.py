@@ -124,3 +124,9 @@ def proportional_split(
     :func:`water_fill` then :func:`largest_remainder`; the result sums to ``total`` exactly.
     """
     return largest_remainder(water_fill(total, weights, lo, hi), total, lo, hi)
+
+
+def layer_floor(mean: int, floor_ratio: float, window: int, n: int) -> int:
+    """The smallest per-layer budget of an adaptive allocation: ``floor_ratio`` of the mean, but at least
+    the observation window plus one token (capped by the prompt) and at most the mean itself."""
+    return min(mean, max(math.ceil(floor_ratio * mean - 1e-9), min(window + 1, n)))

@@ -14,13 +14,12 @@ largest remainders make the total exactly ``L * B_mean``. Token selection is Sna
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from lukv_bench.kernels import attention_mass_budget
-from lukv_bench.policies._allocation import proportional_split
+from lukv_bench.policies._allocation import layer_floor, proportional_split
 from lukv_bench.policies._checks import check_range
 
 from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
@@ -68,7 +67,7 @@ class LayerUncertaintyAllocator:
         lmba = [layer_minimum_budget(layer, self.tau) for layer in stats.layers]
         u = self.weights(lmba)
         mean = min(budget, n)
-        floor = min(mean, max(math.ceil(self.floor_ratio * mean - 1e-9), min(window + 1, n)))
+        floor = layer_floor(mean, self.floor_ratio, window, n)
         info = {"lmba": lmba, "u": u, "floor": floor, "tau": self.tau}
         if mean >= n:
             return Allocation(per_layer=[n] * n_layers, info=info)

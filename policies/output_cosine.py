@@ -19,12 +19,11 @@ approximation for the kept one).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.policies._allocation import proportional_split
+from lukv_bench.policies._allocation import layer_floor, proportional_split
 from lukv_bench.policies._checks import check_range
 from lukv_bench.policies.headwise import check_head_alpha, split_over_heads
 
@@ -76,7 +75,7 @@ class OutputCosineAllocator:
         if mean >= n:
             return Allocation(per_layer=[n] * n_layers)
         w = min(window, n)
-        floor = min(mean, max(math.ceil(self.floor_ratio * mean - 1e-9), min(w + 1, n)))
+        floor = layer_floor(mean, self.floor_ratio, w, n)
         curves = [cosine_curve(layer, s, window) for layer, s in zip(stats.layers, scores, strict=True)]
         # running max: the fewest tokens reaching a target is monotone in the target
         curves = [torch.cummax(c, 0).values for c in curves]

@@ -20,7 +20,7 @@ from lukv_bench.metrics import normalize_answer, score
 from lukv_bench.policy import LayerStats, PolicySpec, PrefillStats
 from lukv_bench.schema import Key, TaskContext
 from lukv_bench.tasks import BaseTaskType, Sample
-from lukv_bench.tasks.base import task_limit
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, task_limit
 
 # ------------------------------------------------------------------------------------------ policy
 
@@ -131,7 +131,7 @@ class PassphraseTaskType(BaseTaskType):
         "phrase_words": Key("int", 3, minimum=1, maximum=len(WORDS)),
         "seed": Key("int", default_from="seed"),
         "metric": Key("metric", "word_recall"),
-        "max_new_tokens": Key("int", None, minimum=1, nullable=True),
+        "max_new_tokens": MAX_NEW_TOKENS,
     }
 
     def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
