@@ -622,7 +622,7 @@ def write_outputs(result: ProfileResult, out: Path) -> dict[str, Path]:
     }
     files["json"] = out / "profile.json"
     files["json"].write_text(json.dumps(doc, indent=2))
-    files.update(draw_all(result, out))
+    files.update(draw_all(result, out, measures, allocations, labels, matrix))
     return files
 
 
@@ -731,9 +731,10 @@ def run_profile(
                 result.samples.append(profile_sample(engine, task.name, sample, chat, settings, scorer, policies))
                 bar.update(1)
     result.n_layers = result.samples[0].lmba.shape[1]
-    if result.ablation_skipped():
+    no_answer = result.ablation_skipped()
+    if no_answer:
         result.skipped.append(
-            f"ablation: {len(result.ablation_skipped())} of {total} samples skipped: no answer in their context "
-            f"(or a truncated prompt): {', '.join(result.ablation_skipped())}"
+            f"ablation: {len(no_answer)} of {total} samples skipped: no answer in their context "
+            f"(or a truncated prompt): {', '.join(no_answer)}"
         )
     return result

@@ -25,9 +25,9 @@ _TITLES = {
 }
 
 
-def zigzag(result: ProfileResult, path: Path) -> Path:
+def zigzag(result: ProfileResult, measures: list[dict], path: Path) -> Path:
     """One panel per measure: the layer means with a 95% band, one line per tau / threshold."""
-    rows = [r for r in result.measure_rows() if r["head"] == "all"]
+    rows = [r for r in measures if r["head"] == "all"]
     fig = new_figure(5.2 * 3, 3.8)
     axes = fig.subplots(1, 3)
     for ax, measure in zip(axes, ("lmba", "lmbo", "ablation")):
@@ -59,11 +59,11 @@ def zigzag(result: ProfileResult, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def head_heatmaps(result: ProfileResult, path: Path) -> Path:
+def head_heatmaps(result: ProfileResult, measures: list[dict], path: Path) -> Path:
     """LMBA (middle tau) and LMBO (first threshold) per layer (rows) and KV head (columns)."""
     s = result.settings
     picks = [("lmba", f"{s.taus[len(s.taus) // 2]:g}"), ("lmbo", f"{s.cos_thresholds[0]:g}")]
-    rows = [r for r in result.measure_rows() if r["head"] != "all"]
+    rows = [r for r in measures if r["head"] != "all"]
     fig = new_figure(3.2 * len(picks) + 1.0, max(3.0, 0.22 * result.n_layers + 1.2))
     axes = fig.subplots(1, len(picks))
     for ax, (measure, param) in zip(axes, picks):
@@ -80,9 +80,8 @@ def head_heatmaps(result: ProfileResult, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def allocations(result: ProfileResult, path: Path) -> Path:
+def allocations(result: ProfileResult, rows: list[dict], path: Path) -> Path:
     """Mean kept fraction of the prompt per layer for each policy at the settings' mean budget."""
-    rows = result.allocation_rows()
     fig = new_figure(7.5, 4.2)
     ax = fig.subplots()
     labels = list(dict.fromkeys(r["policy"] for r in rows))
@@ -101,9 +100,8 @@ def allocations(result: ProfileResult, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def correlations(result: ProfileResult, path: Path) -> Path:
+def correlations(labels: list[str], matrix: list[list[float]], path: Path) -> Path:
     """Spearman correlation matrix across layers, annotated; blank where a series is constant."""
-    labels, matrix = result.correlations()
     k = len(labels)
     fig = new_figure(1.1 * k + 2.5, 0.9 * k + 1.8)
     ax = fig.subplots()
@@ -120,12 +118,13 @@ def correlations(result: ProfileResult, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def draw_all(result: ProfileResult, out: Path) -> dict[str, Path]:
-    """Draw every plot into ``out``; returns name -> path."""
+def draw_all(result: ProfileResult, out: Path, measures: list[dict], allocation_rows: list[dict],
+             labels: list[str], matrix: list[list[float]]) -> dict[str, Path]:
+    """Draw every plot into ``out`` from the tables ``write_outputs`` already computed; returns name -> path."""
     out = Path(out)
     return {
-        "zigzag_png": zigzag(result, out / "zigzag.png"),
-        "heads_png": head_heatmaps(result, out / "heads.png"),
-        "allocations_png": allocations(result, out / "allocations.png"),
-        "correlations_png": correlations(result, out / "correlations.png"),
+        "zigzag_png": zigzag(result, measures, out / "zigzag.png"),
+        "heads_png": head_heatmaps(result, measures, out / "heads.png"),
+        "allocations_png": allocations(result, allocation_rows, out / "allocations.png"),
+        "correlations_png": correlations(labels, matrix, out / "correlations.png"),
     }

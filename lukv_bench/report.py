@@ -159,12 +159,26 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
     lines += ["### Findings", ""]
     lines += [f"- {f}" for f in findings(s)] + [""]
 
-    if plot_links:
-        lines += ["### Plots", ""]
-        for caption, png in plot_links.items():
-            rel = png.relative_to(out_dir).as_posix()
-            lines += [f"![{caption}]({rel})", ""]
+    return lines + _plot_lines(plot_links, out_dir)
+
+
+def _plot_lines(plot_links: dict[str, Path], out_dir: Path) -> list[str]:
+    """The "Plots" subsection: one image line per plot, linked relative to the report."""
+    if not plot_links:
+        return []
+    lines = ["### Plots", ""]
+    for caption, png in plot_links.items():
+        lines += [f"![{caption}]({png.relative_to(out_dir).as_posix()})", ""]
     return lines
+
+
+def _safe_plots(draw, summary, plot_dir: Path, stem: str, what: str) -> dict[str, Path]:
+    """``draw(summary, plot_dir, stem)``, or no plots if it fails: a plot must never cost the user the tables."""
+    try:
+        return draw(summary, plot_dir, stem)
+    except Exception:
+        log.exception("plotting %s failed; the report keeps its tables", what)
+        return {}
 
 
 def render_report(out_dir: str | Path) -> Path:
@@ -225,11 +239,7 @@ def render_report(out_dir: str | Path) -> Path:
 
     for s in summaries:
         stem = _slug(s.task if len(models) == 1 else f"{s.model}_{s.task}")
-        try:
-            links = plots.task_plots(s, plot_dir, stem)
-        except Exception:  # a plot must never cost the user the tables
-            log.exception("plotting %s failed; the report keeps its tables", s.task)
-            links = {}
+        links = _safe_plots(plots.task_plots, s, plot_dir, stem, s.task)
         lines += _task_section(s, len(models) > 1, links, out_dir)
     lines += _cost_sections(costs, out_dir, plot_dir)
 
@@ -339,11 +349,7 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
         if ref.decode_cpu_ms:
             note += f" (CPU time {ref.decode_cpu_ms:.2f} ms/token)"
         lines += [note + (": " + "; ".join(parts) + "." if parts else "."), ""]
-    if plot_links:
-        lines += ["### Plots", ""]
-        for caption, png in plot_links.items():
-            lines += [f"![{caption}]({png.relative_to(out_dir).as_posix()})", ""]
-    return lines
+    return lines + _plot_lines(plot_links, out_dir)
 
 
 def _cost_sections(costs: list[CostSummary], out_dir: Path, plot_dir: Path) -> list[str]:
@@ -353,10 +359,7 @@ def _cost_sections(costs: list[CostSummary], out_dir: Path, plot_dir: Path) -> l
     lines: list[str] = []
     multi = len({c.model for c in costs}) > 1
     for c in costs:
-        try:
-            links = plots.cost_plots(c, plot_dir, _slug(f"{c.model}_{c.task}_cost" if multi else f"{c.task}_cost"))
-        except Exception:  # a plot must never cost the user the tables
-            log.exception("plotting the cost of %s failed; the report keeps its tables", c.task)
-            links = {}
+        stem = _slug(f"{c.model}_{c.task}_cost" if multi else f"{c.task}_cost")
+        links = _safe_plots(plots.cost_plots, c, plot_dir, stem, f"the cost of {c.task}")
         lines += _cost_section(c, links, out_dir)
     return lines

@@ -167,6 +167,8 @@ class _Figures:
     peak_mem_bytes: int
     prefill_cpu_s: float | None
     decode_cpu_ms_per_token: float | None
+    layer_budgets: list[int]
+    kept_tokens_mean: float
     meta: dict[str, Any]
 
     def value(self, name: str) -> float | None:
@@ -228,6 +230,7 @@ def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget
         prefill_peak_mem_bytes=pf.peak, compress_s=statistics.median(compress_s), decode_s=dec,
         decode_ms_per_token=ms, tokens_per_s=1000.0 / ms if ms > 0 else math.inf,
         peak_mem_bytes=held + mem.peak, prefill_cpu_s=pf.cpu_s, decode_cpu_ms_per_token=cpu_ms,
+        layer_budgets=comp.layer_budgets, kept_tokens_mean=comp.kept_tokens_mean,
         meta={
             "decode_steps": steps,
             "cache_buffer_bytes": held,
@@ -239,8 +242,6 @@ def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget
             "samples": {"prefill_s": pf.samples, "compress_s": compress_s, "decode_s": decode_s,
                         "prefill_cpu_s": pf.cpu_samples, "decode_cpu_s": decode_cpu if cpu_ms is not None else []},
             "budget_tokens": budget.tokens,
-            "layer_budgets": comp.layer_budgets,
-            "kept_tokens_mean": comp.kept_tokens_mean,
         },
     )
 
@@ -327,11 +328,9 @@ def _measure_length(task, engine, ids, todo, full_policy, writer, make_record, c
                 "compress_share": fig.compress_s / fig.prefill_s if fig.prefill_s else None,
                 "prefill_needs": sorted(needs), "vs_full": _ratios(fig, full_fig), **fig.meta,
             }
-            layer_budgets = meta.pop("layer_budgets")
-            kept = meta.pop("kept_tokens_mean")
             rec = make_record(
-                sid, p, spec, **common, budget_ratio=budget.ratio, budget_tokens_mean=round(kept, 2),
-                context_tokens=pf.pre.n, context_tokens_original=length, layer_budgets=layer_budgets,
+                sid, p, spec, **common, budget_ratio=budget.ratio, budget_tokens_mean=round(fig.kept_tokens_mean, 2),
+                context_tokens=pf.pre.n, context_tokens_original=length, layer_budgets=fig.layer_budgets,
                 kv_bytes=fig.kv_bytes, kv_bytes_full=fig.kv_bytes_full, prefill_s=fig.prefill_s,
                 compress_s=fig.compress_s, decode_s=fig.decode_s, new_tokens=task.new_tokens,
                 peak_mem_bytes=fig.peak_mem_bytes, prefill_peak_mem_bytes=fig.prefill_peak_mem_bytes, meta=meta,
