@@ -60,7 +60,6 @@ def build_policy(
         params=values,
         scorer_name=scorer.name,
         allocator_name=allocator.name,
-        plugin=entry.origin.plugin if entry is not None else "",
         decode_rule=rule.name if rule is not None else None,
         decode_fn=rule.obj if rule is not None else None,
         origins={

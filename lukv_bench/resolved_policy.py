@@ -50,7 +50,6 @@ class Policy:
     params: dict[str, Any]  #: every param with its value, defaults included (JSON-able, for results)
     scorer_name: str = ""
     allocator_name: str = ""
-    plugin: str = ""  #: plugin that registered the policy ("" for a custom combination)
     #: name of the registered decode-time eviction rule, None: append only
     decode_rule: str | None = None
     #: the rule itself (a :class:`~lukv_bench.policy.DecodeRule`), looked up in the registry
@@ -59,6 +58,12 @@ class Policy:
     origins: dict[str, Origin | None] = field(default_factory=dict)
     #: scores of the last prefill seen: they do not depend on the budget, so a sweep scores once
     _last_scores: tuple | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def plugin(self) -> str:
+        """The plugin that registered the policy ("" for a custom combination)."""
+        origin = self.origins.get("policy")
+        return origin.plugin if origin is not None else ""
 
     @property
     def needs(self) -> frozenset[str]:

@@ -78,16 +78,14 @@ class OutputCosineAllocator:
         floor = layer_floor(mean, self.floor_ratio, w, n)
         curves = [cosine_curve(layer, s, window) for layer, s in zip(stats.layers, scores, strict=True)]
         # running max: the fewest tokens reaching a target is monotone in the target
-        curves = [torch.cummax(c, 0).values for c in curves]
+        curves = torch.stack([torch.cummax(c, 0).values for c in curves]).cpu()  # [L, n - w + 1], one copy
         total = n_layers * mean
 
         def needs(t: float) -> list[int]:
-            out = []
-            for c in curves:
-                reached = (c >= t).nonzero()
-                k = w + int(reached[0]) if reached.numel() else n
-                out.append(min(n, max(floor, k)))
-            return out
+            hit = curves >= t
+            first = hit.int().argmax(1)  # the first position reaching t (argmax returns the first maximum)
+            k = torch.where(hit.any(1), w + first, n)
+            return k.clamp(floor, n).tolist()
 
         lo, hi = -1.0, 1.0  # needs(lo) fits (every layer at its floor); search the largest target that fits
         for _ in range(30):
