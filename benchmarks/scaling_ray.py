@@ -38,10 +38,10 @@ SAME = ("score", "prediction", "kv_bytes", "layer_budgets")
 
 def one_run(workers: int, folder: Path) -> dict:
     """Run the suite with ``workers`` Ray workers; return its timings and records."""
-    from lukv_bench.executors import RayExecutor
-    from lukv_bench.results import read_records
-    from lukv_bench.runner import Runner
-    from lukv_bench.suite import load_suite
+    from lukv_bench.config.suite import load_suite
+    from lukv_bench.run.executors import RayExecutor
+    from lukv_bench.run.results import read_records
+    from lukv_bench.run.runner import Runner
 
     path = folder / f"scaling-{workers}.yaml"
     path.write_text(SUITE.replace("WORKERS", str(workers)))

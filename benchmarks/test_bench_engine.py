@@ -20,9 +20,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lukv_bench.engine import Engine, sweep
-from lukv_bench.policy import Budget
 from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.engine import Engine, sweep
 
 POLICIES = ["streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake", "random"]
 BUDGETS = [0.1, 0.2, 0.4, 0.8]
@@ -32,8 +32,8 @@ FULL_SWEEP = os.environ.get("LUKV_BENCH_SWEEP_FULL", "") not in ("", "0")
 
 @pytest.fixture(scope="module")
 def setup():
-    from lukv_bench.data.reference_text import reference_text_ids
-    from lukv_bench.models import EmbeddedModelMissing, load_model
+    from lukv_bench.data.corpus import reference_text_ids
+    from lukv_bench.runtime.models import EmbeddedModelMissing, load_model
 
     try:
         lm = load_model("embedded")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lukv_bench.kernels import (
+from lukv_bench.kernels.ops import (
     RaggedStore,
     accumulated_attention,
     append,

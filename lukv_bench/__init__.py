@@ -10,7 +10,8 @@ registered policy: ``with lukv_bench.compress(model, policy="snapkv", budget=0.2
 
 from pathlib import Path as _Path
 
-__version__ = "0.1.0"
+from lukv_bench.version import __version__
+
 __all__ = ["CompressionSession", "__version__", "compress"]
 
 
@@ -18,7 +19,6 @@ def __getattr__(name: str):
     """``compress`` and ``CompressionSession`` load on first use (they pull in torch and transformers)."""
     if name in ("compress", "CompressionSession"):
         from lukv_bench import api
-
         return getattr(api, name)
     raise AttributeError(f"module 'lukv_bench' has no attribute {name!r}")
 

@@ -10,9 +10,9 @@
 
 Inside the ``with`` block every prefill (a forward over a prompt with an empty cache, e.g. the first
 step of ``generate``) runs with the same capture as the suites (:meth:`Engine.prefill
-<lukv_bench.engine.Engine.prefill>`); the policy plans what to keep (:meth:`Policy.plan
-<lukv_bench.resolved_policy.Policy.plan>`) and the kept tokens are gathered into a
-:class:`~lukv_bench.cache.RaggedCache`, which the model then decodes from. The full prompt K/V are
+<lukv_bench.runtime.engine.Engine.prefill>`); the policy plans what to keep (:meth:`Policy.plan
+<lukv_bench.registry.policy.Policy.plan>`) and the kept tokens are gathered into a
+:class:`~lukv_bench.runtime.cache.RaggedCache`, which the model then decodes from. The full prompt K/V are
 dropped right after compression, so the memory is really freed. Policies with a decode-time rule
 (``streaming``) also evict while generating. On exit the model is as before (attention implementation
 and ``forward``).
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from lukv_bench.cache import RaggedCache
-from lukv_bench.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
 from lukv_bench.errors import UserError
-from lukv_bench.policy import Budget
-from lukv_bench.resolve import resolve_policy
-from lukv_bench.resolved_policy import Policy
+from lukv_bench.registry.catalog import resolve_policy
+from lukv_bench.registry.policy import Policy
+from lukv_bench.runtime.cache import RaggedCache
+from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
 
 __all__ = ["CompressionSession", "compress"]
 

@@ -80,10 +80,10 @@ def _check_out_folder(out: Path, given: bool) -> None:
 def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, new_run: bool,
         add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
     """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
-    from lukv_bench.executors import make_executor
-    from lukv_bench.report import render_report
-    from lukv_bench.runner import Runner
-    from lukv_bench.suite import apply_overrides, load_suite
+    from lukv_bench.config.suite import apply_overrides, load_suite
+    from lukv_bench.report.render import render_report
+    from lukv_bench.run.executors import make_executor
+    from lukv_bench.run.runner import Runner
 
     s = apply_overrides(load_suite(suite), limit=limit, model=model)
     _check_out_folder(out or Path("results") / s.name, given=out is not None)
@@ -122,7 +122,7 @@ def plugins(as_json: bool) -> None:
 @click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def report(out: Path) -> None:
     """Re-render OUT/report.md and plots from OUT/results.jsonl."""
-    from lukv_bench.report import render_report
+    from lukv_bench.report.render import render_report
 
     if not (out / "results.jsonl").is_file():
         raise UserError(f"{out / 'results.jsonl'} not found; run a suite with --out {out} first")
@@ -157,7 +157,7 @@ def profile(model: str | None, suite: Path | None, data: Path | None, tau: str, 
     Also compares the per-layer budgets every layer-adaptive policy allocates at --budget with
     uniform, and correlates the measures across layers. Writes CSV/JSON tables and PNG plots to --out.
     """
-    from lukv_bench.attention_profile import ProfileSettings, parse_fractions, run_profile, write_outputs
+    from lukv_bench.profile.driver import ProfileSettings, parse_fractions, run_profile, write_outputs
 
     settings = ProfileSettings(
         taus=parse_fractions(tau, "--tau", "0.8,0.9,0.95"),

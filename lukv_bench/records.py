@@ -103,9 +103,9 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
-    def key(self) -> tuple[str, ...]:
+    def key(self) -> RecordKey:
         """The identity of this record in a results file."""
-        return record_key(asdict(self))
+        return RecordKey.of(self.model, self.task, self.sample_id, self.policy, self.budget, self.setting)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict written to ``results.jsonl``."""
@@ -117,7 +117,7 @@ class Record:
         return [f.name for f in fields(cls)]
 
     def set_outcome(self, pre: Any, out: Any) -> Record:
-        """Fill the cost, memory and fidelity fields from an engine :class:`~lukv_bench.engine.Outcome`."""
+        """Fill the cost, memory and fidelity fields from an engine :class:`~lukv_bench.runtime.engine.Outcome`."""
         comp, gen = out.compressed, out.generation
         self.budget_ratio = out.budget.ratio
         self.budget_tokens_mean = round(comp.kept_tokens_mean, 2)
@@ -140,16 +140,32 @@ class Record:
         return self
 
 
-def record_key(rec: dict[str, Any]) -> tuple[str, ...]:
-    """The identity of a record: (model, task, sample_id, policy, budget, setting)."""
-    return (
-        str(rec["model"]),
-        str(rec["task"]),
-        str(rec["sample_id"]),
-        str(rec["policy"]),
-        json.dumps(rec["budget"], sort_keys=True),
-        str(rec.get("setting", "")),
-    )
+@dataclass(frozen=True)
+class RecordKey:
+    """The identity of a record in a results file: which cell of which sample, under which settings.
+
+    ``budget`` is the budget as written in the suite, in canonical JSON (``0.2``, ``{"tokens": 256}``);
+    ``setting`` the :func:`setting_id` digest of every other record-changing setting.
+    """
+
+    model: str
+    task: str
+    sample_id: str
+    policy: str
+    budget: str
+    setting: str
+
+    @classmethod
+    def of(cls, model: Any, task: Any, sample_id: Any, policy: Any, budget: Any, setting: Any) -> RecordKey:
+        """The key of these fields as a record holds them (the budget as written)."""
+        return cls(str(model), str(task), str(sample_id), str(policy), json.dumps(budget, sort_keys=True),
+                   str(setting or ""))
+
+
+def record_key(rec: dict[str, Any]) -> RecordKey:
+    """The key of a record read back from a results file."""
+    return RecordKey.of(rec["model"], rec["task"], rec["sample_id"], rec["policy"], rec["budget"],
+                        rec.get("setting", ""))
 
 
 def suite_differences(old: dict[str, Any], new: dict[str, Any], old_policies: dict[str, Any] | None = None,

@@ -6,21 +6,21 @@ This module is the ``builtin`` plugin: pyproject declares ``builtin = "lukv_benc
 
 from __future__ import annotations
 
-from lukv_bench.policies.adakv import AdaKVAllocator
-from lukv_bench.policies.cake import CakeAllocator, CakeScorer
-from lukv_bench.policies.full import FullAllocator
-from lukv_bench.policies.h2o import H2OScorer
-from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
-from lukv_bench.policies.output_cosine import OutputCosineAllocator
-from lukv_bench.policies.pyramidkv import PyramidAllocator
-from lukv_bench.policies.random_scores import RandomScorer
-from lukv_bench.policies.redirected_uncertainty import RedirectedUncertaintyAllocator
-from lukv_bench.policies.snapkv import SnapKVScorer
-from lukv_bench.policies.streaming import RecencyScorer, streaming_rule
-from lukv_bench.policies.uniform import UniformAllocator
+from lukv_bench.registry.hookspecs import Register, hookimpl
+from lukv_bench.runtime.contract import PolicySpec
 
-from lukv_bench.hookspecs import Register, hookimpl
-from lukv_bench.policy import PolicySpec
+from .adakv import AdaKVAllocator
+from .cake import CakeAllocator, CakeScorer
+from .full import FullAllocator
+from .h2o import H2OScorer
+from .layer_uncertainty import LayerUncertaintyAllocator
+from .output_cosine import OutputCosineAllocator
+from .pyramidkv import PyramidAllocator
+from .random_scores import RandomScorer
+from .redirected_uncertainty import RedirectedUncertaintyAllocator
+from .snapkv import SnapKVScorer
+from .streaming import RecencyScorer, streaming_rule
+from .uniform import UniformAllocator
 
 __all__ = [
     "AdaKVAllocator",

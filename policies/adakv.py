@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.policies._allocation import largest_remainder
-from lukv_bench.policies._checks import check_range
 
-from lukv_bench.policy import Allocation, PrefillStats
+from lukv_bench.runtime.contract import Allocation, PrefillStats
+
+from ._allocation import largest_remainder
+from ._checks import check_range
 
 
 def head_counts(

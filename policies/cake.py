@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.policies._allocation import proportional_split
-from lukv_bench.policies._checks import check_choice, check_kernel, check_range
-from lukv_bench.policies.snapkv import POOLINGS, pool_prefix
 
-from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import WINDOW, Allocation, LayerStats, PrefillStats
+
+from ._allocation import proportional_split
+from ._checks import check_choice, check_kernel, check_range
+from .snapkv import POOLINGS, pool_prefix
 
 
 def layer_statistics(layer: LayerStats) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from lukv_bench.policy import Allocation, PrefillStats
+from lukv_bench.runtime.contract import Allocation, PrefillStats
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from lukv_bench.policy import ACCUMULATED, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import ACCUMULATED, LayerStats, PrefillStats
 
 
 @dataclass

@@ -8,10 +8,11 @@ split by ``head_alpha`` (1: every head keeps ``B_l``, i.e. off; AdaKV's own safe
 from __future__ import annotations
 
 import torch
-from lukv_bench.policies._checks import check_range
-from lukv_bench.policies.adakv import head_counts
 
-from lukv_bench.policy import Allocation
+from lukv_bench.runtime.contract import Allocation
+
+from ._checks import check_range
+from .adakv import head_counts
 
 
 def check_head_alpha(owner: str, head_alpha: float) -> None:

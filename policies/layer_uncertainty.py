@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.kernels import attention_mass_budget
-from lukv_bench.policies._allocation import layer_floor, proportional_split
-from lukv_bench.policies._checks import check_range
+from lukv_bench.kernels.ops import attention_mass_budget
 
-from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import WINDOW, Allocation, LayerStats, PrefillStats
+
+from ._allocation import layer_floor, proportional_split
+from ._checks import check_range
 
 
 def minimum_budget(attention: torch.Tensor, tau: float) -> torch.Tensor:

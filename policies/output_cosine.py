@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.policies._allocation import layer_floor, proportional_split
-from lukv_bench.policies._checks import check_range
-from lukv_bench.policies.headwise import check_head_alpha, split_over_heads
 
-from lukv_bench.policy import WINDOW, Allocation, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import WINDOW, Allocation, LayerStats, PrefillStats
+
+from ._allocation import layer_floor, proportional_split
+from ._checks import check_range
+from .headwise import check_head_alpha, split_over_heads
 
 
 def cosine_curve(layer: LayerStats, scores: torch.Tensor, window: int) -> torch.Tensor:

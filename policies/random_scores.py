@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from lukv_bench.errors import ConfigError
-from lukv_bench.policy import LayerStats, PrefillStats
+from lukv_bench.runtime.contract import LayerStats, PrefillStats
 
 
 @dataclass

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lukv_bench.policies._checks import check_range
-from lukv_bench.policies.headwise import check_head_alpha, split_over_heads
-from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
 
-from lukv_bench.policy import Allocation, PrefillStats
+from lukv_bench.runtime.contract import Allocation, PrefillStats
+
+from ._checks import check_range
+from .headwise import check_head_alpha, split_over_heads
+from .layer_uncertainty import LayerUncertaintyAllocator
 
 
 @dataclass

@@ -12,9 +12,10 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from lukv_bench.policies._checks import check_choice, check_kernel
 
-from lukv_bench.policy import WINDOW, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import WINDOW, LayerStats, PrefillStats
+
+from ._checks import check_choice, check_kernel
 
 POOLINGS = ("max", "avg", "none")
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lukv_bench.policy import LayerStats, PrefillStats
+from lukv_bench.runtime.contract import LayerStats, PrefillStats
 
 
 @dataclass
@@ -58,7 +58,7 @@ def streaming_rule(
 ) -> list[torch.Tensor] | None:
     """StreamingLLM while decoding: each head over its budget keeps its first ``sinks`` and its newest tokens.
 
-    The ``streaming`` :class:`~lukv_bench.policy.DecodeRule`. ``logical_len`` is not needed: a segment's
+    The ``streaming`` :class:`~lukv_bench.runtime.contract.DecodeRule`. ``logical_len`` is not needed: a segment's
     order is its logical order.
     """
     return streaming_decode_keep(lens_per_head, budget_per_head, int(params.get("sinks", 0)))

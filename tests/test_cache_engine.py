@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AttentionInterface, DynamicCache
 
-from lukv_bench.cache import RaggedCache
-from lukv_bench.engine import Engine, EngineSettings, sweep
-from lukv_bench.policy import Allocation, Budget
-from lukv_bench.selection import KeepSet, select_all
+from lukv_bench.runtime.cache import RaggedCache
+from lukv_bench.runtime.contract import Allocation, Budget
+from lukv_bench.runtime.engine import Engine, EngineSettings, sweep
+from lukv_bench.runtime.selection import KeepSet, select_all
 
 
 class KeepAll:
@@ -245,8 +245,8 @@ def test_batched_sweep_equals_single_setting_decoding(tiny, mode):
 
 def test_streaming_fidelity_is_measured_with_its_decode_eviction(tiny):
     """The shadow row that follows FullKV's answer evicts exactly as a step-by-step replay does."""
-    from lukv_bench.metrics import kl_divergence
     from lukv_bench.registry import resolve_policy
+    from lukv_bench.runtime.fidelity import kl_divergence
 
     eng = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=4))
     gen = torch.Generator().manual_seed(21)

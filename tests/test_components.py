@@ -14,17 +14,18 @@ from typing import Any
 import lukv_bench.policies
 import pytest
 
-import lukv_bench.metrics
 import lukv_bench.tasks
-from lukv_bench import plugins, registry
-from lukv_bench.catalog import catalog
-from lukv_bench.components import Origin, Registry
+import lukv_bench.tasks.metrics
+from lukv_bench import registry
+from lukv_bench.config.suite import load_suite
 from lukv_bench.errors import UserError
-from lukv_bench.hookspecs import hookimpl
-from lukv_bench.registry import format_plugins, list_components, resolve_policy
-from lukv_bench.schema import REQUIRED, Key
-from lukv_bench.suite import load_suite
-from lukv_bench.tasks import BaseTaskType, Sample, build_tasks
+from lukv_bench.registry import format_plugins, list_components, plugins, resolve_policy
+from lukv_bench.registry.catalog import catalog
+from lukv_bench.registry.components import Origin, Registry
+from lukv_bench.registry.hookspecs import hookimpl
+from lukv_bench.registry.task_contract import REQUIRED, Key
+from lukv_bench.sample import Sample
+from lukv_bench.tasks import BaseTaskType, build_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ class _EchoTask:
             yield Sample(id=w, context=w, question="?", answers=[w])
 
     def score(self, prediction: str, sample: Sample) -> float:
-        return lukv_bench.metrics.score(self.metric, prediction, sample)
+        return lukv_bench.tasks.metrics.score(self.metric, prediction, sample)
 
 
 def _shout(prediction: str, answer: str, sample: Sample) -> float:
@@ -160,7 +161,7 @@ class _FakeEntryPoint:
 def echo_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     builtins = [_FakeEntryPoint("builtin", lambda: lukv_bench.policies),
                 _FakeEntryPoint("builtin-tasks", lambda: lukv_bench.tasks),
-                _FakeEntryPoint("builtin-metrics", lambda: lukv_bench.metrics)]
+                _FakeEntryPoint("builtin-metrics", lambda: lukv_bench.tasks.metrics)]
     monkeypatch.setattr(plugins, "_entry_points", lambda: [*builtins, _FakeEntryPoint("echo", _echo_plugin)])
     registry.reload_registry()
     yield

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
-from lukv_bench.results import read_records
-from lukv_bench.summary import findings, summarize
+from lukv_bench.report.summary import findings, summarize
+from lukv_bench.run.results import read_records
 
 
 def _suite(folder: Path, jsonl_control: str = "") -> Path:

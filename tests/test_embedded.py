@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lukv_bench.data.reference_text import reference_text_ids
-from lukv_bench.engine import Engine, EngineSettings
-from lukv_bench.policy import Budget
+from lukv_bench.data.corpus import reference_text_ids
 from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.engine import Engine, EngineSettings
 
 pytestmark = pytest.mark.embedded
 
@@ -121,7 +121,7 @@ def test_batched_sweep_equals_single_setting_decoding(model) -> None:
     Greedy tokens, kv_bytes and allocations are identical; KL agrees to float noise (a batch of rows
     takes other matmul kernels than one row). Streaming evicts while decoding, in both.
     """
-    from lukv_bench.engine import sweep
+    from lukv_bench.runtime.engine import sweep
 
     eng = Engine(model.model, model.tokenizer, EngineSettings(window=16))
     ids = reference_text_ids(model.tokenizer, 500)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lukv_bench.data.families import FamilyTask, recall
+from lukv_bench.data.corpus import prose_sentences
+from lukv_bench.data.families import FAMILIES, FamilyTask, recall
 from lukv_bench.errors import UserError
 from lukv_bench.tasks import build_task
-from lukv_bench.tasks.family import FAMILIES
-from lukv_bench.tasks.needle import haystack_units
 
-LONGEST = max(len(u.text) for u in haystack_units()) // 4 + 1
+LONGEST = max(len(u.text) for u in prose_sentences()) // 4 + 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

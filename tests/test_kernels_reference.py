@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from lukv_bench.kernels import (
+from lukv_bench.kernels.dispatch import resolve
+from lukv_bench.kernels.ops import (
     RaggedStore,
     accumulated_attention,
     append,
@@ -18,7 +19,6 @@ from lukv_bench.kernels import (
     truncate,
     window_stats,
 )
-from lukv_bench.kernels.dispatch import resolve
 
 
 def _gen(seed: int) -> torch.Generator:

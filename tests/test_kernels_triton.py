@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lukv_bench.kernels import (
+from lukv_bench.kernels._triton import HAS_TRITON
+from lukv_bench.kernels.ops import (
     RaggedStore,
     accumulated_attention,
     append,
@@ -16,7 +17,6 @@ from lukv_bench.kernels import (
     ragged_attention,
     window_stats,
 )
-from lukv_bench.kernels._triton import HAS_TRITON
 from lukv_bench.kernels.ragged_attention import _ragged_triton
 
 pytestmark = pytest.mark.skipif(

@@ -14,12 +14,12 @@ import torch
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
-from lukv_bench.cost import fit_power, summarize_cost
-from lukv_bench.data.reference_text import reference_text_ids
+from lukv_bench.config.suite import load_suite
+from lukv_bench.data.corpus import reference_text_ids
 from lukv_bench.errors import UserError
-from lukv_bench.memory import AllocationPeak
-from lukv_bench.results import read_records
-from lukv_bench.suite import load_suite
+from lukv_bench.report.cost import fit_power, summarize_cost
+from lukv_bench.run.results import read_records
+from lukv_bench.runtime.memory import AllocationPeak
 
 LENGTHS = [64, 128]
 TOO_LONG = 4094  # the tiny model has 4096 positions; with new_tokens 4 this cannot fit

@@ -19,12 +19,12 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from lukv_bench.engine import Engine  # noqa: E402
-from lukv_bench.lm_eval_model import LukvEvalLM, _sample_score, run_lm_eval  # noqa: E402
 from lukv_bench.records import Record  # noqa: E402
 from lukv_bench.registry import resolve_policy  # noqa: E402
-from lukv_bench.results import ResultsWriter, read_records  # noqa: E402
-from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig  # noqa: E402
+from lukv_bench.run.results import ResultsWriter, read_records  # noqa: E402
+from lukv_bench.runtime.engine import Engine  # noqa: E402
+from lukv_bench.tasks.lm_eval.model import LukvEvalLM, _sample_score, run_lm_eval  # noqa: E402
+from lukv_bench.tasks.lm_eval.task_type import LmEvalTaskConfig  # noqa: E402
 
 MC_DOCS = [
     {"question": "Question: what colour is the sky on a clear day at noon?\nAnswer:",
@@ -220,7 +220,7 @@ def test_generate_until_stops_and_shares_prefill(engine: Engine, prefills: list[
 
 
 def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
-    from lukv_bench.models import byte_tokenizer
+    from lukv_bench.runtime.models import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.chat_template = (

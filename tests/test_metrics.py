@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from lukv_bench import metrics
 from lukv_bench.errors import UserError
-from lukv_bench.tasks.base import Sample
+from lukv_bench.runtime import fidelity
+from lukv_bench.sample import Sample
+from lukv_bench.tasks import metrics
 
 
 def sample(*answers: str, all_classes: list[str] | None = None) -> Sample:
@@ -96,22 +97,22 @@ def test_scores_stay_in_unit_interval():
 def test_kl_divergence_hand_computed():
     ref = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
     test = torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
-    kl = metrics.kl_divergence(ref, test)
+    kl = fidelity.kl_divergence(ref, test)
     expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
     assert kl.shape == (2,) and kl.dtype == torch.float32
     assert kl[0].item() == pytest.approx(expected, rel=1e-5)
     assert kl[1].item() == pytest.approx(0.0, abs=1e-6)
     # logits need not be normalised; bf16 inputs are upcast; -inf in the reference is fine
-    assert metrics.kl_divergence(ref + 3.0, ref).abs().max().item() < 1e-6
-    assert metrics.kl_divergence(ref.bfloat16(), test.bfloat16()).dtype == torch.float32
+    assert fidelity.kl_divergence(ref + 3.0, ref).abs().max().item() < 1e-6
+    assert fidelity.kl_divergence(ref.bfloat16(), test.bfloat16()).dtype == torch.float32
     masked = torch.tensor([[0.0, -float("inf")]])
-    assert metrics.kl_divergence(masked, torch.tensor([[0.0, 0.0]])).item() == pytest.approx(math.log(2))
+    assert fidelity.kl_divergence(masked, torch.tensor([[0.0, 0.0]])).item() == pytest.approx(math.log(2))
     with pytest.raises(ValueError):
-        metrics.kl_divergence(ref, test[:1])
+        fidelity.kl_divergence(ref, test[:1])
 
 
 def test_greedy_agreement():
     ref = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     test = torch.tensor([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
-    assert metrics.greedy_agreement(ref, test) == pytest.approx(2 / 3)
-    assert metrics.greedy_agreement(ref, ref) == 1.0
+    assert fidelity.greedy_agreement(ref, test) == pytest.approx(2 / 3)
+    assert fidelity.greedy_agreement(ref, ref) == 1.0

@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from lukv_bench import models
 from lukv_bench.errors import UserError
+from lukv_bench.runtime import models
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):

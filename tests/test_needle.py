@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lukv_bench.errors import UserError
-from lukv_bench.tasks.base import Sample, Task
+from lukv_bench.sample import Sample
+from lukv_bench.tasks.base import Task
 from lukv_bench.tasks.needle import DATA_SOURCE, NeedleTask
 
 CFG = {"name": "needle", "type": "needle", "lengths": [300, 800], "depths": [0.0, 0.1, 0.5, 0.9, 1.0]}

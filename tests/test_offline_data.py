@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lukv_bench import metrics
 from lukv_bench.data import longbench_offline as gen
+from lukv_bench.tasks import metrics
 from lukv_bench.tasks.longbench import LongBenchTask
 
 TOKENS = 700

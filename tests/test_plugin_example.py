@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lukv-plugin-exampl
 CHECK = """
 import json
 from lukv_bench.registry import broken_plugins, list_components, list_policies, list_scorers, resolve_policy
-from lukv_bench.policy import LayerStats, PrefillStats
+from lukv_bench.runtime.contract import LayerStats, PrefillStats
 import torch
 
 policy = next(p for p in list_policies() if p["name"] == "keynorm")

@@ -17,8 +17,8 @@ from lukv_bench.policies.snapkv import SnapKVScorer, pool_prefix
 from lukv_bench.policies.streaming import RecencyScorer, streaming_decode_keep
 from test_policies_stats import make_stats, uncertainty_stats
 
-from lukv_bench.policy import LayerStats, PrefillStats
 from lukv_bench.registry import list_policies, resolve_policy
+from lukv_bench.runtime.contract import LayerStats, PrefillStats
 
 # ------------------------------------------------------------------------------- shared helpers
 

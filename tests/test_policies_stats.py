@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from lukv_bench.policy import LayerStats, PrefillStats
+from lukv_bench.runtime.contract import LayerStats, PrefillStats
 
 
 def attention_stats(

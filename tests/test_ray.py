@@ -18,8 +18,8 @@ from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
-from lukv_bench.executors import KILL_WORKER_ENV, RAY_INSTALL
-from lukv_bench.results import read_records, record_key
+from lukv_bench.run.executors import KILL_WORKER_ENV, RAY_INSTALL
+from lukv_bench.run.results import read_records, record_key
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason=f"Ray is not installed ({RAY_INSTALL})")
@@ -117,8 +117,8 @@ def test_address_without_ray_executor_and_bad_resources_exit_2(tmp_path: Path) -
 
 
 def test_resources_are_in_run_json_but_not_in_record_settings(tmp_path: Path) -> None:
+    from lukv_bench.config.suite import load_suite
     from lukv_bench.records import RECORD_SETTINGS, run_settings
-    from lukv_bench.suite import load_suite
 
     suite = load_suite(_jsonl_suite(tmp_path, 1))
     assert suite.to_dict()["resources"] == {"workers": 2, "cpus_per_worker": None, "gpus_per_worker": 0}

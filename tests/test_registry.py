@@ -13,11 +13,11 @@ import pytest
 import torch
 from test_policies_stats import make_stats
 
-from lukv_bench import plugins, registry
+from lukv_bench import registry
 from lukv_bench.errors import ConfigError, UserError
-from lukv_bench.hookspecs import hookimpl
-from lukv_bench.policy import ACCUMULATED, WINDOW, Budget, PolicySpec
-from lukv_bench.registry import format_policies, list_policies, resolve_policy
+from lukv_bench.registry import format_policies, list_policies, plugins, resolve_policy
+from lukv_bench.registry.hookspecs import hookimpl
+from lukv_bench.runtime.contract import ACCUMULATED, WINDOW, Budget, PolicySpec
 
 BUILTIN = ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake"]
 

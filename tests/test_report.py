@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lukv_bench.errors import UserError
-from lukv_bench.report import render_report
-from lukv_bench.summary import load_results, summarize
+from lukv_bench.report.render import render_report
+from lukv_bench.report.summary import load_results, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POLICIES = ["full", "snapkv", "pyramidkv", "layer-uncertainty"]
@@ -251,7 +251,7 @@ def test_report_setting_picks_proposed_and_rivals(tmp_path):
 
 
 def test_bootstrap_interval_and_pairing():
-    from lukv_bench.summary import Paired, bootstrap_ci
+    from lukv_bench.report.summary import Paired, bootstrap_ci
 
     assert bootstrap_ci([1.0]) is None
     lo, hi = bootstrap_ci([0.0, 1.0] * 10)

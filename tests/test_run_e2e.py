@@ -16,10 +16,10 @@ from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
 
 from lukv_bench.cli import main
-from lukv_bench.engine import Engine, EngineSettings, sweep
-from lukv_bench.policy import Budget
 from lukv_bench.registry import resolve_policy
-from lukv_bench.results import read_records, record_key
+from lukv_bench.run.results import read_records, record_key
+from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.engine import Engine, EngineSettings, sweep
 
 POLICIES = ["full", "snapkv", "layer-uncertainty", "streaming", "h2o", "adakv", "pyramidkv", "cake", "random"]
 BUDGETS = [0.3, 1.0]
@@ -257,8 +257,8 @@ def test_sweep_outcome_does_not_depend_on_other_runs(tiny) -> None:
 
 
 def test_context_mode_compresses_only_the_context(prompt_run, tmp_path: Path) -> None:
-    from lukv_bench.models import byte_tokenizer
-    from lukv_bench.prompts import build_prompt
+    from lukv_bench.runtime.models import byte_tokenizer
+    from lukv_bench.runtime.prompts import build_prompt
     from lukv_bench.tasks.jsonl import load_jsonl
 
     _, prompt_recs = prompt_run

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lukv_bench.config.suite import Suite, SuiteError, apply_overrides, load_suite
 from lukv_bench.errors import UserError
-from lukv_bench.suite import Suite, SuiteError, apply_overrides, load_suite
 
 VALID = """\
 name: example

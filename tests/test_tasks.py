@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lukv_bench.config.suite import load_suite
 from lukv_bench.data import longbench_offline as gen
 from lukv_bench.errors import UserError
-from lukv_bench.suite import load_suite
 from lukv_bench.tasks import LmEvalTaskConfig, Task, build_task, build_tasks, expand_task, longbench
 from lukv_bench.tasks.jsonl import JsonlTask, load_jsonl
 from lukv_bench.tasks.longbench import LongBenchTask
@@ -329,13 +329,13 @@ def test_jsonl_file_problems_name_file_and_line(tmp_path):
 
 
 def _ids(n_context: int, n_question: int):
-    from lukv_bench.prompts import PromptIds
+    from lukv_bench.runtime.prompts import PromptIds
 
     return PromptIds(context=list(range(n_context)), question=list(range(1000, 1000 + n_question)))
 
 
 def test_fit_prompt_middle_keeps_both_ends_and_the_question():
-    from lukv_bench.prompts import fit_prompt
+    from lukv_bench.runtime.prompts import fit_prompt
 
     ids = _ids(100, 10)
     fitted, original, used = fit_prompt(ids, max_positions=60, max_new_tokens=10, mode="middle")
@@ -348,7 +348,7 @@ def test_fit_prompt_middle_keeps_both_ends_and_the_question():
 
 
 def test_fit_prompt_leaves_prompts_that_fit_and_unknown_limits():
-    from lukv_bench.prompts import DEFAULT_TRUNCATE, fit_prompt
+    from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, fit_prompt
 
     ids = _ids(40, 10)
     assert DEFAULT_TRUNCATE == "middle"
@@ -360,7 +360,7 @@ def test_fit_prompt_leaves_prompts_that_fit_and_unknown_limits():
 
 
 def test_fit_prompt_error_names_task_sample_lengths_and_fix():
-    from lukv_bench.prompts import fit_prompt
+    from lukv_bench.runtime.prompts import fit_prompt
 
     with pytest.raises(UserError) as info:
         fit_prompt(_ids(100, 10), 60, 10, "error", task="lb/qasper", sample_id="s7", where="suite.yaml:9: truncate")
@@ -376,9 +376,9 @@ def test_fit_prompt_error_names_task_sample_lengths_and_fix():
 
 
 def test_fit_prompt_on_a_real_prompt_keeps_instruction_and_question():
-    from lukv_bench.models import byte_tokenizer
-    from lukv_bench.prompts import build_prompt, fit_prompt
-    from lukv_bench.tasks.base import Sample
+    from lukv_bench.runtime.models import byte_tokenizer
+    from lukv_bench.runtime.prompts import build_prompt, fit_prompt
+    from lukv_bench.sample import Sample
 
     tok = byte_tokenizer()
     sample = Sample(id="x", context="".join(f"<{i:04d}>" for i in range(400)), question="Which number?",
@@ -394,8 +394,8 @@ def test_fit_prompt_on_a_real_prompt_keeps_instruction_and_question():
 def test_model_max_positions():
     from types import SimpleNamespace
 
-    from lukv_bench.models import tiny_model
-    from lukv_bench.prompts import model_max_positions
+    from lukv_bench.runtime.models import tiny_model
+    from lukv_bench.runtime.prompts import model_max_positions
 
     assert model_max_positions(tiny_model(n_layers=1).config) == 4096
     assert model_max_positions(SimpleNamespace(n_positions=1024)) == 1024

@@ -103,7 +103,7 @@ def ensure_kvpress_venv(venv: Path) -> Path:
 
 def load_compare_suite(suite_path: Path):
     """The suite, checked for what kvpress can run: mapped policies and plain-ratio budgets."""
-    from lukv_bench.suite import load_suite
+    from lukv_bench.config.suite import load_suite
 
     suite = load_suite(suite_path)
     names = [p if isinstance(p, str) else p["name"] for p in suite.policies]
@@ -121,7 +121,7 @@ def build_job(suite, suite_path: Path) -> tuple[dict, dict, list]:
     """(job for kvpress_side.py, suite summary, [(task, sample)]) from the checked suite."""
     from transformers import AutoTokenizer
 
-    from lukv_bench.models import resolve_model_path
+    from lukv_bench.runtime.models import resolve_model_path
     from lukv_bench.tasks import build_tasks
 
     model_dir, _ = resolve_model_path(suite.model)  # de-quantizes the embedded GGUF once, before timing
@@ -159,7 +159,7 @@ def _run_side(cmd: list[str], what: str, env: dict) -> float:
 
 def run_lukv(suite_path: Path, work: Path, env: dict) -> tuple[float, list[dict]]:
     """lukv-bench's side through its CLI; (process wall seconds, records)."""
-    from lukv_bench.results import read_records
+    from lukv_bench.run.results import read_records
 
     out = work / "lukv"
     cli = Path(sys.executable).parent / "lukv-bench"  # the console script of the environment running this file

@@ -15,7 +15,7 @@ after the call (what the process actually holds), the entries AdaKV masked inste
 per-layer cache lengths (to see whether PyramidKV's pyramid applied or fell back to uniform) and the
 peak memory of the call, measured with lukv-bench's own ``PeakMemory`` (same method on both sides).
 
-This file must not import anything of lukv-bench beyond ``lukv_bench.memory``: lukv-bench's
+This file must not import anything of lukv-bench beyond ``lukv_bench.runtime.memory``: lukv-bench's
 dependencies are not installed here.
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lukv_bench.memory import PeakMemory  # noqa: E402
+from lukv_bench.runtime.memory import PeakMemory  # noqa: E402
 
 
 def make_press(policy: str, ratio: float):

@@ -4,7 +4,7 @@ Usage: python docs/study/analyze.py RESULTS_DIR OUT_PREFIX [--baseline snapkv] [
 
 Writes OUT_PREFIX.md (tables: controls, relative score per family, ranks, eligibility, the pick) and
 OUT_PREFIX-<family>.png (score relative to FullKV vs budget, one line per policy). Everything comes from
-lukv_bench.summary (cells, bootstrap intervals, paired differences); nothing is typed in by hand.
+lukv_bench.report.summary (cells, bootstrap intervals, paired differences); nothing is typed in by hand.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lukv_bench.summary import load_results, summarize
+from lukv_bench.report.summary import load_results, summarize
 
 
 def _rank(values: dict[str, float]) -> dict[str, float]:

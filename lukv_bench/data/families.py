@@ -3,7 +3,7 @@
 Each family asks for something invented per sample (numbers, made-up names, arbitrary labels), so a
 model cannot answer from memory: its no-context control (:mod:`lukv_bench.tasks.control`) scores
 near zero, and a score above that measures what the context gave. The filler text is the needle
-haystack (prose from Python's ``pydoc_data``, :func:`lukv_bench.tasks.needle.haystack_units`).
+haystack (prose from Python's ``pydoc_data``, :func:`lukv_bench.data.corpus.prose_sentences`).
 
 ============ ========== =====================================================================================
 family       metric     what it asks
@@ -34,12 +34,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lukv_bench.data.corpus import Sentence, join_sentences, prose_sentences, token_counter
 from lukv_bench.data.longbench_offline import _FIRST_NAMES, distinct_words
-from lukv_bench.tasks.base import Sample
-from lukv_bench.tasks.family import FAMILIES, METRICS
-from lukv_bench.tasks.needle import _join, _token_counter, _Unit, haystack_units
+from lukv_bench.sample import Sample
 
 VERSION = "families v1"
+
+#: family -> the metric name recorded with its scores
+METRICS = {
+    "multikey": "substring", "multivalue": "recall", "vartrack": "substring", "factqa": "substring",
+    "fewshot": "substring", "config": "substring",
+}
+FAMILIES = tuple(METRICS)
 
 
 
@@ -66,10 +72,10 @@ def _code(rng: random.Random, taken: set[str]) -> str:
 
 def _with_needles(spec: Spec, needles: list[str]) -> str:
     """Haystack prose of about ``spec.tokens`` tokens with each needle sentence at a random depth, in order."""
-    units = haystack_units()
+    units = prose_sentences()
     start = spec.rng.randrange(len(units))
     room = spec.tokens - sum(spec.count(n) + 1 for n in needles)
-    hay: list[_Unit] = []
+    hay: list[Sentence] = []
     used = 0
     while used < room:
         unit = units[(start + len(hay)) % len(units)]
@@ -78,8 +84,8 @@ def _with_needles(spec: Spec, needles: list[str]) -> str:
     slots = sorted(spec.rng.randrange(len(hay) + 1) for _ in needles)
     out = list(hay)
     for k, (slot, text) in enumerate(zip(slots, needles, strict=True)):
-        out.insert(slot + k, _Unit(text, para_end=False))
-    return _join(out)
+        out.insert(slot + k, Sentence(text, para_end=False))
+    return join_sentences(out)
 
 
 def _multikey(spec: Spec) -> tuple[str, str, list[str], str]:
@@ -229,7 +235,7 @@ class FamilyTask:
         self.metric = METRICS[family]
         self.max_new_tokens = max_new_tokens
         self.limit: int | None = None
-        self._count = _token_counter(tokenizer)
+        self._count = token_counter(tokenizer)
         self.data_source = (f"offline generated family {family} ({VERSION}; seed {self.seed}, "
                             f"~{self.context_tokens} tokens; invented names and numbers, pydoc_data prose)")
 

@@ -42,7 +42,8 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from lukv_bench.tasks.base import Sample
+from lukv_bench.data.corpus import UNDERLINE, Topic, topics
+from lukv_bench.sample import Sample
 
 __all__ = [
     "CHAPTERS",
@@ -152,45 +153,11 @@ _STOP = frozenset(
     such than that their theirs them then there these they this those through under until very what
     when where which while whom with would your yours also only into onto used uses using since""".split()
 )
-_UNDERLINE = re.compile(r"^[*=\-~^+#]{3,}$")
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“(])")
 _WORD = re.compile(r"^[A-Za-z]{5,}$")
 
 
 # --- source text ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topic:
-    """One deduplicated pydoc topic."""
-
-    key: str
-    title: str
-    body: str  #: text after the title and its underline
-
-    @property
-    def blocks(self) -> list[str]:
-        """Blank-line separated blocks of the body (paragraphs, code, grammar, headings)."""
-        return [b for b in re.split(r"\n\s*\n", self.body) if b.strip()]
-
-
-@functools.lru_cache(maxsize=1)
-def topics() -> tuple[Topic, ...]:
-    """All pydoc topics, sorted by key, one per distinct text."""
-    from pydoc_data.topics import topics as raw
-
-    seen: set[str] = set()
-    out = []
-    for key in sorted(raw):
-        text = raw[key].strip("\n")
-        if text in seen:
-            continue
-        seen.add(text)
-        lines = text.split("\n")
-        title = lines[0].strip()
-        rest = lines[2:] if len(lines) > 1 and _UNDERLINE.match(lines[1].strip()) else lines[1:]
-        out.append(Topic(key=key, title=title, body="\n".join(rest).strip("\n")))
-    return tuple(out)
 
 
 def _collapse(text: str) -> str:
@@ -201,7 +168,7 @@ def _is_prose(block: str) -> bool:
     lines = block.split("\n")
     if any(line[:1].isspace() for line in lines):  # code, grammar, tables, indented lists
         return False
-    if any(_UNDERLINE.match(line.strip()) for line in lines):  # headings
+    if any(UNDERLINE.match(line.strip()) for line in lines):  # headings
         return False
     return len(_collapse(block)) >= 80
 

@@ -5,7 +5,7 @@ The built-in task types (this module is the ``builtin-tasks`` plugin):
 * ``jsonl`` — :class:`~lukv_bench.tasks.jsonl.JsonlTask` (the user's file);
 * ``longbench`` — one :class:`~lukv_bench.tasks.longbench.LongBenchTask` per subset, named
   ``<name>/<subset>``;
-* ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval_tasks.LmEvalTaskConfig` (run by the lm-eval
+* ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval.task_type.LmEvalTaskConfig` (run by the lm-eval
   adapter, not through the :class:`Task` protocol);
 * ``needle`` — :class:`lukv_bench.tasks.needle.NeedleTask` (gets the tokenizer);
 * ``family`` — :class:`lukv_bench.data.families.FamilyTask`, a generated family whose answers only
@@ -13,7 +13,7 @@ The built-in task types (this module is the ``builtin-tasks`` plugin):
 * ``latency`` — a :class:`~lukv_bench.tasks.latency.LatencyTaskConfig` (memory and latency per context
   length, run by :func:`~lukv_bench.tasks.latency.run_latency`, not through the :class:`Task` protocol).
 
-Plugins add types through the ``register_task_types`` hook (:class:`~lukv_bench.tasks.base.TaskType`).
+Plugins add types through the ``register_task_types`` hook (:class:`~lukv_bench.registry.task_contract.TaskType`).
 """
 
 from __future__ import annotations
@@ -21,19 +21,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lukv_bench.config.schema import TaskContext, normalize_task
 from lukv_bench.errors import UserError
-from lukv_bench.hookspecs import Register, hookimpl
-from lukv_bench.schema import TaskContext, normalize_task
-from lukv_bench.tasks.base import BaseTaskType, Sample, Task, TaskType
+from lukv_bench.registry.hookspecs import Register, hookimpl
+from lukv_bench.registry.task_contract import TaskType
+from lukv_bench.sample import Sample
+from lukv_bench.tasks.base import BaseTaskType, Task
 from lukv_bench.tasks.family import FamilyTaskType
 from lukv_bench.tasks.jsonl import JsonlTaskType
 from lukv_bench.tasks.latency import LatencyTaskType
-from lukv_bench.tasks.lm_eval_tasks import LmEvalTaskConfig, LmEvalTaskType
+from lukv_bench.tasks.lm_eval.task_type import LmEvalTaskConfig, LmEvalTaskType
 from lukv_bench.tasks.longbench import LongBenchTaskType
 from lukv_bench.tasks.needle import NeedleTaskType
 
 if TYPE_CHECKING:
-    from lukv_bench.suite import Suite
+    from lukv_bench.config.suite import Suite
 
 __all__ = [
     "BaseTaskType",
@@ -62,7 +64,7 @@ def register_task_types(register: Register) -> None:
 
 def task_type(name: str) -> TaskType:
     """An instance of the registered task type ``name`` (UserError naming the closest one if unknown)."""
-    from lukv_bench.catalog import catalog
+    from lukv_bench.registry.catalog import catalog
 
     return catalog().task_types.lookup(name).obj()
 

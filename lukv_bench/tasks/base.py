@@ -8,35 +8,14 @@ and ``compress: context`` (only the context block is compressed; the question is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from lukv_bench.schema import Key
+from lukv_bench.registry.task_contract import Key
+from lukv_bench.sample import Sample
 
 if TYPE_CHECKING:
-    from lukv_bench.schema import TaskContext
-    from lukv_bench.suite import Suite
-
-
-@dataclass
-class Sample:
-    """One evaluation item."""
-
-    id: str
-    context: str  #: the long document(s) to be compressed
-    question: str  #: the query, asked after the context
-    answers: list[str]  #: gold answers (any match counts, metric-dependent)
-    instruction: str = ""  #: task instruction placed before the context
-    all_classes: list[str] | None = None  #: label set for classification metrics
-    meta: dict[str, Any] = field(default_factory=dict)  #: e.g. needle depth/length for heatmaps
-    #: tokens to generate for this sample (the task's ``max_new_tokens``, or LongBench's per-subset
-    #: length); None: the suite's ``generation.max_new_tokens``
-    max_new_tokens: int | None = None
-
-    def blocks(self) -> tuple[str, str]:
-        """(context block, question block) of the user message, in that order."""
-        head = f"{self.instruction}\n\n" if self.instruction else ""
-        return f"{head}{self.context}\n\n", self.question
+    from lukv_bench.config.schema import TaskContext
+    from lukv_bench.config.suite import Suite
 
 
 @runtime_checkable
@@ -54,29 +33,6 @@ class Task(Protocol):
 
     def score(self, prediction: str, sample: Sample) -> float:
         """Score one prediction in [0, 1] (or the metric's natural range)."""
-        ...
-
-
-@runtime_checkable
-class TaskType(Protocol):
-    """A ``type:`` of suite task entry: its config schema, its cross-key checks and how to build it.
-
-    Registered as a class (``register(cls)`` in a plugin's ``register_task_types`` hook; the class's
-    ``name`` is the ``type:`` value). Suite validation walks ``keys`` (see :mod:`lukv_bench.schema`)
-    with file and line numbers, then calls ``check``; ``build`` gets the checked entry (defaults
-    filled, paths absolute) and returns sample-based :class:`Task` objects, or any other object a
-    runner knows (an lm-eval configuration).
-    """
-
-    name: str
-    keys: Mapping[str, Key]  #: the entry's keys besides name, type and limit
-
-    def check(self, task: dict[str, Any], report: Callable[[str, str], None], ctx: TaskContext) -> None:
-        """Checks one key cannot express; ``task`` holds only the keys that passed; ``report(key, problem)``."""
-        ...
-
-    def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> Any:
-        """The task (or a list of tasks) this entry stands for."""
         ...
 
 

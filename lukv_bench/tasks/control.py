@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from lukv_bench.schema import Key
-from lukv_bench.tasks.base import Sample, Task
+from lukv_bench.registry.task_contract import Key
+from lukv_bench.sample import Sample
+from lukv_bench.tasks.base import Task
 
 SUFFIX = ":no-context"  #: appended to the task name of a control
 

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lukv_bench.schema import REQUIRED, Key
+from lukv_bench.data.families import FAMILIES, FamilyTask
+from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, task_limit
 from lukv_bench.tasks.control import control_key
 
 if TYPE_CHECKING:
-    from lukv_bench.data.families import FamilyTask
-    from lukv_bench.suite import Suite
+    from lukv_bench.config.suite import Suite
 
-#: family -> the metric name recorded with its scores (the generators live in lukv_bench.data.families)
-METRICS = {
-    "multikey": "substring", "multivalue": "recall", "vartrack": "substring", "factqa": "substring",
-    "fewshot": "substring", "config": "substring",
-}
-FAMILIES = tuple(METRICS)
 
 
 class FamilyTaskType(BaseTaskType):
@@ -54,8 +48,6 @@ class FamilyTaskType(BaseTaskType):
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> FamilyTask:
         """The family task; ``limit`` (task or suite) caps ``samples``."""
-        from lukv_bench.data.families import FamilyTask
-
         built = FamilyTask(task["name"], task["family"], task["seed"], task["context_tokens"], task["keys"],
                            task["values"], tokenizer, max_new_tokens=task["max_new_tokens"])
         limit = task_limit(task, suite)

@@ -16,14 +16,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lukv_bench import metrics
+from lukv_bench.config.schema import TaskContext
 from lukv_bench.errors import UserError
-from lukv_bench.schema import REQUIRED, Key, TaskContext
-from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+from lukv_bench.registry.task_contract import REQUIRED, Key
+from lukv_bench.sample import Sample
+from lukv_bench.tasks import metrics
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, task_limit
 from lukv_bench.tasks.control import control_key
 
 if TYPE_CHECKING:
-    from lukv_bench.suite import Suite
+    from lukv_bench.config.suite import Suite
 
 __all__ = ["JsonlTask", "JsonlTaskType", "load_jsonl", "read_text_file"]
 

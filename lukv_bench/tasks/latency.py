@@ -27,7 +27,7 @@ stop on EOS, so every run decodes the same number of tokens). What is measured:
 * ``kv_bytes``: bytes of the kept K/V, measured from the cache's buffers (``kv_bytes_full``: FullKV's);
 * ``peak_mem_bytes``: memory while decoding = the bytes of the cache's buffers (kept tokens plus the
   room reserved for the new ones) + the peak of what one more decode step allocates, measured by
-  :class:`~lukv_bench.memory.AllocationPeak` (CUDA: the allocator's peak; CPU: the CPU allocator's
+  :class:`~lukv_bench.runtime.memory.AllocationPeak` (CUDA: the allocator's peak; CPU: the CPU allocator's
   events recorded by ``torch.profiler``) on an untimed step after the timed runs. Model weights are
   not counted. ``prefill_peak_mem_bytes``: the peak the prefill allocates, measured the same way on
   the first warmup run (an extra untimed run when ``warmup`` is 0). ``meta.peak_mem_method`` says how.
@@ -50,18 +50,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lukv_bench.data.reference_text import SOURCE, reference_text_ids
-from lukv_bench.memory import AllocationPeak
-from lukv_bench.policy import ACCUMULATED, Budget
-from lukv_bench.schema import REQUIRED, Key
+from lukv_bench.data.corpus import SOURCE, reference_text_ids
+from lukv_bench.registry.task_contract import REQUIRED, Key
+from lukv_bench.runtime.contract import ACCUMULATED, Budget
+from lukv_bench.runtime.memory import AllocationPeak
 from lukv_bench.tasks.base import BaseTaskType
 
 if TYPE_CHECKING:
-    from lukv_bench.engine import Engine, Prefill
+    from lukv_bench.config.schema import TaskContext
+    from lukv_bench.config.suite import Suite
     from lukv_bench.records import Record
-    from lukv_bench.results import ResultsWriter
-    from lukv_bench.schema import TaskContext
-    from lukv_bench.suite import Suite
+    from lukv_bench.run.results import ResultsWriter
+    from lukv_bench.runtime.engine import Engine, Prefill
 
 __all__ = ["METRIC", "LatencyTaskConfig", "LatencyTaskType", "run_latency", "sample_id"]
 
@@ -116,7 +116,7 @@ class LatencyTaskType(BaseTaskType):
         new, lengths = task.get("new_tokens"), task.get("lengths")
         if not isinstance(model, str) or new is None or lengths is None:
             return
-        from lukv_bench.models import config_max_positions
+        from lukv_bench.runtime.models import config_max_positions
 
         max_pos = config_max_positions(model)
         if max_pos is None:
@@ -199,7 +199,7 @@ def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], ta
 def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
                      ) -> _Figures:
     """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
-    from lukv_bench.engine import evicts_while_decoding
+    from lukv_bench.runtime.engine import evicts_while_decoding
 
     pre = pf.pre
     evicting = evicts_while_decoding(policy, budget, pre.n)
@@ -269,7 +269,7 @@ def run_latency(
     (the runner's record constructor). Records already in ``writer`` are skipped; FullKV is measured
     again at any length with work left, so every ratio compares figures taken in the same process.
     """
-    from lukv_bench.prompts import model_max_positions  # prompts imports the tasks package
+    from lukv_bench.runtime.prompts import model_max_positions  # prompts imports the tasks package
 
     runs = list(runs)
     if not any(p.name == full_policy.name for p, _ in runs):

@@ -18,27 +18,27 @@ Suite entry::
 
 The needle is always scored by whether the pass key appears in the answer, so ``metric`` is refused;
 ``compress`` and ``chat_template`` are suite-level settings and are refused on the task too. The keys
-are declared once, by :class:`NeedleTaskType` (see :mod:`lukv_bench.schema`).
+are declared once, by :class:`NeedleTaskType` (see :mod:`lukv_bench.config.schema`).
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import random
-import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lukv_bench.config.schema import TaskContext, normalize_task
+from lukv_bench.data.corpus import Sentence, join_sentences, prose_sentences, token_counter
 from lukv_bench.errors import UserError
-from lukv_bench.schema import Key, TaskContext, normalize_task
-from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, Sample, task_limit
+from lukv_bench.registry.task_contract import Key
+from lukv_bench.sample import Sample
+from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, task_limit
 from lukv_bench.tasks.control import control_key
 
 if TYPE_CHECKING:
-    from lukv_bench.suite import Suite
+    from lukv_bench.config.suite import Suite
 
 DATA_SOURCE = "offline needle-in-a-haystack over Python's pydoc_data text (lukv-bench needle v1)"
 INSTRUCTION = (
@@ -47,7 +47,6 @@ INSTRUCTION = (
 )
 QUESTION = "What is the secret pass key? Answer with the number only."
 NEEDLE_TEMPLATE = "The secret pass key is {key}."
-CHARS_PER_TOKEN = 4  #: length estimate when no tokenizer is given
 
 #: keys other tasks or the suite's top level take, refused here with the reason
 REFUSED_KEYS = {
@@ -58,87 +57,6 @@ REFUSED_KEYS = {
     "chat_template": "is a suite-level setting (top-level 'chat_template: auto|true|false'); remove it from "
     "the task",
 }
-
-_HEADING_LINE = re.compile(r"^\s*[*=\-^~#]{3,}\s*$")
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-_FOOTNOTE = re.compile(r"\s*\[\d+\]")
-_EMPHASIS = re.compile(r"\*([^*\s][^*]*)\*")
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One haystack sentence; ``para_end`` marks the last sentence of a paragraph."""
-
-    text: str
-    para_end: bool
-
-
-def _clean_paragraph(raw: str) -> str | None:
-    """Return one prose paragraph as a single line, or None if it is code, grammar or a heading."""
-    lines = raw.split("\n")
-    if not raw.strip():
-        return None
-    for line in lines:
-        if line[:1] in (" ", "\t") or _HEADING_LINE.match(line):
-            return None  # indented code / grammar block, or a heading underline
-    text = " ".join(line.strip() for line in lines)
-    if "::=" in text or ">>>" in text or "`" in text:
-        return None
-    text = _FOOTNOTE.sub("", text)
-    text = _EMPHASIS.sub(r"\1", text)
-    text = re.sub(r"\s+", " ", text).strip()
-    if len(text) < 80 or not text[0].isalpha() or not text.endswith("."):
-        return None
-    letters = sum(c.isalpha() or c.isspace() for c in text)
-    if letters / len(text) < 0.85:
-        return None
-    return text
-
-
-@functools.lru_cache(maxsize=1)
-def haystack_units() -> tuple[_Unit, ...]:
-    """All cleaned haystack sentences, in a fixed order (sorted topic names, document order)."""
-    from pydoc_data.topics import topics
-
-    units: list[_Unit] = []
-    for name in sorted(topics):
-        for raw in topics[name].split("\n\n"):
-            para = _clean_paragraph(raw)
-            if para is None:
-                continue
-            sentences = [s.strip() for s in _SENTENCE_SPLIT.split(para) if s.strip()]
-            for i, sentence in enumerate(sentences):
-                units.append(_Unit(sentence, para_end=i == len(sentences) - 1))
-    if not units:  # pragma: no cover - would mean a broken Python install
-        raise RuntimeError("pydoc_data.topics yielded no prose paragraphs for the needle haystack")
-    return tuple(units)
-
-
-def _join(units: list[_Unit]) -> str:
-    """Join sentences with spaces, and paragraphs with blank lines."""
-    parts: list[str] = []
-    for i, unit in enumerate(units):
-        parts.append(unit.text)
-        if i < len(units) - 1:
-            parts.append("\n\n" if unit.para_end else " ")
-    return "".join(parts)
-
-
-def _token_counter(tokenizer: Any | None) -> Callable[[str], int]:
-    """A function counting tokens with ``tokenizer`` (HF-style ``encode``), else ``len // 4``."""
-    if tokenizer is None:
-        return lambda text: -(-len(text) // CHARS_PER_TOKEN)
-
-    def count(text: str) -> int:
-        try:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-        except TypeError:
-            ids = tokenizer.encode(text)
-        ids = getattr(ids, "ids", ids)  # `tokenizers.Encoding`
-        return len(ids)
-
-    return count
-
 
 class NeedleTask:
     """Depth x length needle-in-a-haystack task (metric ``substring``)."""
@@ -165,7 +83,7 @@ class NeedleTask:
         self.samples_per_cell = int(samples_per_cell)
         self.seed = int(seed)
         self.tokenizer = tokenizer
-        self._count = _token_counter(tokenizer)
+        self._count = token_counter(tokenizer)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], tokenizer: Any | None = None) -> NeedleTask:
@@ -180,21 +98,21 @@ class NeedleTask:
 
     # -- samples -------------------------------------------------------------------------------
 
-    def _haystack(self, rng: random.Random, budget_tokens: int) -> list[_Unit]:
+    def _haystack(self, rng: random.Random, budget_tokens: int) -> list[Sentence]:
         """Consecutive sentences from a seeded start, as many as fit in ``budget_tokens``."""
-        units = haystack_units()
+        units = prose_sentences()
         start = rng.randrange(len(units))
 
-        def take(k: int) -> list[_Unit]:
+        def take(k: int) -> list[Sentence]:
             return [units[(start + i) % len(units)] for i in range(k)]
 
         # double until too long, then binary-search the largest k that fits
         lo, hi = 1, 2
-        while self._count(_join(take(hi))) <= budget_tokens and hi < 1_000_000:
+        while self._count(join_sentences(take(hi))) <= budget_tokens and hi < 1_000_000:
             lo, hi = hi, hi * 2
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._count(_join(take(mid))) <= budget_tokens:
+            if self._count(join_sentences(take(mid))) <= budget_tokens:
                 lo = mid
             else:
                 hi = mid - 1
@@ -204,12 +122,12 @@ class NeedleTask:
         """Build the sample of one grid cell; deterministic in (seed, length, depth, repeat)."""
         rng = random.Random(f"lukv-needle-v1|{self.seed}|{length}|{depth!r}|{repeat}")
         key = str(rng.randrange(10_000, 100_000))
-        needle = _Unit(NEEDLE_TEMPLATE.format(key=key), para_end=False)
+        needle = Sentence(NEEDLE_TEMPLATE.format(key=key), para_end=False)
         budget = max(1, length - self._count(needle.text) - 1)
         hay = self._haystack(rng, budget)
-        while key in _join(hay):  # the number must be unique to the needle
+        while key in join_sentences(hay):  # the number must be unique to the needle
             key = str(rng.randrange(10_000, 100_000))
-            needle = _Unit(NEEDLE_TEMPLATE.format(key=key), para_end=False)
+            needle = Sentence(NEEDLE_TEMPLATE.format(key=key), para_end=False)
         # sentence boundary closest to `depth` of the haystack's characters
         bounds = [0]
         for unit in hay:
@@ -219,7 +137,7 @@ class NeedleTask:
         if i > 0 and (i == len(bounds) or target - bounds[i - 1] <= bounds[i] - target):
             i -= 1
         units = hay[:i] + [needle] + hay[i:]
-        context = _join(units)
+        context = join_sentences(units)
         position = context.index(needle.text) / max(1, len(context) - len(needle.text))
         return Sample(
             id=f"{self.name}-L{length}-d{depth:g}-r{repeat}",

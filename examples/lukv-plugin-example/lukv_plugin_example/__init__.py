@@ -14,13 +14,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from lukv_bench.config.schema import TaskContext
 from lukv_bench.errors import ConfigError
-from lukv_bench.hookspecs import Register, hookimpl
-from lukv_bench.metrics import normalize_answer, score
-from lukv_bench.policy import LayerStats, PolicySpec, PrefillStats
-from lukv_bench.schema import Key, TaskContext
-from lukv_bench.tasks import BaseTaskType, Sample
+from lukv_bench.registry.hookspecs import Register, hookimpl
+from lukv_bench.registry.task_contract import Key
+from lukv_bench.runtime.contract import LayerStats, PolicySpec, PrefillStats
+from lukv_bench.sample import Sample
+from lukv_bench.tasks import BaseTaskType
 from lukv_bench.tasks.base import MAX_NEW_TOKENS, task_limit
+from lukv_bench.tasks.metrics import normalize_answer, score
 
 # ------------------------------------------------------------------------------------------ policy
 

@@ -1,0 +1,264 @@
+"""A transformers ``Cache`` that physically holds only the kept tokens, for one or many settings.
+
+A sweep evaluates several (policy, budget) *settings* on the same prompt. Their compressed caches
+live in one :class:`RaggedCache`: per layer, one flat K buffer and one flat V buffer
+(:class:`~lukv_bench.kernels.RaggedStore`) with a segment per (setting, storage head), each with its
+own length; evicted entries are not stored at all. A forward with batch ``B`` runs row ``i`` on the
+``i``-th *active* setting, so the whole sweep of a sample decodes with one model forward per step.
+Settings can leave the batch (EOS, a stop string) without touching the others' tokens.
+
+The cache keeps each setting's *logical* length (tokens seen) apart from what is stored, so tokens
+appended after eviction get the RoPE positions they would have had without eviction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from lukv_bench.kernels.ops import RaggedStore, append, compact, ragged_attention, reserve, truncate
+from lukv_bench.runtime.selection import KeepSet
+
+#: a batch of settings pads segments of similar length to one capacity (a segment's count is at least
+#: this share of its bucket's longest), so attention reads each bucket as one dense block
+BUCKET_FILL = 0.75
+
+
+class RaggedLayer(CacheLayerMixin):
+    """One layer of the ragged cache: a :class:`RaggedStore` with ``n_settings x heads`` segments."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, store: RaggedStore, heads: int, repeat: int = 1):
+        super().__init__()
+        self.store = store
+        self.heads = heads  #: storage heads (segments) per setting
+        self.repeat = repeat  #: >1 in query-head storage mode: new KV heads are repeated per query head
+        self.active: torch.Tensor | None = None  #: segments of the active settings (None: all)
+        self.logical_len = 0  #: tokens seen by the active settings (set by the cache)
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Nothing to do: the layer is built from a compressed prefill."""
+
+    def table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(starts, lens) of the active settings' segments, in batch order."""
+        if self.active is None:
+            return self.store.starts, self.store.lens
+        return self.store.starts.index_select(0, self.active), self.store.lens.index_select(0, self.active)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append new tokens ([B_active, Hkv, Q, D]) to the active settings' segments; returns the inputs.
+
+        Attention itself runs in :meth:`RaggedCache.attention` over the ragged store.
+        """
+        B, _, Q, D = key_states.shape
+        k, v = key_states, value_states
+        if self.repeat > 1:
+            k = k.repeat_interleave(self.repeat, dim=1)
+            v = v.repeat_interleave(self.repeat, dim=1)
+        k, v = k.reshape(-1, Q, D), v.reshape(-1, Q, D)
+        n_rows = self.store.n_segments if self.active is None else self.active.numel()
+        if k.shape[0] != n_rows:
+            raise ValueError(f"batch of {B} rows does not match the cache's {n_rows // self.heads} active settings")
+        if self.active is None:
+            self.store = append(self.store, k, v)
+        else:
+            self.store = reserve(self.store, Q)  # regrows every segment if any active one lacks room
+            st = self.store
+            sub = RaggedStore(st.k, st.v, st.starts[self.active], st.lens[self.active], st.caps[self.active])
+            append(sub, k, v)  # in place: the room is there
+            st.lens[self.active] = sub.lens
+        self.logical_len += Q
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        """Tokens seen (the next RoPE position), not tokens stored."""
+        return self.logical_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """Mask sizes as if nothing had been evicted (the lukv attention ignores the mask)."""
+        return self.logical_len + query_length, 0
+
+    def get_max_length(self) -> int:
+        """Unbounded."""
+        return -1
+
+    def stored_tokens(self, setting: int | None = None) -> list[int]:
+        """Tokens actually held per storage head (of one setting, or of all settings in order)."""
+        lens = self.store.lens.tolist()
+        if setting is None:
+            return lens
+        return lens[setting * self.heads : (setting + 1) * self.heads]
+
+
+@dataclass
+class CacheMark:
+    """A point to roll a :class:`RaggedCache` back to (drops tokens appended after it)."""
+
+    logical: list[int]
+    lens: list[torch.Tensor]
+
+
+class RaggedCache(Cache):
+    """Compact KV cache of ``n_settings`` compressed caches of one prompt, ragged per layer and head.
+
+    Only the *active* settings (all, by default) take part in a forward: row ``i`` of the batch is
+    ``active[i]``. Each setting has its own logical length; the active ones must agree on it (they
+    advance in lockstep), which is what gives every row the same positions.
+    """
+
+    def __init__(self, layers: list[RaggedLayer], n_settings: int, n_q_heads: int, storage: str = "kv",
+                 logical_len: int = 0, compressed: list[list[list[int]]] | None = None):
+        super().__init__(layers=layers)
+        self.n_settings = n_settings
+        self.n_q_heads = n_q_heads
+        self.storage = storage
+        self.logical = [logical_len] * n_settings  #: tokens seen, per setting
+        #: tokens kept per setting, layer and storage head right after compression
+        self.compressed = compressed or [[layer.stored_tokens(b) for layer in layers] for b in range(n_settings)]
+        self.active: list[int] = list(range(n_settings))
+        self._sync_layers()
+
+    @classmethod
+    def build(
+        cls,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        keeps: Sequence[list[KeepSet]],
+        n_q_heads: int,
+        storage: str = "kv",
+        headroom: int = 0,
+    ) -> RaggedCache:
+        """Gather each setting's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
+
+        Every segment gets ``headroom`` free rows for tokens appended later (question, answer), so
+        a sweep decodes without regrowing. With several settings, segments of similar length share
+        a capacity (padding of at most a third, :data:`BUCKET_FILL`) so attention reads them as
+        dense blocks; each setting's :meth:`kv_bytes` still counts exactly its kept tokens, what a
+        cache of that setting alone allocates. In ``storage="query"`` mode each query head keeps its
+        own set (KeepSet has Hq segments) and the KV heads are repeated to the query heads first
+        (G x the memory, as in the original SnapKV).
+        """
+        layers = []
+        for i, (k, v) in enumerate(zip(keys, values)):
+            src_k, src_v = k[0], v[0]
+            n_kv = src_k.shape[0]
+            repeat = n_q_heads // n_kv if storage == "query" else 1
+            if repeat > 1:
+                src_k = src_k.repeat_interleave(repeat, dim=0)
+                src_v = src_v.repeat_interleave(repeat, dim=0)
+            heads = src_k.shape[0]
+            counts: list[int] = []
+            for b, keep in enumerate(keeps):
+                c = keep[i].counts
+                if len(c) != heads:
+                    raise ValueError(f"setting {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
+                counts += c
+            store = RaggedStore.empty(counts, src_k.shape[-1], src_k.dtype, src_k.device, headroom=headroom,
+                                      bucket_fill=BUCKET_FILL if len(keeps) > 1 else None)
+            for b, keep in enumerate(keeps):
+                ks = keep[i]
+                dest = store.starts[b * heads : (b + 1) * heads]
+                compact(src_k, src_v, ks.indices, ks.cu_seqlens.to(src_k.device), dest, store.k, store.v)
+            layers.append(RaggedLayer(store, heads=heads, repeat=repeat))
+        n = keys[0].shape[2] if keys else 0
+        return cls(layers, n_settings=len(keeps), n_q_heads=n_q_heads, storage=storage, logical_len=n)
+
+    # -- the batch ------------------------------------------------------------------------------
+    def set_active(self, settings: Sequence[int]) -> None:
+        """Choose which settings (in this order) form the batch of the next forwards."""
+        settings = list(settings)
+        if any(not 0 <= s < self.n_settings for s in settings) or len(set(settings)) != len(settings):
+            raise ValueError(f"active settings {settings} must be distinct indices below {self.n_settings}")
+        if settings and len({self.logical[s] for s in settings}) != 1:
+            raise ValueError("settings in one batch must have seen the same number of tokens")
+        self.active = settings
+        self._sync_layers()
+
+    def _sync_layers(self) -> None:
+        everyone = self.active == list(range(self.n_settings))
+        for layer in self.layers:
+            if everyone:
+                layer.active = None
+            else:
+                h = layer.heads
+                segs = [s * h + j for s in self.active for j in range(h)]
+                layer.active = torch.tensor(segs, dtype=torch.long, device=layer.store.lens.device)
+            layer.logical_len = self.logical[self.active[0]] if self.active else 0
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """Append to layer ``layer_idx``; after the last layer the active settings' logical length grows."""
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == len(self.layers) - 1:
+            for s in self.active:
+                self.logical[s] += key_states.shape[2]
+        return out
+
+    # -- attention -----------------------------------------------------------------------------
+    def attention(
+        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """Attention of the new queries ([B_active, Hq, Q, D]) over this layer's store -> [B, Q, Hq, D]."""
+        layer = self.layers[module.layer_idx]
+        B, Hq, Q, D = query.shape
+        starts, lens = layer.table()
+        out = ragged_attention(query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling)
+        return out.view(B, Hq, Q, D).transpose(1, 2)
+
+    def evict(self, layer_idx: int, setting: int, keep: list[torch.Tensor]) -> None:
+        """Keep only the given positions (one int64 tensor per storage head) of a setting's segments.
+
+        The kept rows move to the front of their segments, in place: the segment's capacity is
+        reused by the tokens appended next (decode-time eviction holds a constant size). The
+        logical length is unchanged, so later tokens keep their true positions.
+        """
+        layer = self.layers[layer_idx]
+        st = layer.store
+        base = setting * layer.heads
+        if len(keep) != layer.heads:
+            raise ValueError(f"keep has {len(keep)} heads, the layer has {layer.heads}")
+        dev = st.k.device
+        starts = st.starts[base : base + layer.heads].tolist()
+        src = torch.cat([starts[h] + keep[h].to(dev) for h in range(layer.heads)])
+        dst = torch.cat([starts[h] + torch.arange(keep[h].numel(), device=dev) for h in range(layer.heads)])
+        st.k[dst] = st.k[src]  # the right side is gathered first, so overlapping moves are safe
+        st.v[dst] = st.v[src]
+        st.lens[base : base + layer.heads] = torch.tensor([int(k.numel()) for k in keep], device=st.lens.device)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def kv_bytes(self, setting: int | None = None) -> int:
+        """Bytes of the compressed K and V of one setting (as built), or allocated by the whole cache.
+
+        A setting's figure counts exactly its kept tokens: what a cache holding only that setting,
+        with no room for new tokens, allocates. The whole cache also holds every segment's headroom.
+        """
+        if setting is None:
+            return sum(layer.store.nbytes() for layer in self.layers)
+        total = 0
+        for layer, counts in zip(self.layers, self.compressed[setting]):
+            row = layer.store.k.shape[1] * (layer.store.k.element_size() + layer.store.v.element_size())
+            total += sum(counts) * row
+        return total
+
+    def stored_tokens(self, setting: int = 0) -> list[list[int]]:
+        """Tokens held now per layer and storage head of one setting."""
+        return [layer.stored_tokens(setting) for layer in self.layers]
+
+    def mark(self) -> CacheMark:
+        """Remember the current lengths so appended tokens can be dropped again."""
+        return CacheMark(list(self.logical), [la.store.lens.clone() for la in self.layers])
+
+    def rollback(self, mark: CacheMark) -> None:
+        """Drop every token appended since ``mark`` (the storage stays allocated for reuse).
+
+        Settings that evicted tokens since the mark cannot get them back: rebuild those instead.
+        """
+        for layer, lens in zip(self.layers, mark.lens):
+            layer.store = truncate(layer.store, torch.minimum(lens, layer.store.lens))
+        self.logical = list(mark.logical)
+        self._sync_layers()

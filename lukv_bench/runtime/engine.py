@@ -1,0 +1,468 @@
+"""Prefill once, compress many, decode together: the engine that evaluates settings on one sample.
+
+One prefill runs with the :class:`~lukv_bench.runtime.capture.Capture` attention and keeps the full K/V
+plus the statistics every policy needs. Every (policy, budget) *setting* then builds its compressed
+cache from that capture — no second prefill — into one batched
+:class:`~lukv_bench.runtime.cache.RaggedCache`, and all settings decode together: one model forward per
+step for the whole sweep of a sample (:func:`sweep`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from lukv_bench.runtime import capture as capture_mod
+from lukv_bench.runtime.cache import RaggedCache
+from lukv_bench.runtime.contract import ACCUMULATED, Budget, LayerStats, PrefillStats
+from lukv_bench.runtime.fidelity import greedy_agreement, kl_divergence
+from lukv_bench.runtime.memory import PeakMemory
+from lukv_bench.runtime.selection import KeepSet
+
+
+@dataclass
+class EngineSettings:
+    """Run-level settings shared by every policy in a run (recorded with results)."""
+
+    window: int = 32  #: observation window: its queries vote, its tokens are always kept
+    storage: str = "kv"  #: "kv" (per KV head) or "query" (per query head, G x memory)
+    gqa_reduce: str = "mean"  #: mean | max | sum over a GQA group's query heads
+    h2o_block: int = 256  #: query block for H2O's chunked column sums
+    decode_every: int = 1  #: run a policy's decode-time eviction rule every k generated tokens
+
+
+@dataclass
+class Prefill:
+    """The captured prefill of one prompt."""
+
+    input_ids: torch.Tensor  #: [1, n]
+    keys: list[torch.Tensor]  #: per layer [1, Hkv, n, D]
+    values: list[torch.Tensor]
+    stats: PrefillStats
+    last_logits: torch.Tensor  #: [V] logits after the last prompt token
+    prefill_s: float
+    peak_mem_bytes: int
+
+    @property
+    def n(self) -> int:
+        """Prompt tokens."""
+        return self.input_ids.shape[1]
+
+    def kv_bytes_full(self) -> int:
+        """Bytes the uncompressed (FullKV) cache of this prompt holds."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
+
+
+@dataclass
+class Compressed:
+    """What compressing the prefill for one setting kept and cost (the cache itself is shared)."""
+
+    policy: str
+    budget: Budget
+    keep: list[KeepSet]  #: kept prompt positions per layer (to rebuild the cache)
+    layer_budgets: list[int]  #: tokens kept per layer (mean over storage heads, rounded)
+    head_budgets: list[list[int]] | None  #: per layer and head when heads differ
+    kv_bytes: int  #: bytes of this setting's compressed K/V, measured from the cache's buffers
+    kv_bytes_full: int  #: bytes of the uncompressed (FullKV) cache of the same prompt
+    compress_s: float  #: planning (scoring, allocation, selection) + this setting's share of the gather
+    kept_tokens_mean: float  #: mean tokens kept per layer and storage head (what the budget became)
+    allocation_info: dict | None = None
+
+
+@dataclass
+class Generation:
+    """Greedy decoding output of one setting."""
+
+    tokens: list[int]
+    logits: torch.Tensor  #: [m, V] the logits each token was chosen from
+    decode_s: float  #: this setting's share of the batched decode steps it took part in
+    text: str = ""
+    stopped: str = field(default="length")  #: "eos", "stop" or "length"
+
+
+#: a decode-time eviction callback: ``hook(cache, setting, step)`` after each appended token
+DecodeHook = Callable[[RaggedCache, int, int], None]
+
+
+class Engine:
+    """Runs capture prefills, batched compression and batched decoding for one loaded model."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, settings: EngineSettings | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or EngineSettings()
+        if self.settings.storage not in ("kv", "query"):
+            raise ValueError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
+        capture_mod.register()
+        model.set_attn_implementation(capture_mod.ATTN_IMPLEMENTATION)
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.n_q_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.max_positions = getattr(cfg, "max_position_embeddings", None)
+        self.device = next(model.parameters()).device
+
+    # -- prefill ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, needs: Sequence[str] = ()) -> Prefill:
+        """One forward pass over the prompt with capture; ``needs`` may include ``"accumulated"``."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError("a prefill takes one prompt: pass input_ids of shape [1, n]")
+        input_ids = input_ids.to(self.device)
+        cap = capture_mod.Capture(
+            window=self.settings.window, accumulated=ACCUMULATED in needs, block=self.settings.h2o_block
+        )
+        cache = DynamicCache(config=self.model.config)
+        with PeakMemory(self.device) as mem:
+            t0 = time.perf_counter()
+            out = self.model(input_ids=input_ids, cache=cache, use_cache=True, lukv=cap, logits_to_keep=1)
+            _sync(self.device)
+            prefill_s = time.perf_counter() - t0
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        layers = []
+        for i, (k, v) in enumerate(zip(keys, values)):
+            rec = cap.layers[i]
+            layers.append(
+                LayerStats(
+                    layer=i,
+                    keys=self._storage_view(k[0]),
+                    values=self._storage_view(v[0]),
+                    win_sum=rec["win_sum"],
+                    win_sumsq=rec["win_sumsq"],
+                    win_entropy=rec["win_entropy"],
+                    window=int(rec["window"]),
+                    acc_attn=rec.get("acc_attn"),
+                )
+            )
+        stats = PrefillStats(
+            layers=layers,
+            n_q_heads=self.n_q_heads,
+            n_kv_heads=self.n_kv_heads,
+            storage=self.settings.storage,
+            gqa_reduce=self.settings.gqa_reduce,
+        )
+        return Prefill(
+            input_ids=input_ids,
+            keys=keys,
+            values=values,
+            stats=stats,
+            last_logits=out.logits[0, -1].float(),
+            prefill_s=prefill_s,
+            peak_mem_bytes=mem.peak,
+        )
+
+    def eos_ids(self) -> list[int]:
+        """Token ids that end generation: the generation config's, else the tokenizer's EOS."""
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+    def _storage_view(self, x: torch.Tensor) -> torch.Tensor:
+        """[Hkv, n, D] -> storage heads (a repeated copy in query-head mode)."""
+        if self.settings.storage == "query":
+            return x.repeat_interleave(self.n_q_heads // self.n_kv_heads, dim=0)
+        return x
+
+    # -- compression -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def compress(
+        self, pre: Prefill, settings: Sequence[tuple[object, Budget]], headroom: int = 0
+    ) -> tuple[RaggedCache, list[Compressed]]:
+        """Build the compressed caches of ``settings`` ((policy, budget) pairs) as one batched cache.
+
+        ``headroom`` free rows per segment hold tokens appended later (question, answer). Each
+        setting's figures are its own: ``kv_bytes`` counts only its kept tokens, exactly what a
+        cache holding that setting alone would allocate.
+        """
+        window = pre.stats.layers[0].window if pre.stats.layers else 0
+        plans, plan_s = [], []
+        for policy, budget in settings:
+            t0 = time.perf_counter()
+            plans.append(policy.plan(pre.stats, budget, window))
+            plan_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cache = RaggedCache.build(
+            pre.keys, pre.values, [p.keep for p in plans], n_q_heads=self.n_q_heads,
+            storage=self.settings.storage, headroom=headroom,
+        )
+        _sync(self.device)
+        build_s = time.perf_counter() - t0
+        all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per setting, layer and head
+        kept = [sum(map(sum, counts)) for counts in all_counts]
+        out = []
+        for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
+            counts = all_counts[b]
+            ragged = any(len(set(c)) > 1 for c in counts)
+            out.append(Compressed(
+                policy=policy.name,
+                budget=budget,
+                keep=plan.keep,
+                layer_budgets=[round(sum(c) / len(c)) for c in counts],
+                head_budgets=counts if ragged else None,
+                # everything kept: the FullKV cache, which needs no per-query-head copies in query mode
+                kv_bytes=pre.kv_bytes_full() if all(c == pre.n for cs in counts for c in cs) else cache.kv_bytes(b),
+                kv_bytes_full=pre.kv_bytes_full(),
+                compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
+                kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),
+                allocation_info=getattr(plan.allocation, "info", None),
+            ))
+        return cache, out
+
+    def decode_hook(self, policy, cache: RaggedCache, setting: int) -> DecodeHook | None:
+        """The decode-time eviction callback of ``policy`` for one setting of ``cache`` (None: no rule).
+
+        Each layer and head of the setting is held at the size it has now (after compression and
+        any question tokens).
+        """
+        if getattr(policy, "decode_rule", None) is None:
+            return None
+        budgets = [layer.stored_tokens(setting) for layer in cache.layers]
+        every = self.settings.decode_every
+
+        def hook(cache: RaggedCache, setting: int, step: int) -> None:
+            if step % every:
+                return
+            for i, layer in enumerate(cache.layers):
+                keep = policy.decode_keep(layer.stored_tokens(setting), cache.logical[setting], budgets[i])
+                if keep is not None:
+                    cache.evict(i, setting, keep)
+
+        return hook
+
+    # -- decoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def feed(self, cache: RaggedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Run tokens through the active settings of ``cache`` (appending them) -> logits [B, m, V] fp32.
+
+        ``ids`` is [B, m] (one row per active setting) or a list of m ids fed to every active setting.
+        """
+        B = len(cache.active)
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        if ids_t.dim() == 1:
+            ids_t = ids_t.view(1, -1).expand(B, -1)
+        if ids_t.shape[0] != B:
+            raise ValueError(f"{ids_t.shape[0]} rows of ids for {B} active settings")
+        if ids_t.shape[1] == 0:
+            return torch.empty(B, 0, self.model.config.vocab_size)
+        out = self.model(input_ids=ids_t, cache=cache, use_cache=True, lukv=cache)
+        return out.logits.float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cache: RaggedCache,
+        first_logits: torch.Tensor,
+        max_new_tokens: int,
+        eos_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        decode_hooks: Sequence[DecodeHook | None] | None = None,
+        follow: dict[int, int | Sequence[int]] | None = None,
+    ) -> list[Generation]:
+        """Greedy decoding of every active setting together; one :class:`Generation` per setting.
+
+        ``first_logits`` ([B, V], or [V] shared by all) are the logits after the last prompt token.
+        A setting that emits EOS, produces a stop string or reaches ``max_new_tokens`` leaves the
+        batch; the others go on unchanged. ``decode_hooks[i]`` (decode-time eviction) runs for
+        setting ``i`` after each of its appended tokens. Each step's wall time is shared equally
+        by the settings in it.
+
+        ``follow[i]`` makes row ``i`` teacher-forced instead of greedy: it is fed the tokens of a
+        reference answer — row ``j``'s own tokens as they are decoded (``follow[i] = j``, lockstep),
+        or a given token list — all but the reference's last, and its logits are what the
+        reference's next tokens were predicted from (``stopped = "forced"``).
+        """
+        settings = list(cache.active)
+        B = len(settings)
+        first = first_logits.float()
+        first = first.expand(B, -1) if first.dim() == 1 else first
+        hooks = list(decode_hooks) if decode_hooks is not None else [None] * B
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logits: list[list[torch.Tensor]] = [[first[i]] for i in range(B)]
+        stopped = ["length"] * B
+        decode_s = [0.0] * B
+        eos = set(int(e) for e in eos_ids)
+        follow = dict(follow or {})
+        for i in follow:
+            stopped[i] = "forced"
+        alive, cur = list(range(B)), first
+        while alive:
+            t0 = time.perf_counter()
+            picks = torch.argmax(cur, dim=-1).tolist()
+            going: dict[int, int] = {}
+            for row, i in enumerate(alive):
+                if i in follow:
+                    continue
+                tok = int(picks[row])
+                tokens[i].append(tok)
+                if tok in eos:
+                    stopped[i] = "eos"
+                elif stop and any(s in self.tokenizer.decode(tokens[i], skip_special_tokens=True) for s in stop):
+                    stopped[i] = "stop"
+                elif len(tokens[i]) < max_new_tokens:
+                    going[i] = tok
+            for i in alive:
+                if i in follow:
+                    ref, step = follow[i], len(tokens[i])
+                    if isinstance(ref, int) and ref in going:
+                        going[i] = tokens[ref][-1]
+                    elif not isinstance(ref, int) and step < len(ref) - 1:
+                        going[i] = int(ref[step])
+                    if i in going:
+                        tokens[i].append(going[i])
+            still = [i for i in alive if i in going]
+            rows = [going[i] for i in still]
+            if still:
+                if still != alive:
+                    cache.set_active([settings[i] for i in still])
+                cur = self.feed(cache, torch.tensor(rows).view(-1, 1))[:, -1]
+                for row, i in enumerate(still):
+                    logits[i].append(cur[row])
+                    if hooks[i] is not None:
+                        hooks[i](cache, settings[i], len(tokens[i]))
+            _sync(self.device)
+            share = (time.perf_counter() - t0) / len(alive)
+            for i in alive:
+                decode_s[i] += share
+            alive = still
+        out = []
+        for i in range(B):
+            text = self.tokenizer.decode([t for t in tokens[i] if t not in eos], skip_special_tokens=True)
+            for s in stop:
+                if s in text:
+                    text = text[: text.index(s)]
+            out.append(Generation(tokens=tokens[i], logits=torch.stack(logits[i]), decode_s=decode_s[i],
+                                  text=text, stopped=stopped[i]))
+        return out
+
+
+def evicts_while_decoding(policy, budget: Budget, n: int) -> bool:
+    """True when ``policy`` evicts during decoding at ``budget`` on an ``n``-token prompt.
+
+    A budget that keeps the whole prompt never evicts, so it reproduces FullKV exactly.
+    """
+    return budget.tokens < n and getattr(policy, "decode_rule", None) is not None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Outcome:
+    """The result of one (policy, budget) setting on one prompt."""
+
+    policy: object
+    budget_spec: object
+    budget: Budget
+    compressed: Compressed
+    generation: Generation
+    peak_mem_bytes: int  #: peak of the batch the setting ran in (compression + decoding)
+    batch_size: int  #: settings decoded together with this one (itself included)
+    kl_mean: float | None = None  #: mean KL(FullKV || policy) over the answer positions (teacher-forced)
+    greedy_agreement: float | None = None  #: share of answer positions where the argmax equals FullKV's
+    #: how fidelity was measured: "teacher-forced", "teacher-forced+decode-eviction", or None (FullKV)
+    fidelity: str | None = None
+
+
+def sweep(
+    engine: Engine,
+    context_ids: Sequence[int],
+    question_ids: Sequence[int],
+    runs: Sequence[tuple[object, object]],
+    full_policy,
+    compress: str = "prompt",
+    max_new_tokens: int = 32,
+    eos_ids: Sequence[int] = (),
+    stop: Sequence[str] = (),
+    batch_settings: int | None = None,
+):
+    """Prefill once, then yield ``(prefill, Outcome)`` for each (policy, budget spec) in ``runs``.
+
+    ``compress="prompt"`` prefills and compresses context + question (the window sees the question);
+    ``compress="context"`` compresses only the context and feeds the question afterwards, to every
+    setting of a batch at once. FullKV (``full_policy``) runs in the first batch as the reference of
+    the fidelity metrics. Settings decode together in batches of ``batch_settings`` (None: all);
+    then the teacher-forced fidelity pass over FullKV's answer runs for a whole batch in one forward
+    (token by token for settings with decode-time eviction, which evict as they did while decoding).
+    Outcomes are yielded batch by batch, so callers can persist each as soon as it is done.
+    """
+    needs = set().union(*(p.needs for p, _ in runs), full_policy.needs)
+    if compress == "prompt":
+        pre = engine.prefill(torch.tensor([list(context_ids) + list(question_ids)]), needs)
+        tail: list[int] = []
+    elif compress == "context":
+        pre = engine.prefill(torch.tensor([list(context_ids)]), needs)
+        tail = list(question_ids)
+    else:
+        raise ValueError(f"compress must be 'prompt' or 'context' (got {compress!r})")
+    if batch_settings is not None and batch_settings < 1:
+        raise ValueError(f"batch_settings must be >= 1 (got {batch_settings})")
+
+    order = [(full_policy, 1.0)] + [(p, b) for p, b in runs if p.name != full_policy.name]
+    full_wanted = any(p.name == full_policy.name for p, _ in runs)
+    size = batch_settings or len(order)
+    ref: Generation | None = None
+    for lo in range(0, len(order), size):
+        chunk = order[lo : lo + size]
+        budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
+        evicting = [i for i, ((p, _), b) in enumerate(zip(chunk, budgets)) if evicts_while_decoding(p, b, pre.n)]
+        # a setting that evicts while decoding is measured for fidelity by a shadow copy of its cache,
+        # fed FullKV's answer in the same batch and evicting as it goes (a rollback cannot undo eviction)
+        rows = [(p, b) for (p, _), b in zip(chunk, budgets)] + [(chunk[i][0], budgets[i]) for i in evicting]
+        shadow = {len(chunk) + k: i for k, i in enumerate(evicting)}
+        with PeakMemory(engine.device) as mem:
+            cache, comps = engine.compress(pre, rows, headroom=len(tail) + max_new_tokens)
+            mark = cache.mark()
+            first = engine.feed(cache, tail)[:, -1] if tail else pre.last_logits
+            hooks = [engine.decode_hook(p, cache, i) if i in evicting or i in shadow else None
+                     for i, (p, _) in enumerate(rows)]
+            follow = {r: (0 if ref is None else ref.tokens) for r in shadow}
+            gens = engine.generate(cache, first, max_new_tokens, eos_ids, stop, decode_hooks=hooks, follow=follow)
+        if ref is None:
+            ref = gens[0]
+        outs = [Outcome(p, spec, b, c, g, mem.peak, len(rows))
+                for (p, spec), b, c, g in zip(chunk, budgets, comps, gens)]
+        _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy)
+        for r, i in shadow.items():
+            _score_fidelity(outs[i], gens[r].logits, ref, tail, "teacher-forced+decode-eviction")
+        for out in outs:
+            if out.policy is full_policy and not full_wanted:
+                continue
+            yield pre, out
+
+
+def _score_fidelity(out: Outcome, test: torch.Tensor, ref: Generation, tail: list[int], how: str) -> None:
+    """KL and greedy agreement of ``test`` (logits along FullKV's answer) against FullKV's own logits."""
+    m = len(ref.tokens)
+    # without a tail the first answer token comes from the shared, uncompressed prefill: leave it out
+    want, test = (ref.logits, test[-m:]) if tail else (ref.logits[1:], test[-(m - 1):] if m > 1 else test[:0])
+    if len(test):
+        out.kl_mean = float(kl_divergence(want, test).mean())
+        out.greedy_agreement = float(greedy_agreement(want, test))
+        out.fidelity = how
+
+
+def _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy) -> None:
+    """Teacher-force FullKV's answer through every setting of a batch that did not evict while decoding.
+
+    One forward over (tail + FullKV's answer) for all of them, after rolling the cache back.
+    """
+    m = len(ref.tokens)
+    forced = tail + ref.tokens[: m - 1]
+    plain = [i for i, (p, _) in enumerate(chunk) if p is not full_policy and i not in evicting]
+    if not forced or not plain:
+        return
+    cache.rollback(mark)
+    cache.set_active(plain)
+    fed = engine.feed(cache, forced)
+    for row, i in enumerate(plain):
+        _score_fidelity(outs[i], fed[row], ref, tail, "teacher-forced")

