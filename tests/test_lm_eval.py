@@ -19,12 +19,14 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from lukv_bench.records import Record  # noqa: E402
+from lukv_bench.config.suite import load_suite  # noqa: E402
 from lukv_bench.registry import resolve_policy  # noqa: E402
-from lukv_bench.run.results import ResultsWriter, read_records  # noqa: E402
+from lukv_bench.run.executors import LocalExecutor  # noqa: E402
+from lukv_bench.run.results import read_records  # noqa: E402
+from lukv_bench.run.runner import Runner  # noqa: E402
 from lukv_bench.runtime.engine import Engine  # noqa: E402
-from lukv_bench.tasks.lm_eval.model import LukvEvalLM, _sample_score, run_lm_eval  # noqa: E402
-from lukv_bench.tasks.lm_eval.task_type import LmEvalTaskConfig  # noqa: E402
+from lukv_bench.tasks.lm_eval.logged import sample_score  # noqa: E402
+from lukv_bench.tasks.lm_eval.model import LukvEvalLM  # noqa: E402
 
 MC_DOCS = [
     {"question": "Question: what colour is the sky on a clear day at noon?\nAnswer:",
@@ -237,27 +239,37 @@ def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
 
 def test_sample_score_picks_ruler_length() -> None:
     sample = {"metrics": ["4096", "1024"], "4096": -1.0, "1024": 0.5, "doc": {"max_length": 1024}}
-    assert _sample_score(sample) == ("1024", 0.5)
-    assert _sample_score({"metrics": ["acc", "acc_norm"], "acc": 1.0, "acc_norm": 0.0}) == ("acc", 1.0)
+    assert sample_score(sample) == ("1024", 0.5)
+    assert sample_score({"metrics": ["acc", "acc_norm"], "acc": 1.0, "acc_norm": 0.0}) == ("acc", 1.0)
 
 
-def test_run_lm_eval_records_and_resume(engine: Engine, tasks_dir: Path, tmp_path: Path,
-                                        prefills: list[int]) -> None:
-    settings, full = _settings(budget=0.4)
-    cfg = LmEvalTaskConfig(name="local", tasks=["lukv_mc", "lukv_gen"], include_path=str(tasks_dir))
+def _lm_eval_suite(folder: Path, tasks_dir: Path, policies: list[str]) -> Path:
+    path = folder / "suite.yaml"
+    path.write_text(
+        "name: lm\nmodel: tiny\n"
+        f"policies: {json.dumps(policies)}\nbudgets: [0.4]\n"
+        "tasks:\n  - {name: local, type: lm_eval, tasks: [lukv_mc, lukv_gen], "
+        f"include_path: {json.dumps(str(tasks_dir))}}}\n"
+        "chat_template: false\nwindow: 8\ndevice: cpu\n"
+    )
+    return path
+
+
+def _run(suite: Path, out: Path, on_change: str = "error") -> None:
+    Runner(load_suite(suite), out, progress=False, on_change=on_change).run(LocalExecutor())
+
+
+def test_lm_eval_units_records_and_resume(tasks_dir: Path, tmp_path: Path, prefills: list[int]) -> None:
+    """lm-eval tasks run as units of the one runner: one record per (doc, cell), resumed per record."""
     out = tmp_path / "out"
-
-    def base(task, doc_id, policy, budget, **fields):
-        return Record(model="tiny", task=task, sample_id=str(doc_id), policy=policy.name, budget=budget,
-                      setting="s", policy_params=policy.params, window=engine.settings.window, **fields)
-
-    run_lm_eval(cfg, engine, "", settings, full, ResultsWriter(out), base, chat=False)
-    assert len(prefills) == len(MC_DOCS) + len(GEN_DOCS)  # once per doc, for every setting
+    policies = ["full", "snapkv", "layer-uncertainty"]
+    _run(_lm_eval_suite(tmp_path, tasks_dir, policies), out)
+    assert len(prefills) == len(MC_DOCS) + len(GEN_DOCS)  # once per doc, for every cell
     recs = list(read_records(out / "results.jsonl"))
     keys = {(r["task"], r["sample_id"], r["policy"], json.dumps(r["budget"])) for r in recs}
-    want = {(f"local/{t}", str(d), p.name, json.dumps(b))
+    want = {(f"local/{t}", str(d), p, json.dumps(1.0 if p == "full" else 0.4))
             for t, n in (("lukv_mc", len(MC_DOCS)), ("lukv_gen", len(GEN_DOCS)))
-            for d in range(n) for p, b in settings}
+            for d in range(n) for p in policies}
     assert keys == want and len(recs) == len(want)
     for r in recs:
         assert r["score"] in (0.0, 1.0)
@@ -274,13 +286,12 @@ def test_run_lm_eval_records_and_resume(engine: Engine, tasks_dir: Path, tmp_pat
 
     # a rerun finds everything done: no prefill, no new records
     prefills.clear()
-    run_lm_eval(cfg, engine, "", settings, full, ResultsWriter(out), base, chat=False)
+    _run(_lm_eval_suite(tmp_path, tasks_dir, policies), out)
     assert prefills == []
     assert len(list(read_records(out / "results.jsonl"))) == len(recs)
 
-    # a new setting runs alone: only its records are added
-    more = [*settings, (resolve_policy("pyramidkv"), 0.4)]
-    run_lm_eval(cfg, engine, "", more, full, ResultsWriter(out), base, chat=False)
+    # a new policy runs alone: only its records are added
+    _run(_lm_eval_suite(tmp_path, tasks_dir, [*policies, "pyramidkv"]), out)
     recs2 = list(read_records(out / "results.jsonl"))
     assert len(recs2) == len(recs) + len(MC_DOCS) + len(GEN_DOCS)
     assert {r["policy"] for r in recs2[len(recs):]} == {"pyramidkv"}

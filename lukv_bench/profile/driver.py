@@ -688,8 +688,8 @@ def run_profile(
     from tqdm.auto import tqdm
 
     from lukv_bench.config.suite import apply_overrides, load_suite
-    from lukv_bench.run.runner import resolve_device
     from lukv_bench.runtime.engine import Engine, EngineSettings
+    from lukv_bench.runtime.models import resolve_device
     from lukv_bench.runtime.prompts import use_chat_template
 
     if suite is not None and data is not None:

@@ -1,8 +1,10 @@
 """Executors: who evaluates a run's units. ``local`` runs them in this process, ``ray`` on a Ray cluster.
 
-Whichever executor runs, the :class:`~lukv_bench.run.runner.Runner` plans the units (settings already in
+Whichever executor runs, the :class:`~lukv_bench.run.runner.Runner` plans the units (cells already in
 ``results.jsonl`` left out), writes ``run.json`` and appends each record the executor yields to
-``results.jsonl``; it is the only writer of that file, so resuming works the same for both.
+``results.jsonl``; it is the only writer of that file, so resuming works the same for both. Executors
+run any unit of any task type; a unit that declares ``alone`` (it measures the machine, as latency
+units do) runs with no other unit in flight.
 
 The Ray executor (``lukv-bench run SUITE --executor ray [--address ADDR]``, extra ``lukv-bench[ray]``):
 
@@ -34,7 +36,8 @@ from typing import Any, Protocol
 
 from lukv_bench.errors import UserError
 from lukv_bench.records import Record
-from lukv_bench.run.runner import Catalog, Evaluator, Session, Unit
+from lukv_bench.run.session import Inventory, Session
+from lukv_bench.units import Unit
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +46,12 @@ RAY_INSTALL = 'pip install "lukv-bench[ray]"'
 DEFAULT_MAX_RETRIES = 3
 #: environment variable of the fault-injection hook (see the module docstring)
 KILL_WORKER_ENV = "LUKV_BENCH_KILL_WORKER"
-#: task types that run in the driver's process, not as units, and why
-IN_PROCESS_TASKS = {
-    "lm_eval": "run inside lm-eval's own loop, which is not split into units",
-    "latency": "measure the machine they run on, one setting at a time",
-}
 
 
 class Executor(Protocol):
     """Evaluates units for a :class:`~lukv_bench.run.runner.Runner`, which writes what it yields."""
 
-    #: the model loaded in this process (lm-eval tasks run on it); None when units run elsewhere
-    session: Session | None
-
-    def start(self, evaluator: Evaluator) -> Catalog:
+    def start(self, suite: Any) -> Inventory:
         """Load the model wherever units will run; return what it makes of the suite."""
         ...
 
@@ -78,19 +73,17 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self.session: Session | None = None
-        self._evaluator: Evaluator | None = None
 
-    def start(self, evaluator: Evaluator) -> Catalog:
+    def start(self, suite: Any) -> Inventory:
         """Load the suite's model here."""
-        self._evaluator = evaluator
-        self.session = Session(evaluator.suite)
-        return self.session.catalog()
+        self.session = Session(suite)
+        return self.session.inventory()
 
     def execute(self, units: list[Unit]) -> Iterator[Record]:
         """Evaluate units in order; records stream out batch by batch."""
-        assert self._evaluator is not None and self.session is not None, "start() first"
+        assert self.session is not None, "start() first"
         for unit in units:
-            yield from self._evaluator.run_unit(self.session, unit)
+            yield from self.session.evaluate(unit)
 
     def describe(self) -> dict[str, Any]:
         """``{"kind": "local"}``."""
@@ -143,27 +136,27 @@ class KillSwitch:
 
     def hits(self, unit: Unit) -> bool:
         """Whether the worker evaluating ``unit`` must die."""
-        return unit.task == self.task and unit.sample == self.sample and unit.attempt <= self.attempts
+        return unit.task == self.task and self.sample in unit.samples and unit.attempt <= self.attempts
 
 
 class UnitWorker:
     """The body of one Ray actor: the suite's model loaded once, evaluating the units sent to it."""
 
     def __init__(self, suite, kill: KillSwitch | None = None) -> None:
-        self.evaluator = Evaluator(suite)
+        self.suite = suite
         self.kill = kill
         self.session: Session | None = None
 
-    def setup(self) -> Catalog:
+    def setup(self) -> Inventory:
         """Load the model (once per actor) and say what it makes of the suite."""
-        self.session = Session(self.evaluator.suite)
-        return self.session.catalog()
+        self.session = Session(self.suite)
+        return self.session.inventory()
 
     def run(self, unit: Unit) -> list[Record]:
         """Every record of ``unit``."""
         assert self.session is not None, "setup() first"
         records = []
-        for rec in self.evaluator.run_unit(self.session, unit):
+        for rec in self.session.evaluate(unit):
             records.append(rec)
             if self.kill is not None and self.kill.hits(unit):
                 os._exit(1)  # a worker crash mid-unit, as a test asked for
@@ -172,8 +165,6 @@ class UnitWorker:
 
 class RayExecutor:
     """Runs units on Ray actors, one per worker, each holding the model; see the module docstring."""
-
-    session = None  # units run in other processes
 
     def __init__(self, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -188,7 +179,7 @@ class RayExecutor:
         self._suite = None
         self._owns_ray = False
         self._actor_class = None
-        self._catalog: Catalog | None = None
+        self._inventory: Inventory | None = None
         self._actors: list[Any] = []
         self._idle: list[Any] = []
         self._pending: dict[Any, tuple[Any, Unit | None]] = {}  # ref -> (actor, unit; None: the actor's setup)
@@ -196,16 +187,9 @@ class RayExecutor:
         self._setup_failures = 0
 
     # -- starting -------------------------------------------------------------------------------
-    def start(self, evaluator: Evaluator) -> Catalog:
+    def start(self, suite: Any) -> Inventory:
         """Connect to (or start) the cluster, start the workers, wait for the first to load the model."""
-        suite = self._suite = evaluator.suite
-        for i, task in enumerate(suite.tasks):
-            why = IN_PROCESS_TASKS.get(task.get("type"))
-            if why:
-                raise UserError(
-                    f"{suite.where(f'tasks[{i}].type')}: {task['type']} tasks {why}, so the ray executor does not run "
-                    f"them; use --executor local, or move the {task['type']} tasks to a suite of their own"
-                )
+        self._suite = suite
         res = suite.resources
         self.cpus = float(res.cpus_per_worker or suite.threads or 1)
         self.gpus = float(res.gpus_per_worker)
@@ -221,11 +205,11 @@ class RayExecutor:
         self._actor_class = ray.remote(UnitWorker)
         for _ in range(self.workers):
             self._add_worker()
-        while self._catalog is None:
+        while self._inventory is None:
             failure = self._collect_one()
             if failure is not None:
                 raise failure
-        return self._catalog
+        return self._inventory
 
     def _workers_that_fit(self, required: bool) -> int:
         """How many workers the cluster's present CPUs and GPUs hold; none is an error unless ``workers`` was set
@@ -258,17 +242,23 @@ class RayExecutor:
 
     # -- running --------------------------------------------------------------------------------
     def execute(self, units: list[Unit]) -> Iterator[Record]:
-        """Dispatch units to idle workers; yield each finished unit's records; retry units of dead workers."""
+        """Dispatch units to idle workers; yield each finished unit's records; retry units of dead workers.
+
+        A unit that must run ``alone`` waits until no unit is in flight, and nothing else starts while it runs.
+        """
         queue = self._queue = deque(units)
         failure: BaseException | None = None
         while True:
-            in_flight = any(u is not None for _, u in self._pending.values())
-            if not in_flight and (failure is not None or not queue):
+            running = [u for _, u in self._pending.values() if u is not None]
+            if not running and (failure is not None or not queue):
                 break  # workers still loading the model are not waited for
-            while failure is None and queue and self._idle:
+            while failure is None and queue and self._idle and not any(u.alone for u in running):
+                if queue[0].alone and running:
+                    break
                 actor = self._idle.pop()
                 unit = queue.popleft()
                 self._pending[actor.run.remote(unit)] = (actor, unit)
+                running.append(unit)
             if not self._pending:  # every worker is either idle or busy, so this cannot happen with units left
                 raise RuntimeError(f"{len(queue)} units left but no Ray worker to run them")
             records: list[Record] = []
@@ -303,10 +293,10 @@ class RayExecutor:
                 out.append(rec)
         return None
 
-    def _ready(self, actor: Any, catalog: Catalog) -> BaseException | None:
-        if self._catalog is None:
-            self._catalog = catalog
-        elif catalog != self._catalog:
+    def _ready(self, actor: Any, inventory: Inventory) -> BaseException | None:
+        if self._inventory is None:
+            self._inventory = inventory
+        elif inventory != self._inventory:
             return RuntimeError(
                 "workers disagree on the suite's samples or model name: give every node the same lukv-bench "
                 "version, model and data files (at the same paths)"

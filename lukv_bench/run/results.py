@@ -15,11 +15,12 @@ from typing import Any
 
 from lukv_bench.records import Record, RecordKey, record_key
 
-RESULTS_FILE = "results.jsonl"
+RESULTS_FILE = "results.jsonl"  #: the records of a results folder
+RUN_FILE = "run.json"  #: the suite, policies and versions of a results folder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESULTS_FILE", "ResultsWriter", "read_records", "record_key"]
+__all__ = ["RESULTS_FILE", "RUN_FILE", "ResultsWriter", "read_records", "record_key"]
 
 
 def read_records(path: Path, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:

@@ -225,3 +225,13 @@ def tiny_model(
                 torch.nn.init.normal_(proj.weight, std=0.2)
     model.eval()
     return LoadedModel(model=model, tokenizer=tok, name="tiny-random-llama", source="tiny")
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(setting)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {setting} was requested but CUDA is not available; use device: auto or cpu")
+    return dev

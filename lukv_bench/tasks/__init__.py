@@ -5,13 +5,15 @@ The built-in task types (this module is the ``builtin-tasks`` plugin):
 * ``jsonl`` — :class:`~lukv_bench.tasks.jsonl.JsonlTask` (the user's file);
 * ``longbench`` — one :class:`~lukv_bench.tasks.longbench.LongBenchTask` per subset, named
   ``<name>/<subset>``;
-* ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval.task_type.LmEvalTaskConfig` (run by the lm-eval
-  adapter, not through the :class:`Task` protocol);
+* ``lm_eval`` — a :class:`~lukv_bench.tasks.lm_eval.task_type.LmEvalTaskConfig`: one unit per lm-eval task;
 * ``needle`` — :class:`lukv_bench.tasks.needle.NeedleTask` (gets the tokenizer);
 * ``family`` — :class:`lukv_bench.data.families.FamilyTask`, a generated family whose answers only
   the context holds (gets the tokenizer);
-* ``latency`` — a :class:`~lukv_bench.tasks.latency.LatencyTaskConfig` (memory and latency per context
-  length, run by :func:`~lukv_bench.tasks.latency.run_latency`, not through the :class:`Task` protocol).
+* ``latency`` — a :class:`~lukv_bench.tasks.latency.LatencyTaskConfig`: one unit per context length,
+  each run alone (memory and latency of every cell).
+
+Sample-based tasks run as :class:`~lukv_bench.tasks.base.SampleUnits` (one unit per sample); the
+others are :class:`~lukv_bench.units.UnitSource` s themselves (:func:`unit_sources`).
 
 Plugins add types through the ``register_task_types`` hook (:class:`~lukv_bench.registry.task_contract.TaskType`).
 """
@@ -23,16 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 from lukv_bench.config.schema import TaskContext, normalize_task
 from lukv_bench.errors import UserError
+from lukv_bench.registry.catalog import catalog
 from lukv_bench.registry.hookspecs import Register, hookimpl
 from lukv_bench.registry.task_contract import TaskType
 from lukv_bench.sample import Sample
-from lukv_bench.tasks.base import BaseTaskType, Task
+from lukv_bench.tasks.base import BaseTaskType, SampleUnits, Task
+from lukv_bench.tasks.control import NoContextTask, without_context
 from lukv_bench.tasks.family import FamilyTaskType
 from lukv_bench.tasks.jsonl import JsonlTaskType
 from lukv_bench.tasks.latency import LatencyTaskType
 from lukv_bench.tasks.lm_eval.task_type import LmEvalTaskConfig, LmEvalTaskType
 from lukv_bench.tasks.longbench import LongBenchTaskType
 from lukv_bench.tasks.needle import NeedleTaskType
+from lukv_bench.units import UnitSource
 
 if TYPE_CHECKING:
     from lukv_bench.config.suite import Suite
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseTaskType",
     "LmEvalTaskConfig",
+    "SampleUnits",
     "Sample",
     "Task",
     "TaskLike",
@@ -49,10 +55,11 @@ __all__ = [
     "expand_task",
     "register_task_types",
     "task_type",
+    "unit_sources",
 ]
 
-#: what a task entry turns into: a sample-based Task, or an lm-eval configuration
-TaskLike = Task | LmEvalTaskConfig
+#: what a task entry turns into: sample-based tasks, or sources of other units (lm-eval, latency, a plugin's)
+TaskLike = Task | UnitSource
 
 
 @hookimpl
@@ -64,8 +71,6 @@ def register_task_types(register: Register) -> None:
 
 def task_type(name: str) -> TaskType:
     """An instance of the registered task type ``name`` (UserError naming the closest one if unknown)."""
-    from lukv_bench.registry.catalog import catalog
-
     return catalog().task_types.lookup(name).obj()
 
 
@@ -99,3 +104,20 @@ def build_tasks(suite: Suite, tokenizer: Any = None) -> list[TaskLike]:
     """All tasks of a suite, in file order, LongBench subsets expanded."""
     return [t for task in suite.tasks for t in expand_task(task, suite, tokenizer)]
 
+
+
+def unit_sources(task: dict[str, Any], suite: Suite | None = None, tokenizer: Any = None) -> list[UnitSource]:
+    """What a suite task entry stands for at run time: its tasks as unit sources, sample-based tasks
+    wrapped by :class:`SampleUnits`, each followed by its no-context control when the entry sets ``control``."""
+    out: list[UnitSource] = []
+    for built in expand_task(task, suite, tokenizer):
+        if isinstance(built, UnitSource):
+            out.append(built)
+            continue
+        units = SampleUnits(built, task["name"])
+        out.append(units)
+        if task.get("control"):
+            control = NoContextTask(built)
+            out.append(SampleUnits(control, task["name"], reference_only=True,
+                                   samples=[without_context(s) for s in units.samples.values()]))
+    return out

@@ -1,21 +1,28 @@
-"""The task contract: a task yields samples and scores predictions.
+"""Sample-based tasks: a task yields samples and scores predictions; :class:`SampleUnits` runs it.
 
-Prompts are split in two blocks so the engine can run both protocols: ``compress: prompt``
-(context and question prefilled together and compressed; the observation window sees the question)
-and ``compress: context`` (only the context block is compressed; the question is fed afterwards).
+Most task types (jsonl, longbench, needle, family, and plugins') build :class:`Task` objects; the
+runner evaluates them through :class:`SampleUnits`, one unit per sample. Task types whose work is
+not a sample sweep (lm-eval, latency) build a :class:`~lukv_bench.units.UnitSource` themselves.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from lukv_bench.registry.task_contract import Key
+from lukv_bench.runtime.engine import sweep
+from lukv_bench.runtime.prompts import build_prompt, fit_prompt, model_max_positions
 from lukv_bench.sample import Sample
+from lukv_bench.units import Unit, UnitContext
 
 if TYPE_CHECKING:
     from lukv_bench.config.schema import TaskContext
     from lukv_bench.config.suite import Suite
+    from lukv_bench.records import Record
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -55,3 +62,56 @@ def task_limit(task: dict[str, Any], suite: Suite | None) -> int | None:
 #: the ``max_new_tokens`` key of sample-based task types: tokens to generate per sample (None: the
 #: suite's ``generation.max_new_tokens``)
 MAX_NEW_TOKENS = Key("int", None, minimum=1, nullable=True)
+
+
+class SampleUnits:
+    """A sample-based :class:`Task` as a :class:`~lukv_bench.units.UnitSource`: one unit per sample.
+
+    Evaluating a unit prefills its sample once and runs every cell of it on that prefill
+    (:func:`~lukv_bench.runtime.engine.sweep`); ``reference_only`` (a no-context control) evaluates
+    FullKV alone.
+    """
+
+    def __init__(self, task: Task, entry: str, reference_only: bool = False,
+                 samples: list[Sample] | None = None) -> None:
+        """``samples``: the task's samples when already generated (default: ``task.samples(task.limit)``)."""
+        self.task = task
+        self.name = task.name
+        self.entry = entry
+        self.reference_only = reference_only
+        self.samples = {str(s.id): s for s in (samples if samples is not None else task.samples(task.limit))}
+
+    def units(self) -> list[Unit]:
+        """One unit per sample, in the task's sample order."""
+        return [Unit(task=self.name, entry=self.entry, id=sid, samples=(sid,), reference_only=self.reference_only)
+                for sid in self.samples]
+
+    def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
+        """Every cell of the unit's sample on one prefill; records batch by batch."""
+        suite, engine, sample = ctx.suite, ctx.engine, self.samples[unit.id]
+        max_new = sample.max_new_tokens or suite.max_new_tokens
+        ids, original, used = fit_prompt(
+            build_prompt(engine.tokenizer, sample, ctx.chat), model_max_positions(engine.model.config), max_new,
+            suite.truncate, task=self.name, sample_id=str(sample.id), where=suite.where("truncate"),
+        )
+        outcomes = sweep(
+            engine, ids.context, ids.question, ctx.cells(unit), ctx.full, compress=suite.compress,
+            max_new_tokens=max_new, eos_ids=engine.eos_ids(), stop=suite.stop, batch_settings=suite.batch_settings,
+        )
+        for pre, out in outcomes:
+            gen = out.generation
+            meta = dict(sample.meta)
+            warning = suite.budget_warning(out.budget.tokens, pre.n) if out.policy is not ctx.full else None
+            if warning:
+                meta["budget_warning"] = warning
+                log.warning("%s %s: %s", self.name, sample.id, warning)
+            rec = ctx.record(
+                unit, sample.id, out.policy, out.budget_spec, score=self.task.score(gen.text, sample),
+                metric=self.task.metric, prediction=gen.text, answers=sample.answers,
+                data_source=self.task.data_source, meta=meta,
+            ).set_outcome(pre, out)
+            rec.context_tokens_original = pre.n + (original - used)  # what would have been prefilled
+            yield rec
+        if used < original:
+            log.info("%s %s: prompt truncated from %d to %d tokens (%s)", self.name, sample.id, original, used,
+                     suite.truncate)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
 
 from lukv_bench.registry.task_contract import Key
 from lukv_bench.sample import Sample
@@ -64,16 +63,3 @@ class NoContextTask:
     def score(self, prediction: str, sample: Sample) -> float:
         """The task's own score."""
         return self.task.score(prediction, sample)
-
-
-def add_controls(samples: dict[str, tuple[Any, dict[str, Any], dict[str, Sample]]]) -> None:
-    """Add the control of every task whose entry sets ``control`` to a runner's {task name: (task, entry,
-    {sample id: sample})} map, in place, each right after its task."""
-    out = {}
-    for name, (task, cfg, by_id) in samples.items():
-        out[name] = (task, cfg, by_id)
-        if cfg.get("control"):
-            ctrl = NoContextTask(task)
-            out[ctrl.name] = (ctrl, cfg, {sid: without_context(s) for sid, s in by_id.items()})
-    samples.clear()
-    samples.update(out)

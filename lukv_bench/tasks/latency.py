@@ -44,7 +44,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,17 +53,19 @@ import torch
 from lukv_bench.data.corpus import SOURCE, reference_text_ids
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.runtime.contract import ACCUMULATED, Budget
+from lukv_bench.runtime.engine import evicts_while_decoding
 from lukv_bench.runtime.memory import AllocationPeak
+from lukv_bench.runtime.prompts import model_max_positions
 from lukv_bench.tasks.base import BaseTaskType
+from lukv_bench.units import Unit, UnitContext
 
 if TYPE_CHECKING:
     from lukv_bench.config.schema import TaskContext
     from lukv_bench.config.suite import Suite
     from lukv_bench.records import Record
-    from lukv_bench.run.results import ResultsWriter
     from lukv_bench.runtime.engine import Engine, Prefill
 
-__all__ = ["METRIC", "LatencyTaskConfig", "LatencyTaskType", "run_latency", "sample_id"]
+__all__ = ["METRIC", "LatencyTaskConfig", "LatencyTaskType", "sample_id"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,11 @@ CPU_TIME_NOTE = (
 
 @dataclass
 class LatencyTaskConfig:
-    """One ``type: latency`` entry, checked by :class:`LatencyTaskType`; run by :func:`run_latency`."""
+    """One ``type: latency`` entry, checked by :class:`LatencyTaskType`: one unit per context length.
+
+    Its units run *alone* (they measure the machine); each measures every cell of the unit one at a
+    time, and FullKV at the same length in the same process, since every ratio compares the two.
+    """
 
     name: str  #: the suite's name for this entry (the task of its records)
     lengths: list[int]  #: prompt lengths in tokens
@@ -91,7 +97,23 @@ class LatencyTaskConfig:
     warmup: int = 1
     memory_limit_gb: float = 1.0  #: report setting: the longest context that fits in this much memory
     data_source: str = field(default=SOURCE, init=False)
-    kind: str = field(default="latency", init=False)  #: distinguishes it from sample-based tasks
+    _ids: list[int] | None = field(default=None, init=False, repr=False)
+
+    def units(self) -> list[Unit]:
+        """One unit per length (sample id ``len<N>``), each to run alone."""
+        return [Unit(task=self.name, entry=self.name, id=sample_id(n), samples=(sample_id(n),), alone=True)
+                for n in self.lengths]
+
+    def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
+        """Measure the unit's cells at its length; one record each."""
+        length = self.lengths[[sample_id(n) for n in self.lengths].index(unit.id)]
+        yield from _measure_length(self, unit, ctx, length)
+
+    def text_ids(self, tokenizer: Any) -> list[int]:
+        """The reference text's ids for the longest length, tokenized once: each prompt is a prefix of it."""
+        if self._ids is None:
+            self._ids = reference_text_ids(tokenizer, max(self.lengths))
+        return self._ids
 
 
 class LatencyTaskType(BaseTaskType):
@@ -127,7 +149,7 @@ class LatencyTaskType(BaseTaskType):
                        f"positions; use lengths <= {max_pos - new}")
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LatencyTaskConfig:
-        """The configuration :func:`run_latency` receives."""
+        """The entry's units: one per length."""
         return LatencyTaskConfig(
             name=str(task["name"]), lengths=list(task["lengths"]), new_tokens=task["new_tokens"],
             repeats=task["repeats"], warmup=task["warmup"], memory_limit_gb=float(task["memory_limit_gb"]),
@@ -199,8 +221,6 @@ def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], ta
 def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
                      ) -> _Figures:
     """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
-    from lukv_bench.runtime.engine import evicts_while_decoding
-
     pre = pf.pre
     evicting = evicts_while_decoding(policy, budget, pre.n)
     compress_s, decode_s, decode_cpu = [], [], []
@@ -254,72 +274,39 @@ def _ratios(fig: _Figures, full: _Figures) -> dict[str, float | None]:
     return out
 
 
-def run_latency(
-    task: LatencyTaskConfig,
-    engine: Engine,
-    runs: Sequence[tuple[object, Any]],
-    full_policy,
-    writer: ResultsWriter,
-    make_record: Callable[..., Record],
-    progress=None,
-) -> None:
-    """Measure every (policy, budget spec) of ``runs`` at each length of ``task``; append one record each.
-
-    ``make_record(sample_id, policy, budget_spec, **fields)`` builds a record with the run's identity
-    (the runner's record constructor). Records already in ``writer`` are skipped; FullKV is measured
-    again at any length with work left, so every ratio compares figures taken in the same process.
-    """
-    from lukv_bench.runtime.prompts import model_max_positions  # prompts imports the tasks package
-
-    runs = list(runs)
-    if not any(p.name == full_policy.name for p, _ in runs):
-        runs.insert(0, (full_policy, 1.0))
+def _measure_length(task: LatencyTaskConfig, unit: Unit, ctx: UnitContext, length: int) -> Iterator[Record]:
+    """Measure every cell of ``unit`` at ``length`` tokens, FullKV first (every ratio's reference)."""
+    engine, full = ctx.engine, ctx.full
+    cells = ctx.cells(unit)
+    sid = unit.samples[0]
+    common = {"score": None, "metric": METRIC, "prediction": "", "answers": [], "data_source": task.data_source,
+              "batch_size": 1}
     max_pos = model_max_positions(engine.model.config)
-    base = {"score": None, "metric": METRIC, "prediction": "", "answers": []}
-    text_ids: list[int] | None = None
-    for length in task.lengths:
-        sid = sample_id(length)
-        todo = [(p, b) for p, b in runs if not writer.is_done(make_record(sid, p, b, **base))]
-        if progress is not None:
-            progress.update(len(runs) - len(todo))
-        if not todo:
-            continue
-        common = {**base, "data_source": task.data_source, "batch_size": 1}
-        if max_pos is not None and length + task.new_tokens > max_pos:
-            why = (f"{length} prompt tokens + new_tokens {task.new_tokens} exceed the model's "
-                   f"{max_pos} positions")
-            log.warning("%s %s: %s", task.name, sid, why)
-            for p, b in todo:
-                writer.append(make_record(sid, p, b, **common, meta={"length": length, "skipped": why}))
-                if progress is not None:
-                    progress.update(1)
-            continue
-        env = {"device": str(engine.device), "threads": torch.get_num_threads(), "max_positions": max_pos}
-        if text_ids is None:  # tokenized once, for the longest length: each prompt is a prefix of it
-            text_ids = reference_text_ids(engine.tokenizer, max(task.lengths))
-        ids = torch.tensor([text_ids[:length]])
-        _measure_length(task, engine, ids, todo, full_policy, writer, make_record, common, env, progress)
+    if max_pos is not None and length + task.new_tokens > max_pos:
+        why = f"{length} prompt tokens + new_tokens {task.new_tokens} exceed the model's {max_pos} positions"
+        log.warning("%s %s: %s", task.name, sid, why)
+        for p, b in cells:
+            yield ctx.record(unit, sid, p, b, **common, meta={"length": length, "skipped": why})
+        return
+    env = {"device": str(engine.device), "threads": torch.get_num_threads(), "max_positions": max_pos}
+    ids = torch.tensor([task.text_ids(engine.tokenizer)[:length]])
 
-
-def _measure_length(task, engine, ids, todo, full_policy, writer, make_record, common, env, progress) -> None:
-    length = ids.shape[1]
-    sid = sample_id(length)
     # one prefill measurement per kind of capture, FullKV's first (it is every ratio's reference); the
     # capture always records the window statistics, only H2O's accumulated attention changes the prefill
     def capture(policy) -> frozenset[str]:
         return frozenset(policy.needs) & {ACCUMULATED}
 
-    groups: dict[frozenset[str], list[tuple[object, Any]]] = {capture(full_policy): []}
-    for p, b in todo:
+    groups: dict[frozenset[str], list[tuple[object, Any]]] = {capture(full): []}
+    for p, b in cells:
         groups.setdefault(capture(p), []).append((p, b))
     full_fig: _Figures | None = None
     for needs, members in groups.items():
         pf = _timed_prefills(engine, ids, needs, task)
         if full_fig is None:
-            full_fig = _measure_setting(engine, pf, full_policy, Budget.resolve(1.0, pf.pre.n), task)
+            full_fig = _measure_setting(engine, pf, full, Budget.resolve(1.0, pf.pre.n), task)
         for p, spec in members:
             budget = Budget.resolve(spec, pf.pre.n)
-            fig = full_fig if p.name == full_policy.name else _measure_setting(engine, pf, p, budget, task)
+            fig = full_fig if p is full else _measure_setting(engine, pf, p, budget, task)
             meta = {
                 "length": length, **env, "repeats": task.repeats, "warmup": task.warmup,
                 "decode_ms_per_token": fig.decode_ms_per_token, "tokens_per_s": fig.tokens_per_s,
@@ -328,14 +315,12 @@ def _measure_length(task, engine, ids, todo, full_policy, writer, make_record, c
                 "compress_share": fig.compress_s / fig.prefill_s if fig.prefill_s else None,
                 "prefill_needs": sorted(needs), "vs_full": _ratios(fig, full_fig), **fig.meta,
             }
-            rec = make_record(
-                sid, p, spec, **common, budget_ratio=budget.ratio, budget_tokens_mean=round(fig.kept_tokens_mean, 2),
-                context_tokens=pf.pre.n, context_tokens_original=length, layer_budgets=fig.layer_budgets,
-                kv_bytes=fig.kv_bytes, kv_bytes_full=fig.kv_bytes_full, prefill_s=fig.prefill_s,
-                compress_s=fig.compress_s, decode_s=fig.decode_s, new_tokens=task.new_tokens,
-                peak_mem_bytes=fig.peak_mem_bytes, prefill_peak_mem_bytes=fig.prefill_peak_mem_bytes, meta=meta,
+            yield ctx.record(
+                unit, sid, p, spec, **common, budget_ratio=budget.ratio,
+                budget_tokens_mean=round(fig.kept_tokens_mean, 2), context_tokens=pf.pre.n,
+                context_tokens_original=length, layer_budgets=fig.layer_budgets, kv_bytes=fig.kv_bytes,
+                kv_bytes_full=fig.kv_bytes_full, prefill_s=fig.prefill_s, compress_s=fig.compress_s,
+                decode_s=fig.decode_s, new_tokens=task.new_tokens, peak_mem_bytes=fig.peak_mem_bytes,
+                prefill_peak_mem_bytes=fig.prefill_peak_mem_bytes, meta=meta,
             )
-            writer.append(rec)
-            if progress is not None:
-                progress.update(1)
         del pf  # the next group's prefill should not run beside this one's K/V

@@ -1,25 +1,31 @@
-"""``type: lm_eval`` suite tasks: their config schema, and the configuration the lm-eval runner receives.
+"""``type: lm_eval`` suite tasks: any lm-eval task, answered under every cell by lukv-bench's lm-eval model.
 
-:class:`LmEvalTaskType` declares the keys (checked by :mod:`lukv_bench.config.schema`); it builds an
-:class:`LmEvalTaskConfig`, which :mod:`lukv_bench.tasks.lm_eval.model` runs. Running lm-eval tasks is not
-done here.
+:class:`LmEvalTaskType` declares the keys (checked by :mod:`lukv_bench.config.schema`) and builds an
+:class:`LmEvalTaskConfig`, whose units are its lm-eval tasks; evaluating one answers its requests with
+:class:`~lukv_bench.tasks.lm_eval.model.LukvEvalLM` and scores each cell with lm-eval's own ``evaluate``.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.tasks.base import BaseTaskType, task_limit
+from lukv_bench.tasks.lm_eval.loading import load_tasks, quiet_lm_eval_logs
+from lukv_bench.tasks.lm_eval.logged import answers_of, data_source, metric_label, prediction_of, sample_score
+from lukv_bench.tasks.lm_eval.model import DEFAULT_TAIL, LukvEvalLM
+from lukv_bench.units import Unit, UnitContext
 
 if TYPE_CHECKING:
     from lukv_bench.config.suite import Suite
+    from lukv_bench.records import Record
 
-__all__ = ["DEFAULT_TAIL", "LmEvalTaskConfig", "LmEvalTaskType"]
+__all__ = ["LmEvalTaskConfig", "LmEvalTaskType"]
 
-#: context tokens an lm-eval request leaves uncompressed and feeds after compression
-DEFAULT_TAIL = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,7 +41,77 @@ class LmEvalTaskConfig:
     metadata: dict[str, Any] = field(default_factory=dict)  #: extra lm-eval task metadata
     #: context tokens left uncompressed and fed after compression (the question and answer prompt)
     tail: int = DEFAULT_TAIL
-    kind: str = field(default="lm_eval", init=False)  #: distinguishes it from sample-based tasks
+    tokenizer_path: str = ""  #: the model's tokenizer folder (RULER generates its data with it)
+    _tasks: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def lm_tasks(self) -> dict[str, Any]:
+        """{lm-eval task name: Task}, loaded once (groups expanded)."""
+        if self._tasks is None:
+            lm_meta = self.lm_eval_metadata()
+            path = self.tokenizer_path
+            metadata = {**({"tokenizer": path, "pretrained": path} if path else {}), **lm_meta}
+            self._tasks = load_tasks(self, metadata)
+            if self.num_fewshot is not None:
+                for task in self._tasks.values():
+                    task.set_config(key="num_fewshot", value=self.num_fewshot)
+        return self._tasks
+
+    def units(self) -> list[Unit]:
+        """One unit per lm-eval task (its records: ``<entry>/<lm-eval task>``, one per document)."""
+        out = []
+        for task_name, task in self.lm_tasks().items():
+            n_docs = len(task.eval_docs)
+            n = min(n_docs, int(self.limit)) if self.limit else n_docs
+            out.append(Unit(task=f"{self.name}/{task_name}", entry=self.name, id=task_name,
+                            samples=tuple(str(d) for d in range(n))))
+        return out
+
+    def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
+        """Answer every request of the unit's lm-eval task under all its cells at once (each shared context
+        prefilled once, all cells batched), then score each cell with lm-eval's ``evaluate`` over the cached
+        answers: one record per (document, cell)."""
+        from lm_eval.evaluator import evaluate
+
+        task_name, task = unit.id, self.lm_tasks()[unit.id]
+        cells = ctx.cells(unit)
+        lm = LukvEvalLM(ctx.engine, cells, ctx.full, chat=ctx.chat, tail=self.tail,
+                        batch_settings=ctx.suite.batch_settings)
+        source = data_source(task_name, task, self.lm_eval_metadata())
+        with quiet_lm_eval_logs():
+            for i, (policy, spec) in enumerate(cells):
+                res = evaluate(lm.use(i), {task_name: task}, limit=self.limit, log_samples=True, bootstrap_iters=0,
+                               apply_chat_template=ctx.chat)
+                written: set[Any] = set()
+                for s in (res or {}).get("samples", {}).get(task_name, []):
+                    doc_id = s["doc_id"]
+                    if doc_id in written:  # one record per doc: the first filter's
+                        continue
+                    written.add(doc_id)
+                    yield self._record(unit, ctx, lm, i, policy, spec, task, s, source)
+
+    def _record(self, unit: Unit, ctx: UnitContext, lm: LukvEvalLM, i: int, policy: Any, spec: Any, task: Any,
+                s: dict[str, Any], source: str) -> Record:
+        """The record of one logged sample under cell ``i``."""
+        doc_id = s["doc_id"]
+        doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
+        metric, value = sample_score(s)
+        meta = {"lm_eval_task": unit.id, "lm_eval_metric": metric, "lm_eval_filter": s.get("filter"),
+                "uncompressed_tail": self.tail, **({"max_length": doc["max_length"]} if "max_length" in doc else {})}
+        rec = ctx.record(
+            unit, doc_id, policy, spec, score=value, metric=metric_label(metric, doc),
+            prediction=prediction_of(task, s.get("doc"), s.get("filtered_resps")),
+            answers=answers_of(task, s.get("doc"), s.get("target")), data_source=source, meta=meta,
+        )
+        answers = lm.doc_answers(unit.id, doc_id)
+        if answers is not None:
+            a = answers[i]
+            rec.set_outcome(a.pre, a.outcome)
+            rec.context_tokens = a.pre.n + a.pre.tail
+            rec.context_tokens_original = rec.context_tokens
+            meta.update(a.extra)
+        else:
+            log.warning("no answers recorded for %s doc %s: cost fields left empty", unit.id, doc_id)
+        return rec
 
     def lm_eval_metadata(self) -> dict[str, Any]:
         """The ``metadata`` dict for lm-eval (``max_seq_lengths`` merged in when set)."""
@@ -59,7 +135,7 @@ class LmEvalTaskType(BaseTaskType):
     }
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LmEvalTaskConfig:
-        """The configuration the lm-eval runner receives."""
+        """The entry's units: one per lm-eval task."""
         return LmEvalTaskConfig(
             name=str(task["name"]),
             tasks=list(task["tasks"]),
@@ -69,4 +145,5 @@ class LmEvalTaskType(BaseTaskType):
             include_path=task.get("include_path"),
             metadata=dict(task.get("metadata") or {}),
             tail=task["tail"],
+            tokenizer_path=str(getattr(tokenizer, "name_or_path", "") or ""),
         )

@@ -1,0 +1,168 @@
+"""The two sides of a run that both need the suite: its cells and records (:class:`SuitePolicies`), and a
+loaded model that evaluates units (:class:`Session`).
+
+The driver builds a :class:`SuitePolicies` to plan (which record keys each unit would write); every
+executor's worker builds a :class:`Session` from the suite alone and evaluates the units sent to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lukv_bench.errors import UserError
+from lukv_bench.records import Record, RecordKey, run_settings, setting_id
+from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.engine import Engine, EngineSettings
+from lukv_bench.runtime.models import load_model, resolve_device
+from lukv_bench.runtime.prompts import use_chat_template
+from lukv_bench.tasks import unit_sources
+from lukv_bench.units import Unit, UnitSource
+from lukv_bench.version import __version__
+
+#: the name of the FullKV policy, the reference every run includes
+FULL = "full"
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import transformers
+
+    out = {
+        "lukv_bench": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+class SuitePolicies:
+    """A suite's policies resolved (FullKV added when absent), its cells, and the identity of its records."""
+
+    def __init__(self, suite: Any) -> None:
+        self.suite = suite
+        self.policies = []
+        for i, spec in enumerate(suite.policies):
+            try:
+                self.policies.append(resolve_policy(spec))
+            except UserError as e:
+                raise type(e)(f"{suite.where(f'policies[{i}]')}: {e}") from e
+            # records are keyed by policy name: a second entry with the same name would be skipped
+            name = self.policies[-1].name
+            first = next(j for j, p in enumerate(self.policies) if p.name == name)
+            if first != i:
+                raise UserError(
+                    f"{suite.where(f'policies[{i}]')}: policy name {name!r} is already used by policies[{first}] "
+                    f"(results are keyed by name); give this variant its own name, e.g. "
+                    f"{{name: my-{name}, scorer: ..., allocator: ..., <params>}}"
+                )
+        if not any(p.name == FULL for p in self.policies):
+            self.policies.insert(0, resolve_policy(FULL))
+        self.full = self.by_name(FULL)
+        self.descriptions = {p.name: p.describe() for p in self.policies}
+        self.run_settings = run_settings(suite.to_dict())
+        self._digests: dict[tuple[str, str], str] = {}
+
+    def by_name(self, name: str) -> Any:
+        """The resolved policy called ``name``."""
+        return next(p for p in self.policies if p.name == name)
+
+    def cells(self, reference_only: bool = False) -> list[tuple[Any, Any]]:
+        """(policy, budget as written) of every cell; FullKV, which does not depend on the budget, once."""
+        policies = [self.full] if reference_only else self.policies
+        return [(p, b) for p in policies for b in ([1.0] if p is self.full else self.suite.budgets)]
+
+    def setting(self, entry: str, policy: Any) -> str:
+        """The settings digest of the records of task entry ``entry`` under ``policy``."""
+        key = (entry, policy.name)
+        if key not in self._digests:
+            self._digests[key] = setting_id(self.run_settings, self.suite.task(entry), self.descriptions[policy.name])
+        return self._digests[key]
+
+    def key(self, model: str, unit: Unit, sample_id: str, policy: Any, budget: Any) -> RecordKey:
+        """The key of the record ``unit`` writes for ``sample_id`` in cell (``policy``, ``budget``)."""
+        return RecordKey.of(model, unit.task, sample_id, policy.name, budget, self.setting(unit.entry, policy))
+
+    def record(self, model: str, unit: Unit, sample_id: Any, policy: Any, budget: Any, **fields: Any) -> Record:
+        """A record with the identity and run-level fields filled; results go in ``fields``."""
+        s = self.suite
+        return Record(
+            model=model, task=unit.task, sample_id=str(sample_id), policy=policy.name, budget=budget,
+            setting=self.setting(unit.entry, policy), policy_params=policy.params,
+            policy_description=self.descriptions[policy.name], seed=s.seed, compress_mode=s.compress,
+            window=s.window, storage=s.storage, gqa_reduce=s.gqa_reduce, versions=versions(), **fields,
+        )
+
+
+@dataclass
+class Inventory:
+    """What a loaded model makes of a suite: the model's name and every unit, in suite order.
+
+    Small and picklable: a remote worker sends it to the driver, which plans from it.
+    """
+
+    model: str
+    units: list[Unit]
+
+
+class Session:
+    """The suite's model loaded in this process, its engine and unit sources: evaluates units.
+
+    It is the :class:`~lukv_bench.units.UnitContext` every unit's evaluation gets.
+    """
+
+    def __init__(self, suite: Any) -> None:
+        if suite.threads:
+            torch.set_num_threads(int(suite.threads))
+        torch.manual_seed(suite.seed)
+        self.suite = suite
+        self.policies = SuitePolicies(suite)
+        self.full = self.policies.full
+        self.lm = load_model(suite.model, dtype=suite.dtype, device=str(resolve_device(suite.device)))
+        settings = EngineSettings(
+            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
+        )
+        self.engine = Engine(self.lm.model, self.lm.tokenizer, settings)
+        self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)
+        self.sources = [src for entry in suite.tasks for src in unit_sources(entry, suite, self.lm.tokenizer)]
+
+        self._units: dict[str, tuple[UnitSource, list[Unit]]] | None = None
+
+    def _by_task(self) -> dict[str, tuple[UnitSource, list[Unit]]]:
+        """{record task name: (its source, its units)}, listed once."""
+        if self._units is None:
+            self._units = {}
+            for src in self.sources:
+                for unit in src.units():
+                    self._units.setdefault(unit.task, (src, []))[1].append(unit)
+        return self._units
+
+    def inventory(self) -> Inventory:
+        """The model name and every unit of every task, in suite order."""
+        return Inventory(model=self.lm.name, units=[u for _, units in self._by_task().values() for u in units])
+
+    def evaluate(self, unit: Unit) -> Iterator[Record]:
+        """The records of ``unit``'s cells, batch by batch."""
+        yield from self._by_task()[unit.task][0].evaluate(unit, self)
+
+    # -- the UnitContext a unit's evaluation gets ---------------------------------------------------------
+    def cells(self, unit: Unit) -> list[tuple[Any, Any]]:
+        """The unit's cells as (resolved policy, budget as written)."""
+        return [(self.policies.by_name(name), budget) for name, budget in unit.cells]
+
+    def record(self, unit: Unit, sample_id: Any, policy: Any, budget: Any, **fields: Any) -> Record:
+        """A record of ``unit`` with its identity and the run's settings filled."""
+        return self.policies.record(self.lm.name, unit, sample_id, policy, budget, **fields)
