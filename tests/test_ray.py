@@ -125,17 +125,6 @@ def test_resources_are_in_run_json_but_not_in_record_settings(tmp_path: Path) ->
     assert "resources" not in RECORD_SETTINGS and "resources" not in run_settings(suite.to_dict())
 
 
-@needs_ray
-def test_tasks_that_run_in_process_are_refused_before_ray_starts(tmp_path: Path) -> None:
-    suite = _jsonl_suite(tmp_path, 1)
-    task = "  - {name: facts, type: jsonl, path: data.jsonl}\n"
-    lm_eval = "  - {name: ruler, type: lm_eval, tasks: [niah_single_1]}\n"
-    suite.write_text(suite.read_text().replace(task, task + lm_eval))
-    code, output = _run(str(suite), "--out", str(tmp_path / "out"), "--executor", "ray")
-    assert code == 2, output
-    assert f"{suite}:7: tasks[1].type: lm_eval tasks" in output and "--executor local" in output
-
-
 # ------------------------------------------------------------------------------------ on a Ray cluster
 
 
@@ -162,7 +151,7 @@ def test_quick_style_suite_gives_the_local_records(cluster, tmp_path: Path) -> N
     code, output = _run(str(suite), "--out", str(tmp_path / "ray"), "--executor", "ray")
     assert code == 0, output
     local, remote = _by_key(_records(tmp_path / "local")), _by_key(_records(tmp_path / "ray"))
-    assert {k[3] for k in local} == {"full", "snapkv", "layer-uncertainty"}
+    assert {k.policy for k in local} == {"full", "snapkv", "layer-uncertainty"}
     assert len(local) >= 3 * (1 + 2 * 2)  # and FullKV on the needle's no-context controls
     assert set(remote) == set(local)
     for key, rec in local.items():
@@ -189,18 +178,18 @@ def test_worker_killed_mid_unit_is_retried(cluster, tmp_path: Path, monkeypatch)
     assert code == 1, output
     assert "task 'facts', sample 's1'" in output and "2 attempts (--max-retries 1)" in output
     first = _by_key(_records(out))
-    assert first and len(first) < total and all(k[2] != "s1" for k in first)
+    assert first and len(first) < total and all(k.sample_id != "s1" for k in first)
 
     # rerun: the worker dies once on s1, the unit runs again elsewhere; nothing is lost or doubled
     monkeypatch.setenv(KILL_WORKER_ENV, json.dumps({"task": "facts", "sample": "s1", "attempts": 1}))
     code, output = _run(str(suite), "--out", str(out), "--executor", "ray")
     assert code == 0, output
     recs = _by_key(_records(out))
-    assert len(recs) == total and {k[2] for k in recs} == {"s0", "s1", "s2", "s3"}
+    assert len(recs) == total and {k.sample_id for k in recs} == {"s0", "s1", "s2", "s3"}
     for key, rec in first.items():
         assert recs[key] == rec  # records of the first run are untouched
     for key, rec in recs.items():
-        assert rec["meta"].get("attempt") == (2 if key[2] == "s1" else None), key
+        assert rec["meta"].get("attempt") == (2 if key.sample_id == "s1" else None), key
 
 
 @needs_ray
@@ -210,7 +199,7 @@ def test_bad_sample_is_reported_with_its_unit_and_not_retried(cluster, tmp_path:
     assert code == 2, output
     assert "unit task 'facts', sample 's1'" in output and "Traceback" not in output
     assert "retrying" not in output
-    assert {k[2] for k in _by_key(_records(out))} <= {"s0", "s2"}
+    assert {k.sample_id for k in _by_key(_records(out))} <= {"s0", "s2"}
 
 
 @needs_ray
@@ -229,4 +218,53 @@ def test_driver_killed_then_rerun_resumes(cluster, tmp_path: Path) -> None:
     data = results.read_bytes()
     assert data.startswith(before[: before.rfind(b"\n") + 1])  # finished records are untouched
     recs = _by_key(_records(out))
-    assert len(recs) == total and {k[2] for k in recs} == {f"s{i}" for i in range(6)}
+    assert len(recs) == total and {k.sample_id for k in recs} == {f"s{i}" for i in range(6)}
+
+
+MC_TASK = """task: lukv_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+
+
+@needs_ray
+def test_lm_eval_and_latency_units_run_on_ray_with_the_local_records(cluster, tmp_path: Path) -> None:
+    """lm-eval and latency tasks are units like any other: under Ray they give the local executor's records
+    (latency: the same kept bytes and budgets; its timings are measurements)."""
+    tasks = tmp_path / "lm_tasks"
+    tasks.mkdir()
+    docs = [{"question": f"Question {i}: which one is a colour?\nAnswer:", "choices": ["blue", "seven", "table"],
+             "label": 0} for i in range(3)]
+    (tasks / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tasks / "mc.yaml").write_text(MC_TASK.format(path=json.dumps(str((tasks / "mc.jsonl").resolve()))))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: units\nmodel: tiny\npolicies: [full, snapkv]\nbudgets: [0.5]\ntasks:\n"
+        f"  - {{name: local, type: lm_eval, tasks: [lukv_mc], tail: 4, include_path: {json.dumps(str(tasks))}}}\n"
+        "  - {name: cost, type: latency, lengths: [64, 96], new_tokens: 3, repeats: 1, warmup: 0}\n"
+        "chat_template: false\nwindow: 8\ndevice: cpu\nthreads: 1\nresources: {workers: 2, cpus_per_worker: 1}\n"
+    )
+    code, output = _run(str(suite), "--out", str(tmp_path / "local"))
+    assert code == 0, output
+    code, output = _run(str(suite), "--out", str(tmp_path / "ray"), "--executor", "ray")
+    assert code == 0, output
+    local, remote = _by_key(_records(tmp_path / "local")), _by_key(_records(tmp_path / "ray"))
+    assert set(remote) == set(local)
+    assert {k.task for k in local} == {"local/lukv_mc", "cost"}
+    assert len(local) == 3 * 2 + 2 * 2  # docs x cells + lengths x cells
+    for key, rec in local.items():
+        fields = RESULT_FIELDS if key.task != "cost" else ("kv_bytes", "kv_bytes_full", "layer_budgets",
+                                                            "context_tokens", "budget_tokens_mean")
+        for f in fields:
+            assert remote[key][f] == rec[f], (key, f)

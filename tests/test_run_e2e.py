@@ -194,7 +194,7 @@ def test_resume_after_kill_and_torn_line(tmp_path: Path) -> None:
     keys = [record_key(r) for r in recs]
     assert len(recs) == total and len(set(keys)) == total
     assert keys.count(torn_key) == 1
-    assert {k[2] for k in keys} == {"s0", "s1", "s2"}
+    assert {k.sample_id for k in keys} == {"s0", "s1", "s2"}
     assert (tmp_path / "out" / "report.md").is_file()
 
     # a third run of the same command has nothing left to do

@@ -12,6 +12,7 @@ records have other keys) or into a fresh folder (``"new"``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -120,8 +121,7 @@ class Runner:
                 if not all(self.writer.is_done(k) for k in keys):
                     cells.append((policy.name, budget))
             if cells:
-                unit.cells = cells
-                todo.append(unit)
+                todo.append(dataclasses.replace(unit, cells=cells))
         return todo, total
 
     def run(self, executor: Executor) -> Path:
