@@ -41,7 +41,8 @@ class Unit:
     attempt: int = 1
 
     def __str__(self) -> str:
-        return f"task {self.task!r}, unit {self.id!r}"
+        what = "sample" if self.samples == (self.id,) else "unit"
+        return f"task {self.task!r}, {what} {self.id!r}"
 
 
 class UnitContext(Protocol):

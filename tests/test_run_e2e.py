@@ -95,7 +95,7 @@ def test_one_record_per_key_with_documented_fields(prompt_run) -> None:
     # FullKV runs once per sample (it does not depend on the budget); every other policy per budget
     want = {("facts", s, "full", json.dumps(1.0)) for s in ("s0", "s1")}
     want |= {("facts", s, p, json.dumps(b)) for s in ("s0", "s1") for p in POLICIES[1:] for b in BUDGETS}
-    assert {k[1:5] for k in keys} == want
+    assert {(k.task, k.sample_id, k.policy, k.budget) for k in keys} == want
     # the settings digest: one per policy (same run settings and task), distinct across policies
     per_policy = {}
     for r in recs:
