@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lukv_bench.kernels.ops import window_stats
+from support import TINY
 
 from lukv_bench.cli import main
 from lukv_bench.profile.driver import (
@@ -288,7 +289,7 @@ def test_cli_profile_writes_tables_and_plots(tmp_path: Path) -> None:
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in (ROW_WITH_ANSWER, ROW_WITHOUT_ANSWER)) + "\n")
     out = tmp_path / "out"
-    res = _invoke(["profile", "--model", "tiny", "--data", str(data), "--tau", "0.5,0.9", "--cos", "0.9",
+    res = _invoke(["profile", "--model", TINY, "--data", str(data), "--tau", "0.5,0.9", "--cos", "0.9",
                    "--window", "8", "--budget", "0.3", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     names = ("measures.csv", "samples.csv", "allocations.csv", "correlations.csv", "profile.json",
@@ -326,7 +327,7 @@ def test_cli_profile_writes_tables_and_plots(tmp_path: Path) -> None:
 def test_cli_profile_bad_input_exits_2_naming_the_option(tmp_path: Path, args: list[str], needle: str) -> None:
     base = ["profile", "--out", str(tmp_path / "out"), "--no-progress"]
     if "--model" not in args:
-        base += ["--model", "tiny"]
+        base += ["--model", TINY]
     res = _invoke([*base, *args])
     assert res.exit_code == 2, res.output
     assert needle in res.output
@@ -336,7 +337,7 @@ def test_cli_profile_bad_input_exits_2_naming_the_option(tmp_path: Path, args: l
 def test_cli_profile_reads_a_suite_and_skips_lm_eval_tasks(tmp_path: Path) -> None:
     (tmp_path / "rows.jsonl").write_text(json.dumps(ROW_WITH_ANSWER) + "\n")
     (tmp_path / "suite.yaml").write_text(
-        "name: s\nmodel: tiny\npolicies: [full, snapkv]\nbudgets: [0.5]\nwindow: 8\ntasks:\n"
+        f"name: s\nmodel: {TINY}\npolicies: [full, snapkv]\nbudgets: [0.5]\nwindow: 8\ntasks:\n"
         "  - {name: rows, type: jsonl, path: rows.jsonl}\n"
         "  - {name: ruler, type: lm_eval, tasks: [niah_single_1]}\n"
     )
@@ -345,7 +346,7 @@ def test_cli_profile_reads_a_suite_and_skips_lm_eval_tasks(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert "lm_eval tasks have no context/answer samples" in res.output
     doc = json.loads((out / "profile.json").read_text())
-    assert doc["settings"]["window"] == 8 and doc["model"] == "tiny-random-llama"
+    assert doc["settings"]["window"] == 8 and doc["model"] == TINY
     assert [s["task"] for s in doc["samples"]] == ["rows"]
 
 

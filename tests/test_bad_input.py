@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import TINY
 
 from lukv_bench.cli import main
 
@@ -23,7 +24,7 @@ GOOD = (json.dumps(ROW) + "\n").encode()
 #: a valid tiny-model suite, one entry per top-level key; cases replace entries (key -> YAML text)
 BASE = {
     "name": "name: badinput",
-    "model": "model: tiny",
+    "model": f"model: {TINY}",
     "policies": "policies: [full, snapkv]",
     "budgets": "budgets: [0.5]",
     "tasks": "tasks:\n  - {name: d, type: jsonl, path: data.jsonl}",

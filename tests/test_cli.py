@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import TINY
 
 from lukv_bench.cli import main
 
@@ -72,7 +73,7 @@ def _suite(folder: Path, name: str = "suite.yaml", **over: str) -> Path:
     """Write a valid tiny-model suite, with whole lines replaced by ``over`` (key -> YAML line)."""
     lines = {
         "name": "name: clitest",
-        "model": "model: tiny",
+        "model": f"model: {TINY}",
         "policies": "policies: [full, snapkv]",
         "budgets": "budgets: [0.5]",
         "tasks": "tasks:\n  - {name: d, type: jsonl, path: data.jsonl}",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import TINY
 
 from lukv_bench.cli import main
 from lukv_bench.report.summary import findings, summarize
@@ -19,7 +20,7 @@ def _suite(folder: Path, jsonl_control: str = "") -> Path:
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = folder / "suite.yaml"
     path.write_text(
-        "name: controls\nmodel: tiny\npolicies: [full, snapkv]\nbudgets: [0.3, 0.6]\n"
+        f"name: controls\nmodel: {TINY}\npolicies: [full, snapkv]\nbudgets: [0.3, 0.6]\n"
         "tasks:\n"
         f"  - {{name: facts, type: jsonl, path: data.jsonl{jsonl_control}}}\n"
         "  - {name: hay, type: needle, lengths: [120], depths: [0.5]}\n"

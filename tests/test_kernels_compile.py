@@ -1,19 +1,34 @@
 """Compile every Triton kernel for Hopper (sm_90) without a GPU, with the ptxas in the triton wheel.
 
 The test process runs kernels in the interpreter (TRITON_INTERPRET=1, where ``@triton.jit`` gives
-interpreter objects), so compilation runs in a subprocess with TRITON_INTERPRET removed.
+interpreter objects), so compilation runs ``tools/compile_check.py`` in a subprocess with
+TRITON_INTERPRET removed. The tool is not part of the package; this file loads it by path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from lukv_bench.kernels._triton import HAS_TRITON
-from lukv_bench.kernels.compile_check import SM90_SHARED_LIMIT
+
+COMPILE_CHECK = Path(__file__).resolve().parents[1] / "tools" / "compile_check.py"
+
+
+def _load_tool(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_lukv_tool_{path.stem}", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SM90_SHARED_LIMIT = _load_tool(COMPILE_CHECK).SM90_SHARED_LIMIT
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -33,7 +48,7 @@ EXPECTED = {
 def test_compile_all_kernels_for_sm90() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, "-m", "lukv_bench.kernels.compile_check"],
+        [sys.executable, str(COMPILE_CHECK)],
         env=env,
         capture_output=True,
         text=True,

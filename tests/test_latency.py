@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from support import TINY
 
 from lukv_bench.cli import main
 from lukv_bench.config.suite import load_suite
@@ -27,7 +28,7 @@ SETTINGS = [("full", 1.0), ("snapkv", 0.5), ("streaming", 0.5), ("h2o", 0.5)]
 NEW = 4
 
 
-def _suite(folder: Path, task: str, model: str = "tiny") -> Path:
+def _suite(folder: Path, task: str, model: str = TINY) -> Path:
     path = folder / "suite.yaml"
     path.write_text(
         "name: cost\n"

@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
+from support import TINY
 
 from lukv_bench.config.suite import load_suite  # noqa: E402
 from lukv_bench.registry import resolve_policy  # noqa: E402
@@ -222,7 +223,7 @@ def test_generate_until_stops_and_shares_prefill(engine: Engine, prefills: list[
 
 
 def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
-    from lukv_bench.runtime.models import byte_tokenizer
+    from lukv_bench.testing import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.chat_template = (
@@ -246,7 +247,7 @@ def test_sample_score_picks_ruler_length() -> None:
 def _lm_eval_suite(folder: Path, tasks_dir: Path, policies: list[str]) -> Path:
     path = folder / "suite.yaml"
     path.write_text(
-        "name: lm\nmodel: tiny\n"
+        f"name: lm\nmodel: {TINY}\n"
         f"policies: {json.dumps(policies)}\nbudgets: [0.4]\n"
         "tasks:\n  - {name: local, type: lm_eval, tasks: [lukv_mc, lukv_gen], "
         f"include_path: {json.dumps(str(tasks_dir))}}}\n"

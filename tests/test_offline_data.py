@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lukv_bench.data import longbench_offline as gen
+from lukv_bench.data import longbench as gen
 from lukv_bench.tasks import metrics
 from lukv_bench.tasks.longbench import LongBenchTask
 
@@ -145,3 +145,23 @@ def test_redesigned_sets_are_deterministic_and_prefix_stable():
         assert gen.generate(subset, 5, seed=5, context_tokens=TOKENS) != a
         assert all(s.id.startswith(f"{subset}-v2-4-") for s in a)
         assert "design v2" in gen.data_source(subset, 4, TOKENS)
+
+
+# --- generator versions ------------------------------------------------------------------------------
+
+
+def test_every_generator_has_a_version_that_matches_its_design():
+    import importlib
+
+    versions = {name: gen.generator_version(name) for name in gen.OFFLINE_SUBSETS}
+    assert len(set(versions.values())) == len(versions)
+    for name, spec in gen.OFFLINE_SUBSETS.items():
+        module = importlib.import_module(spec.make.__module__)
+        assert module.SUBSET is spec
+        assert module.VERSION == f"{name} v{spec.version}"
+        assert versions[name] == f"{gen.GENERATOR}, {module.VERSION}"
+        # the data source names the same design (v1 sets keep their original wording)
+        assert ("design v" in gen.data_source(name, 0, TOKENS)) == (spec.version != 1)
+    assert gen.generator_version("hotpotqa_like") == "lukv-bench generator v1, hotpotqa_like v2"
+    with pytest.raises(KeyError, match="unknown offline subset"):
+        gen.generator_version("qasper")

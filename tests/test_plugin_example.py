@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import TINY
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lukv-plugin-example"
 
@@ -46,7 +47,7 @@ tasks:
 generation: {max_new_tokens: 4}
 window: 8
 device: cpu
-"""
+""".replace("model: tiny", f"model: {TINY}")
 
 
 @pytest.fixture(scope="module")

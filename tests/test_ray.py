@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
+from support import ROOT, TINY
 
 from lukv_bench.cli import main
 from lukv_bench.run.executors import KILL_WORKER_ENV, RAY_INSTALL
@@ -30,7 +32,7 @@ RESULT_FIELDS = ("score", "prediction", "kv_bytes", "kv_bytes_full", "layer_budg
 
 QUICK_STYLE = """\
 name: quick-tiny
-model: tiny
+model: TINY
 policies: [full, snapkv, layer-uncertainty]
 budgets: [0.2, 0.5]
 tasks:
@@ -43,7 +45,7 @@ window: 16
 device: cpu
 threads: 1
 resources: {workers: 2, cpus_per_worker: 1}
-"""
+""".replace("model: TINY", f"model: {TINY}")
 
 
 def _jsonl_suite(folder: Path, n: int, long_sample: int | None = None, extra: str = "", workers: int = 2) -> Path:
@@ -57,7 +59,7 @@ def _jsonl_suite(folder: Path, n: int, long_sample: int | None = None, extra: st
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = folder / "suite.yaml"
     suite.write_text(
-        "name: ray-e2e\nmodel: tiny\npolicies: [full, snapkv, h2o]\nbudgets: [0.3, 0.6]\n"
+        f"name: ray-e2e\nmodel: {TINY}\npolicies: [full, snapkv, h2o]\nbudgets: [0.3, 0.6]\n"
         "tasks:\n  - {name: facts, type: jsonl, path: data.jsonl}\n"
         "generation: {max_new_tokens: 4}\nwindow: 8\ndevice: cpu\nthreads: 1\n"
         f"resources: {{workers: {workers}}}\n{extra}"
@@ -82,14 +84,21 @@ def _by_key(recs: list[dict]) -> dict[tuple, dict]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A fresh 2-CPU Ray cluster on loopback for this module; its address for subprocess drivers."""
+    """A fresh 2-CPU Ray cluster on loopback for this module; its address for subprocess drivers.
+
+    Started from the repository root: Ray workers start in the driver's directory, where the top-level
+    ``kernels/`` folder must not shadow Hugging Face's ``kernels`` package that transformers imports.
+    """
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING")
+    here = os.getcwd()
+    os.chdir(ROOT)
     try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="WARNING")
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        os.chdir(here)
 
 
 # --------------------------------------------------------------------------------------- no Ray needed
@@ -250,7 +259,7 @@ def test_lm_eval_and_latency_units_run_on_ray_with_the_local_records(cluster, tm
     (tasks / "mc.yaml").write_text(MC_TASK.format(path=json.dumps(str((tasks / "mc.jsonl").resolve()))))
     suite = tmp_path / "suite.yaml"
     suite.write_text(
-        "name: units\nmodel: tiny\npolicies: [full, snapkv]\nbudgets: [0.5]\ntasks:\n"
+        f"name: units\nmodel: {TINY}\npolicies: [full, snapkv]\nbudgets: [0.5]\ntasks:\n"
         f"  - {{name: local, type: lm_eval, tasks: [lukv_mc], tail: 4, include_path: {json.dumps(str(tasks))}}}\n"
         "  - {name: cost, type: latency, lengths: [64, 96], new_tokens: 3, repeats: 1, warmup: 0}\n"
         "chat_template: false\nwindow: 8\ndevice: cpu\nthreads: 1\nresources: {workers: 2, cpus_per_worker: 1}\n"

@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
+from support import TINY
 
 from lukv_bench.cli import main
 from lukv_bench.registry import resolve_policy
@@ -54,7 +55,7 @@ def _write_suite(folder: Path, policies=POLICIES, budgets=BUDGETS, compress: str
     path = folder / "suite.yaml"
     path.write_text(
         "name: e2e\n"
-        "model: tiny\n"
+        f"model: {TINY}\n"
         f"policies: {json.dumps(policies)}\n"
         f"budgets: {json.dumps(budgets)}\n"
         "tasks:\n  - {name: facts, type: jsonl, path: data.jsonl, metric: substring}\n"
@@ -105,7 +106,7 @@ def test_one_record_per_key_with_documented_fields(prompt_run) -> None:
     for r in recs:
         missing = [f for f in FIELDS if f not in r]
         assert not missing, (r["policy"], missing)
-        assert r["model"] == "tiny-random-llama" and r["metric"] == "substring" and r["answers"] == ["fox"]
+        assert r["model"] == TINY and r["metric"] == "substring" and r["answers"] == ["fox"]
         assert r["compress_mode"] == "prompt" and r["window"] == 8 and r["storage"] == "kv"
         assert len(r["layer_budgets"]) == 4 and 0 <= r["score"] <= 1
         assert 1 <= r["new_tokens"] <= 6 and r["kv_bytes"] > 0 and r["prefill_s"] > 0
@@ -257,9 +258,9 @@ def test_sweep_outcome_does_not_depend_on_other_runs(tiny) -> None:
 
 
 def test_context_mode_compresses_only_the_context(prompt_run, tmp_path: Path) -> None:
-    from lukv_bench.runtime.models import byte_tokenizer
     from lukv_bench.runtime.prompts import build_prompt
     from lukv_bench.tasks.jsonl import load_jsonl
+    from lukv_bench.testing import byte_tokenizer
 
     _, prompt_recs = prompt_run
     data = _write_data(tmp_path, 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lukv_bench.config.suite import load_suite
-from lukv_bench.data import longbench_offline as gen
+from lukv_bench.data import longbench as gen
 from lukv_bench.errors import UserError
 from lukv_bench.tasks import LmEvalTaskConfig, Task, build_task, build_tasks, expand_task, longbench
 from lukv_bench.tasks.jsonl import JsonlTask, load_jsonl
@@ -376,9 +376,9 @@ def test_fit_prompt_error_names_task_sample_lengths_and_fix():
 
 
 def test_fit_prompt_on_a_real_prompt_keeps_instruction_and_question():
-    from lukv_bench.runtime.models import byte_tokenizer
     from lukv_bench.runtime.prompts import build_prompt, fit_prompt
     from lukv_bench.sample import Sample
+    from lukv_bench.testing import byte_tokenizer
 
     tok = byte_tokenizer()
     sample = Sample(id="x", context="".join(f"<{i:04d}>" for i in range(400)), question="Which number?",
@@ -394,8 +394,8 @@ def test_fit_prompt_on_a_real_prompt_keeps_instruction_and_question():
 def test_model_max_positions():
     from types import SimpleNamespace
 
-    from lukv_bench.runtime.models import tiny_model
     from lukv_bench.runtime.prompts import model_max_positions
+    from lukv_bench.testing import tiny_model
 
     assert model_max_positions(tiny_model(n_layers=1).config) == 4096
     assert model_max_positions(SimpleNamespace(n_positions=1024)) == 1024

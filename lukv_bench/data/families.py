@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lukv_bench.data.corpus import Sentence, join_sentences, prose_sentences, token_counter
-from lukv_bench.data.longbench_offline import _FIRST_NAMES, distinct_words
+from lukv_bench.data.longbench.common import FIRST_NAMES as _FIRST_NAMES
+from lukv_bench.data.longbench.common import distinct_words
 from lukv_bench.sample import Sample
 
 VERSION = "families v1"

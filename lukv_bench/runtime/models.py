@@ -127,8 +127,6 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "c
     """Load a causal LM and tokenizer: ``embedded``, a hub id, a local folder, or a ``.gguf`` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec == "tiny":
-        return tiny_model()
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     path, source = resolve_model_path(spec)
     try:
@@ -151,7 +149,7 @@ def config_max_positions(spec: str) -> int | None:
     """The most positions model ``spec`` was built for, read from its config file without loading weights.
 
     Known for a local model folder and for the embedded model once it was de-quantized; None
-    otherwise (a hub id, a GGUF file not yet converted, the tiny test model): callers check at run time.
+    otherwise (a hub id, a GGUF file not yet converted): callers check at run time.
     """
     from types import SimpleNamespace
 
@@ -177,54 +175,6 @@ def config_max_positions(spec: str) -> int | None:
     text = data.get("text_config")
     fields = {**data, "text_config": SimpleNamespace(**text) if isinstance(text, dict) else None}
     return model_max_positions(SimpleNamespace(**fields))
-
-
-def byte_tokenizer():
-    """A byte-level tokenizer (256 byte tokens + BOS/EOS) that needs no files: for tiny-model tests."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab["<s>"] = len(vocab)
-    vocab["</s>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
-
-
-def tiny_model(
-    n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16, seed: int = 0
-) -> LoadedModel:
-    """A small random Llama with GQA, built in-process with a fixed seed (no files, no network)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=n_heads * head_dim,
-        intermediate_size=4 * n_heads * head_dim,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    gen = torch.random.fork_rng()
-    with gen:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        # larger-than-default init so attention is peaked and eviction changes outputs measurably
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                torch.nn.init.normal_(proj.weight, std=0.2)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tok, name="tiny-random-llama", source="tiny")
 
 
 def resolve_device(setting: str) -> torch.device:

@@ -4,7 +4,7 @@
 
 * ``hub`` — the real LongBench (``THUDM/LongBench`` by default, one config per subset, split
   ``test``) through ``datasets.load_dataset``; failure is a :class:`UserError`.
-* ``offline`` — the generated set of :mod:`lukv_bench.data.longbench_offline` (``qasper`` means
+* ``offline`` — the generated set of :mod:`lukv_bench.data.longbench` (``qasper`` means
   ``qasper_like`` there; subsets without an offline analogue are refused).
 * ``auto`` — the hub, and when it cannot be reached the offline analogue. ``data_source`` then says
   so ("offline ... (hub THUDM/LongBench/qasper unavailable: ...)"): never a silent substitution.
@@ -220,7 +220,7 @@ HUB_SUBSETS: dict[str, HubSubset] = {
 
 
 def _offline_subsets() -> dict[str, Any]:
-    from lukv_bench.data.longbench_offline import OFFLINE_SUBSETS
+    from lukv_bench.data.longbench import OFFLINE_SUBSETS
 
     return OFFLINE_SUBSETS
 
@@ -383,7 +383,7 @@ class LongBenchTask:
                 order = f", shuffled with seed {self.seed}" if self.shuffle else ""
                 self._data_source = f"{where}{order}"
                 return
-        from lukv_bench.data import longbench_offline as gen
+        from lukv_bench.data import longbench as gen
 
         assert self.offline_name is not None
         n = self.num_samples or max(DEFAULT_NUM_SAMPLES, want or 0, self.limit or 0)
