@@ -2,7 +2,7 @@
 
 Every result — from the suite runner or from lm-eval tasks — is a :class:`Record`: one model x
 task x sample x policy x budget under one set of record-changing settings. The key includes a
-digest of those settings (:func:`setting_id`), so records made under other settings (a policy
+digest of those settings (:func:`setting_digest`), so records made under other settings (a policy
 parameter, the window, the storage or compression mode, generation, truncation, data) never pass
 for done. :func:`suite_differences` names what changed between a results folder's ``run.json``
 and a new suite before anything runs.
@@ -39,7 +39,7 @@ def task_settings(task: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in task.items() if k not in _TASK_NEUTRAL}
 
 
-def setting_id(run: dict[str, Any], task: dict[str, Any], policy: dict[str, Any]) -> str:
+def setting_digest(run: dict[str, Any], task: dict[str, Any], policy: dict[str, Any]) -> str:
     """Digest of everything besides (model, task, sample, policy name, budget) that shapes a record.
 
     The policy counts by what it computes (scorer, allocator, decode rule, every parameter), not
@@ -68,7 +68,7 @@ class Record:
     sample_id: str
     policy: str
     budget: Any  #: as written in the suite: a ratio or {"tokens": N}
-    setting: str  #: :func:`setting_id` of the settings that made this record
+    setting: str  #: :func:`setting_digest` of the settings that made this record
     score: float | None
     metric: str
     prediction: str
@@ -145,7 +145,7 @@ class RecordKey:
     """The identity of a record in a results file: which cell of which sample, under which settings.
 
     ``budget`` is the budget as written in the suite, in canonical JSON (``0.2``, ``{"tokens": 256}``);
-    ``setting`` the :func:`setting_id` digest of every other record-changing setting.
+    ``setting`` the :func:`setting_digest` digest of every other record-changing setting.
     """
 
     model: str

@@ -7,14 +7,15 @@ from typing import ClassVar
 
 import torch
 
-from lukv_bench.runtime.contract import Allocation, PrefillStats
+from lukv_bench.runtime.contract import FULL, Allocation, PrefillStats
 
 
 @dataclass
 class FullAllocator:
     """Keeps every token whatever the budget (the only allocator allowed to exceed it)."""
 
-    name: ClassVar[str] = "full"
+    name: ClassVar[str] = FULL
+    layer_adaptive: ClassVar[bool] = False  # every layer gets the same budget
     needs: ClassVar[frozenset[str]] = frozenset()
     exact_total: ClassVar[bool] = False  # ignores the budget by design
 

@@ -15,6 +15,7 @@ class UniformAllocator:
     """The mean budget, unchanged, in every layer."""
 
     name: ClassVar[str] = "uniform"
+    layer_adaptive: ClassVar[bool] = False  # every layer gets the same budget
     needs: ClassVar[frozenset[str]] = frozenset()
     exact_total: ClassVar[bool] = True  #: the counts always sum to L x budget
 

@@ -29,7 +29,7 @@ from lukv_bench.errors import UserError
 from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
 __all__ = [
-    "Generation",
+    "GenerationConfig",
     "Resources",
     "Suite",
     "SuiteError",
@@ -48,7 +48,7 @@ class SuiteError(UserError):
 
 
 @dataclass
-class Generation:
+class GenerationConfig:
     """Decoding settings shared by every generative task."""
 
     max_new_tokens: int = 32
@@ -75,7 +75,7 @@ class Suite:
     tasks: list[dict[str, Any]]
     path: Path | None = None  #: the suite file (absolute), None for suites built in code
     limit: int | None = None  #: samples per task (None: all)
-    generation: Generation = field(default_factory=Generation)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     compress: str = "prompt"  #: "prompt" (context+question compressed) or "context" (context only)
     #: prompts longer than the model's positions minus max_new_tokens: "middle" (cut the middle of the
     #: context, LongBench's rule), "error" (stop) or "none" (use as is); see prompts.fit_prompt
@@ -336,8 +336,8 @@ def _check_policies(c: _Checker, value: Any) -> list[str | dict[str, Any]]:
     return out
 
 
-def _check_generation(c: _Checker, value: Any) -> Generation:
-    gen = Generation()
+def _check_generation(c: _Checker, value: Any) -> GenerationConfig:
+    gen = GenerationConfig()
     if value is None:
         return gen
     if not isinstance(value, dict):

@@ -16,18 +16,15 @@ from typing import Any
 import torch
 
 from lukv_bench.errors import UserError
-from lukv_bench.records import Record, RecordKey, run_settings, setting_id
+from lukv_bench.records import Record, RecordKey, run_settings, setting_digest
 from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.contract import FULL
 from lukv_bench.runtime.engine import Engine, EngineSettings
 from lukv_bench.runtime.models import load_model, resolve_device
 from lukv_bench.runtime.prompts import use_chat_template
 from lukv_bench.tasks import unit_sources
 from lukv_bench.units import Unit, UnitSource
 from lukv_bench.version import __version__
-
-#: the name of the FullKV policy, the reference every run includes
-FULL = "full"
-
 
 @functools.cache
 def versions() -> dict[str, str]:
@@ -89,7 +86,7 @@ class SuitePolicies:
         """The settings digest of the records of task entry ``entry`` under ``policy``."""
         key = (entry, policy.name)
         if key not in self._digests:
-            self._digests[key] = setting_id(self.run_settings, self.suite.task(entry), self.descriptions[policy.name])
+            self._digests[key] = setting_digest(self.run_settings, self.suite.task(entry), self.descriptions[policy.name])
         return self._digests[key]
 
     def key(self, model: str, unit: Unit, sample_id: str, policy: Any, budget: Any) -> RecordKey:

@@ -19,6 +19,9 @@ import torch
 from lukv_bench.errors import ConfigError
 from lukv_bench.kernels.ops import group_reduce
 
+#: the name of the FullKV policy: no eviction, the reference of every run (fidelity, ratios, the report)
+FULL = "full"
+
 #: Statistics a scorer/allocator may ask the capture step for (``needs``).
 WINDOW = "window"  # window attention sums (always captured; cheap)
 ACCUMULATED = "accumulated"  # H2O column sums of the whole causal attention (O(n) memory per head)
@@ -149,7 +152,12 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Allocator(Protocol):
-    """Splits a mean per-layer budget over layers (and optionally over heads within a layer)."""
+    """Splits a mean per-layer budget over layers (and optionally over heads within a layer).
+
+    An allocator class may also set ``layer_adaptive = False`` when it gives every layer the same
+    budget (uniform, FullKV); read it with :func:`is_layer_adaptive`. Without it an allocator counts
+    as layer-adaptive (the report and the profile then compare its per-layer budgets with uniform).
+    """
 
     name: str
     needs: frozenset[str]
@@ -164,6 +172,11 @@ class Allocator(Protocol):
         The total must be exactly ``L * min(budget, n)`` storage-head tokens per head on average.
         """
         ...
+
+
+def is_layer_adaptive(allocator: Any) -> bool:
+    """Whether an allocator (class or instance) may give layers different budgets (its ``layer_adaptive``)."""
+    return bool(getattr(allocator, "layer_adaptive", True))
 
 
 @runtime_checkable
