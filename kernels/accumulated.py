@@ -2,7 +2,7 @@
 
 import torch
 
-from ._triton import HAS_TRITON, next_pow2, tl, triton
+from ._triton import HAS_TRITON, next_pow2, qk_tile, tl, triton
 from .dispatch import interpreting, resolve
 
 __all__ = ["accumulated_attention", "accumulated_attention_torch"]
@@ -86,21 +86,9 @@ if HAS_TRITON:
         """Causally masked scores (log2 units) of query rows m0.. against keys n0.. of head h."""
         i = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         j = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        d = tl.arange(0, BLOCK_D).to(tl.int64)
-        q = tl.load(
-            q_ptr + h * qs_h + i[:, None] * qs_t + d[None, :] * qs_d,
-            mask=(i < T)[:, None] & (d < D)[None, :],
-            other=0.0,
+        s = qk_tile(
+            q_ptr, k_ptr, h, i, j, T, T, D, G, qs_h, qs_t, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC
         )
-        k = tl.load(
-            k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
-            mask=(j < T)[:, None] & (d < D)[None, :],
-            other=0.0,
-        )
-        if UPCAST:
-            q = q.to(tl.float32)
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         visible = (i < T)[:, None] & (j[None, :] <= i[:, None])
         return tl.where(visible, s, float("-inf")), visible
 

@@ -7,7 +7,7 @@
 
 import torch
 
-from ._triton import HAS_TRITON, next_pow2, tl, triton
+from ._triton import HAS_TRITON, next_pow2, qk_tile, tl, triton
 from .dispatch import interpreting, resolve
 
 __all__ = ["attention_mass_budget", "group_reduce", "window_stats", "window_stats_torch"]
@@ -137,21 +137,9 @@ if HAS_TRITON:
         """Scores (log2 units) of the window rows of head h against key block kb, masked to -inf."""
         i = tl.arange(0, BLOCK_W).to(tl.int64)
         j = kb * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
-        d = tl.arange(0, BLOCK_D).to(tl.int64)
-        q = tl.load(
-            q_ptr + h * qs_h + i[:, None] * qs_w + d[None, :] * qs_d,
-            mask=(i < w)[:, None] & (d < D)[None, :],
-            other=0.0,
+        s = qk_tile(
+            q_ptr, k_ptr, h, i, j, w, T, D, G, qs_h, qs_w, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC
         )
-        k = tl.load(
-            k_ptr + (h // G) * ks_s + j[:, None] * ks_t + d[None, :] * ks_d,
-            mask=(j < T)[:, None] & (d < D)[None, :],
-            other=0.0,
-        )
-        if UPCAST:
-            q = q.to(tl.float32)
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         visible = (i < w)[:, None] & (j < T)[None, :] & (j[None, :] <= (T - w + i)[:, None])
         return tl.where(visible, s, float("-inf")), visible
 

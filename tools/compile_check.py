@@ -1,6 +1,7 @@
 """Compile every Triton kernel for a GPU target, without a GPU.
 
-Run as ``python -m lukv_bench.kernels.compile_check``.
+Run from the repository root as ``python tools/compile_check.py`` (``--all``: every variant). A tool,
+not part of the installed package; it needs lukv-bench installed.
 
 Uses ``triton.compile`` with an explicit ``GPUTarget`` and the ptxas shipped in the triton wheel, so
 it catches invalid ``tl.dot`` shapes, type errors in loop-carried values and excessive shared memory
@@ -8,12 +9,11 @@ on a CPU-only machine. ``TRITON_INTERPRET`` must be unset (under the interpreter
 gives interpreter objects that cannot be compiled). Prints one JSON line per kernel.
 """
 
-import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass
 
-from .dispatch import has_triton, interpreting
+from lukv_bench.kernels.dispatch import has_triton, interpreting
 
 __all__ = ["CompileReport", "compile_all", "main"]
 
@@ -39,11 +39,8 @@ def _ptr(dtype: str) -> str:
 
 def _variants(full: bool) -> list[tuple[object, str, dict[str, str], dict[str, object], int]]:
     """(kernel, variant, pointer/float argument types, constexprs, num_warps) per kernel variant."""
-    # the package re-exports functions named like their modules, so import the modules by path
-    accumulated, append, compact, ragged_attention, window_scores = (
-        importlib.import_module(f"{__package__}.{m}")
-        for m in ("accumulated", "append", "compact", "ragged_attention", "window_scores")
-    )
+    # imported here, not at the top: kernel modules read TRITON_INTERPRET when they are imported
+    from lukv_bench.kernels import accumulated, append, compact, ragged_attention, window_scores
 
     out: list[tuple[object, str, dict[str, str], dict[str, object], int]] = []
     for dt in ("bf16", "fp16", "fp32"):

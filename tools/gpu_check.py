@@ -1,6 +1,7 @@
 """Check every Triton kernel against its torch reference on a CUDA GPU at production sizes.
 
-Run as ``python -m lukv_bench.kernels.gpu_check``. Prints, per op, the largest error and the median
+Run from the repository root as ``python tools/gpu_check.py`` (a tool, not part of the installed
+package; it needs lukv-bench installed). Prints, per op, the largest error and the median
 kernel time with the achieved bandwidth (bytes moved / time) next to the device's measured copy
 bandwidth (or TFLOP/s for the compute-bound accumulated attention). Exit status: 0 when everything
 matches, 1 on a mismatch, 2 when there is no CUDA device (or triton is missing / interpreting).
@@ -13,8 +14,7 @@ import sys
 from collections.abc import Callable
 
 import torch
-
-from .dispatch import has_triton, interpreting
+from lukv_bench.kernels.dispatch import has_triton, interpreting
 
 __all__ = ["main"]
 
@@ -78,7 +78,7 @@ def _lengths(gen: torch.Generator, n: int, lo: int, hi: int) -> list[int]:
 
 
 def _check_compact(rep: _Report, gen: torch.Generator) -> None:
-    from .compact import _compact_triton, compact_torch
+    from lukv_bench.kernels.compact import _compact_triton, compact_torch
 
     for dtype in (torch.bfloat16, torch.float32):
         kv = torch.randn(2, 1, T, S, D, generator=gen).to(dtype).cuda()
@@ -102,7 +102,7 @@ def _check_compact(rep: _Report, gen: torch.Generator) -> None:
 
 
 def _check_append(rep: _Report, gen: torch.Generator) -> None:
-    from .append import RaggedStore, _append_triton, append, append_torch
+    from lukv_bench.kernels.append import RaggedStore, _append_triton, append, append_torch
 
     for Q in (1, 16):
         counts = _lengths(gen, S, T // 8, T // 2)
@@ -121,8 +121,8 @@ def _check_append(rep: _Report, gen: torch.Generator) -> None:
 
 
 def _check_ragged(rep: _Report, gen: torch.Generator) -> None:
-    from .append import RaggedStore
-    from .ragged_attention import _ragged_triton, ragged_attention_torch
+    from lukv_bench.kernels.append import RaggedStore
+    from lukv_bench.kernels.ragged_attention import _ragged_triton, ragged_attention_torch
 
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
     cases = ((torch.bfloat16, 1, T), (torch.bfloat16, 16, T), (torch.float16, 1, 8192), (torch.float32, 4, 8192))
@@ -143,7 +143,7 @@ def _check_ragged(rep: _Report, gen: torch.Generator) -> None:
 
 
 def _check_window(rep: _Report, gen: torch.Generator) -> None:
-    from .window_scores import _window_stats_triton, window_stats_torch
+    from lukv_bench.kernels.window_scores import _window_stats_triton, window_stats_torch
 
     for dtype, seq in ((torch.bfloat16, T), (torch.float32, 4096)):
         q = torch.randn(1, seq, HQ, D, generator=gen).to(dtype).cuda()[0].transpose(0, 1)[:, seq - WINDOW :]
@@ -161,7 +161,7 @@ def _check_window(rep: _Report, gen: torch.Generator) -> None:
 
 
 def _check_accumulated(rep: _Report, gen: torch.Generator) -> None:
-    from .accumulated import _accumulated_triton, accumulated_attention_torch
+    from lukv_bench.kernels.accumulated import _accumulated_triton, accumulated_attention_torch
 
     for dtype, seq in ((torch.bfloat16, T), (torch.float32, 2048)):
         q = torch.randn(1, seq, HQ, D, generator=gen).to(dtype).cuda()[0].transpose(0, 1)
