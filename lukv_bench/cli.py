@@ -58,6 +58,18 @@ def _check_out_folder(out: Path, given: bool) -> None:
             raise UserError(f"{what}: {where}, not a folder; pass --out with a folder path (created if missing)")
 
 
+def _hide_progress_bars() -> None:
+    """Silence the progress bars of the libraries a run drives (transformers, the hub, datasets)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 @main.command()
 @click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
@@ -80,6 +92,8 @@ def _check_out_folder(out: Path, given: bool) -> None:
 def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, new_run: bool,
         add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
     """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
+    if no_progress:
+        _hide_progress_bars()
     from lukv_bench.config.suite import apply_overrides, load_suite
     from lukv_bench.report.render import render_report
     from lukv_bench.run.executors import make_executor
@@ -157,7 +171,9 @@ def profile(model: str | None, suite: Path | None, data: Path | None, tau: str, 
     Also compares the per-layer budgets every layer-adaptive policy allocates at --budget with
     uniform, and correlates the measures across layers. Writes CSV/JSON tables and PNG plots to --out.
     """
-    from lukv_bench.profile.driver import ProfileSettings, parse_fractions, run_profile, write_outputs
+    from lukv_bench.profile.driver import run_profile
+    from lukv_bench.profile.files import write_outputs
+    from lukv_bench.profile.options import ProfileSettings, parse_fractions
 
     settings = ProfileSettings(
         taus=parse_fractions(tau, "--tau", "0.8,0.9,0.95"),

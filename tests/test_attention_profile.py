@@ -16,22 +16,20 @@ from lukv_bench.kernels.ops import window_stats
 from support import TINY
 
 from lukv_bench.cli import main
-from lukv_bench.profile.driver import (
-    ProfileSettings,
+from lukv_bench.profile.allocations import allocation_policies
+from lukv_bench.profile.answers import answer_span
+from lukv_bench.profile.measures import (
     TailAttention,
     WindowAttention,
     ablation_drops,
-    allocation_policies,
     answer_log_likelihood,
-    answer_span,
     head_mass_budgets,
     output_budgets,
-    parse_fractions,
-    profile_sample,
     selection_ranks,
-    spearman,
-    summarize,
 )
+from lukv_bench.profile.options import ProfileSettings, parse_fractions
+from lukv_bench.profile.per_sample import profile_sample
+from lukv_bench.profile.stats import spearman, summarize
 from lukv_bench.runtime.contract import Budget, LayerStats
 from lukv_bench.runtime.engine import Engine, EngineSettings
 from lukv_bench.runtime.prompts import build_prompt

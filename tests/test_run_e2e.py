@@ -328,3 +328,40 @@ def test_rerun_with_changed_settings_is_refused_or_kept_apart(tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     fresh = tmp_path / "out-2"
     assert len(_records(fresh)) == 1 and len(_records(out)) == len(recs)
+
+
+def test_changed_data_is_named_and_refused(tmp_path: Path) -> None:
+    """The bytes of a data file are part of the records' settings: editing the answers and rerunning is refused
+    (exit 2, naming the task and key) instead of keeping the old records as done; --add-settings reruns them."""
+    data = _write_data(tmp_path, 1)
+    out = tmp_path / "out"
+    suite = _write_suite(tmp_path, policies=["full"], budgets=[0.3], new=2)
+    _cli_run(suite, out)
+    fingerprint = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert fingerprint["data"]["facts"]["path"].startswith("sha256 ")
+    assert fingerprint["model"].startswith("folder tiny: ") and fingerprint["device"] == "cpu"
+
+    data.write_text(data.read_text().replace('"fox"', '"dog"'))
+    res = CliRunner().invoke(main, ["run", str(suite), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "tasks[facts].path: its data changed" in res.output and "Traceback" not in res.output
+    assert len(_records(out)) == 1
+
+    res = CliRunner().invoke(main, ["run", str(suite), "--out", str(out), "--no-progress", "--add-settings"])
+    assert res.exit_code == 0, res.output
+    recs = _records(out)
+    assert len(recs) == 2 and {tuple(r["answers"]) for r in recs} == {("fox",), ("dog",)}
+    assert len({r["setting"] for r in recs}) == 2
+
+
+def test_folder_without_fingerprints_is_refused(tmp_path: Path) -> None:
+    """A results folder from a lukv-bench that did not fingerprint data and model cannot be resumed blindly."""
+    _write_data(tmp_path, 1)
+    out = tmp_path / "out"
+    suite = _write_suite(tmp_path, policies=["full"], budgets=[0.3], new=2)
+    _cli_run(suite, out)
+    run = json.loads((out / "run.json").read_text())
+    del run["fingerprint"]
+    (out / "run.json").write_text(json.dumps(run))
+    res = CliRunner().invoke(main, ["run", str(suite), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2 and "did not fingerprint its data and model" in res.output, res.output

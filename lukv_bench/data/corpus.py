@@ -10,12 +10,15 @@ prose sentences (:func:`prose_sentences`, for haystacks) and token ids of the wh
 from __future__ import annotations
 
 import functools
+import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 CHARS_PER_TOKEN = 4  #: length estimate when no tokenizer is given
+#: what the corpus text depends on: ``pydoc_data`` changes with every Python release
+CORPUS_VERSION = f"pydoc_data of Python {platform.python_version()}"
 UNDERLINE = re.compile(r"^[*=\-~^+#]{3,}$")  #: a heading underline (===, ---, ***)
 
 #: how records and reports name this text

@@ -1,4 +1,4 @@
-"""PNG plots of an attention profile (:mod:`lukv_bench.profile.driver`), drawn on the Agg canvas.
+"""PNG plots of an attention profile (:mod:`lukv_bench.profile.result`), drawn on the Agg canvas.
 
 * ``zigzag.png`` — each measure across layers (mean over samples with its 95% interval);
 * ``heads.png`` — LMBA and LMBO per layer and KV head;
@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from lukv_bench.report.plots import new_figure, policy_style, save_png
 
 if TYPE_CHECKING:
-    from lukv_bench.profile.driver import ProfileResult
+    from lukv_bench.profile.result import ProfileResult
 
 _TITLES = {
     "lmba": ("LMBA: tokens holding tau of the window attention", "fraction of prompt"),

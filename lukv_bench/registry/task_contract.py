@@ -105,3 +105,13 @@ class TaskType(Protocol):
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> Any:
         """The task (or a list of tasks) this entry stands for."""
         ...
+
+
+def data_version(task_type: Any, task: dict[str, Any]) -> str | None:
+    """The version of the generator behind an entry's data, from the type's optional ``data_version(task)``.
+
+    A task type that generates its samples (rather than reading them from a file) declares it, so a new
+    generator design or corpus changes the records' settings digest; None when the type has none.
+    """
+    fn = getattr(task_type, "data_version", None)
+    return fn(task) if callable(fn) else None

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lukv_bench.errors import UserError
 from lukv_bench.records import suite_differences
+from lukv_bench.run.fingerprint import differences as fingerprint_differences
 from lukv_bench.run.results import RESULTS_FILE, RUN_FILE, ResultsWriter
 from lukv_bench.run.session import Inventory, SuitePolicies, versions
 from lukv_bench.units import Unit
@@ -53,6 +54,7 @@ class Runner:
         self.policies = SuitePolicies(suite)
         self.descriptions = self.policies.descriptions
         self.progress = progress
+        self._on_change = on_change
         self.out_dir = self._choose_folder(Path(out_dir), on_change)
         self.history: list[dict[str, Any]] = self._previous_runs(on_change)
         self.writer = ResultsWriter(self.out_dir)
@@ -81,7 +83,11 @@ class Runner:
         diffs = []
         if old_suite.get("name") != new["name"]:
             diffs.append(f"suite name: {old_suite.get('name')!r} -> {new['name']!r} (results of another suite)")
-        return diffs + suite_differences(old_suite, new, old.get("policies"), self.descriptions)
+        diffs += suite_differences(old_suite, new, old.get("policies"), self.descriptions)
+        if "fingerprint" not in old:
+            return [*diffs, f"{run_json} was written by a lukv-bench that did not fingerprint its data and model "
+                            "(their changes were invisible to resume)"]
+        return diffs + fingerprint_differences(old["fingerprint"], self.policies.fingerprint)
 
     def _previous_runs(self, on_change: str) -> list[dict[str, Any]]:
         diffs = self._differences(self.out_dir)
@@ -104,7 +110,8 @@ class Runner:
 
     def _write_run_json(self, model_name: str, executor: dict[str, Any] | None = None) -> None:
         info = {"suite": self.suite.to_dict(), "model": model_name, "policies": self.descriptions,
-                "versions": versions(), "argv": sys.argv, "executor": executor or {"kind": "local"}}
+                "fingerprint": self.policies.fingerprint, "versions": versions(), "argv": sys.argv,
+                "executor": executor or {"kind": "local"}}
         if self.history:
             info["history"] = self.history  # earlier settings whose records stay in results.jsonl
         (self.out_dir / RUN_FILE).write_text(json.dumps(info, indent=2, default=str))
@@ -128,6 +135,10 @@ class Runner:
         """Evaluate everything not yet in results.jsonl with ``executor``; returns the results path."""
         try:
             inventory = executor.start(self.suite)
+            if inventory.device != self.policies.fingerprint["device"]:
+                # units run elsewhere (a Ray worker with a GPU): their device is part of every record's key
+                self.policies = SuitePolicies(self.suite, device=inventory.device)
+                self._previous_runs(self._on_change)  # refuses a folder made on another device type
             self._write_run_json(inventory.model, executor.describe())
             units, total = self.plan(inventory)
             bar = tqdm(total=total, desc="overall", unit="record", disable=not self.progress, position=0)

@@ -18,6 +18,7 @@ import torch
 from lukv_bench.errors import UserError
 from lukv_bench.records import Record, RecordKey, run_settings, setting_digest
 from lukv_bench.registry import resolve_policy
+from lukv_bench.run.fingerprint import data_fingerprint, device_identity, model_identity
 from lukv_bench.runtime.contract import FULL
 from lukv_bench.runtime.engine import Engine, EngineSettings
 from lukv_bench.runtime.models import load_model, resolve_device
@@ -25,6 +26,7 @@ from lukv_bench.runtime.prompts import use_chat_template
 from lukv_bench.tasks import unit_sources
 from lukv_bench.units import Unit, UnitSource
 from lukv_bench.version import __version__
+
 
 @functools.cache
 def versions() -> dict[str, str]:
@@ -47,9 +49,14 @@ def versions() -> dict[str, str]:
 
 
 class SuitePolicies:
-    """A suite's policies resolved (FullKV added when absent), its cells, and the identity of its records."""
+    """A suite's policies resolved (FullKV added when absent), its cells, and the identity of its records.
 
-    def __init__(self, suite: Any) -> None:
+    The records' settings digest covers what the suite's names resolve to (:mod:`lukv_bench.run.fingerprint`):
+    the model's weights, the data files' bytes, the generators' versions, and the device type units run on
+    (``device``; default: what ``device:`` resolves to in this process).
+    """
+
+    def __init__(self, suite: Any, device: str | None = None) -> None:
         self.suite = suite
         self.policies = []
         for i, spec in enumerate(suite.policies):
@@ -70,7 +77,13 @@ class SuitePolicies:
             self.policies.insert(0, resolve_policy(FULL))
         self.full = self.by_name(FULL)
         self.descriptions = {p.name: p.describe() for p in self.policies}
-        self.run_settings = run_settings(suite.to_dict())
+        self.fingerprint = {
+            "model": model_identity(suite.model),
+            "device": device or device_identity(suite.device),
+            "data": {task["name"]: data_fingerprint(task) for task in suite.tasks},
+        }
+        self.run_settings = {**run_settings(suite.to_dict()),
+                             "resolved": {k: self.fingerprint[k] for k in ("model", "device")}}
         self._digests: dict[tuple[str, str], str] = {}
 
     def by_name(self, name: str) -> Any:
@@ -86,7 +99,8 @@ class SuitePolicies:
         """The settings digest of the records of task entry ``entry`` under ``policy``."""
         key = (entry, policy.name)
         if key not in self._digests:
-            self._digests[key] = setting_digest(self.run_settings, self.suite.task(entry), self.descriptions[policy.name])
+            task = {**self.suite.task(entry), "data": self.fingerprint["data"][entry]}
+            self._digests[key] = setting_digest(self.run_settings, task, self.descriptions[policy.name])
         return self._digests[key]
 
     def key(self, model: str, unit: Unit, sample_id: str, policy: Any, budget: Any) -> RecordKey:
@@ -112,6 +126,7 @@ class Inventory:
     """
 
     model: str
+    device: str  #: the device type the units run on
     units: list[Unit]
 
 
@@ -126,9 +141,10 @@ class Session:
             torch.set_num_threads(int(suite.threads))
         torch.manual_seed(suite.seed)
         self.suite = suite
-        self.policies = SuitePolicies(suite)
+        device = resolve_device(suite.device)
+        self.policies = SuitePolicies(suite, device=device.type)
         self.full = self.policies.full
-        self.lm = load_model(suite.model, dtype=suite.dtype, device=str(resolve_device(suite.device)))
+        self.lm = load_model(suite.model, dtype=suite.dtype, device=str(device))
         settings = EngineSettings(
             window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
         )
@@ -149,7 +165,8 @@ class Session:
 
     def inventory(self) -> Inventory:
         """The model name and every unit of every task, in suite order."""
-        return Inventory(model=self.lm.name, units=[u for _, units in self._by_task().values() for u in units])
+        units = [u for _, units in self._by_task().values() for u in units]
+        return Inventory(model=self.lm.name, device=self.policies.fingerprint["device"], units=units)
 
     def evaluate(self, unit: Unit) -> Iterator[Record]:
         """The records of ``unit``'s cells, batch by batch."""

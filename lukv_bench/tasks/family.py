@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lukv_bench.data.corpus import CORPUS_VERSION
 from lukv_bench.data.families import FAMILIES, FamilyTask
+from lukv_bench.data.families import VERSION as FAMILIES_VERSION
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.tasks.base import MAX_NEW_TOKENS, BaseTaskType, task_limit
 from lukv_bench.tasks.control import control_key
@@ -45,6 +47,10 @@ class FamilyTaskType(BaseTaskType):
         "metric": Key.refuse("cannot be set: each family is scored by its own metric (substring or recall); "
                              "remove it"),
     }
+
+    def data_version(self, task: dict[str, Any]) -> str:
+        """The families generator's design and the corpus it draws haystacks from."""
+        return f"{FAMILIES_VERSION}; {CORPUS_VERSION}"
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> FamilyTask:
         """The family task; ``limit`` (task or suite) caps ``samples``."""

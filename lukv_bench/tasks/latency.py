@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lukv_bench.data.corpus import SOURCE, reference_text_ids
+from lukv_bench.data.corpus import CORPUS_VERSION, SOURCE, reference_text_ids
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.runtime.contract import ACCUMULATED, Budget
 from lukv_bench.runtime.engine import evicts_while_decoding
@@ -147,6 +147,10 @@ class LatencyTaskType(BaseTaskType):
             if n + new > max_pos:
                 report(f"lengths[{j}]", f"{n} prompt tokens + new_tokens {new} exceed the model's {max_pos} "
                        f"positions; use lengths <= {max_pos - new}")
+
+    def data_version(self, task: dict[str, Any]) -> str:
+        """The prompts are prefixes of the reference text, which changes with the Python release."""
+        return CORPUS_VERSION
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LatencyTaskConfig:
         """The entry's units: one per length."""

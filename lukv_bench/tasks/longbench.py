@@ -460,6 +460,19 @@ class LongBenchTaskType(BaseTaskType):
             if problem:
                 report(f"subsets[{i}]", problem)
 
+    def data_version(self, task: dict[str, Any]) -> str:
+        """Per subset, the offline generator that may supply it (and the corpus), and the hub dataset."""
+        from lukv_bench.data.corpus import CORPUS_VERSION
+        from lukv_bench.data.longbench import generator_version
+
+        parts = []
+        for subset in task["subsets"]:
+            offline = subset if subset in _offline_subsets() else HUB_SUBSETS[subset].offline
+            hub = f"hub {task['hub_repo']}/{subset}" if subset in HUB_SUBSETS and task["source"] != "offline" else None
+            gen = generator_version(offline) if offline and task["source"] != "hub" else None
+            parts.append(f"{subset}: " + ", ".join(p for p in (hub, gen) if p))
+        return "; ".join(parts) + f"; {CORPUS_VERSION}"
+
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> list[LongBenchTask]:
         """One task per subset."""
         return [

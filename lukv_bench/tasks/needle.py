@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lukv_bench.config.schema import TaskContext, normalize_task
-from lukv_bench.data.corpus import Sentence, join_sentences, prose_sentences, token_counter
+from lukv_bench.data.corpus import CORPUS_VERSION, Sentence, join_sentences, prose_sentences, token_counter
 from lukv_bench.errors import UserError
 from lukv_bench.registry.task_contract import Key
 from lukv_bench.sample import Sample
@@ -40,7 +40,8 @@ from lukv_bench.tasks.control import control_key
 if TYPE_CHECKING:
     from lukv_bench.config.suite import Suite
 
-DATA_SOURCE = "offline needle-in-a-haystack over Python's pydoc_data text (lukv-bench needle v1)"
+VERSION = "lukv-bench needle v1"  #: the needle generator's design
+DATA_SOURCE = f"offline needle-in-a-haystack over Python's pydoc_data text ({VERSION})"
 INSTRUCTION = (
     "Below is a long text. Somewhere inside it there is a secret pass key. Read the text carefully "
     "and remember the pass key."
@@ -93,7 +94,8 @@ class NeedleTask:
         """
         if not isinstance(cfg, Mapping):
             raise UserError(f"needle task: the task entry must be a mapping, got {type(cfg).__name__}")
-        task = normalize_task({"name": "needle", "type": "needle", **cfg}, NeedleTaskType(), TaskContext(Path.cwd()))
+        ctx = TaskContext(Path.cwd(), {"seed": 0})  # outside a suite the seed defaults to 0
+        task = normalize_task({"name": "needle", "type": "needle", **cfg}, NeedleTaskType(), ctx)
         return NeedleTaskType().build(task, None, tokenizer)
 
     # -- samples -------------------------------------------------------------------------------
@@ -184,11 +186,15 @@ class NeedleTaskType(BaseTaskType):
         "lengths": Key("list[int]", [500, 1000, 2000], minimum=1),
         "depths": Key("list[number]", [0.1, 0.5, 0.9], minimum=0.0, maximum=1.0),
         "samples_per_cell": Key("int", 1, minimum=1),
-        "seed": Key("int", 0),
+        "seed": Key("int", default_from="seed"),
         "max_new_tokens": MAX_NEW_TOKENS,
         "control": control_key(True),
         **{key: Key.refuse(why) for key, why in REFUSED_KEYS.items()},
     }
+
+    def data_version(self, task: dict[str, Any]) -> str:
+        """The needle generator's design and the corpus it draws haystacks from."""
+        return f"{VERSION}; {CORPUS_VERSION}"
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> NeedleTask:
         """The grid task; the tokenizer (when given) measures lengths in tokens."""
