@@ -113,3 +113,12 @@ def test_max_new_tokens_is_honoured():
 def test_settings_it_cannot_honour_are_refused(key, value, why):
     with pytest.raises(UserError, match=f"{key}: .*{why}"):
         NeedleTask.from_config({**CFG, key: value})
+
+
+def test_limit_spreads_samples_over_the_grid() -> None:
+    """A limited needle run covers the grid's depths and lengths, not only its first rows."""
+    task = NeedleTask.from_config({"lengths": [100, 200], "depths": [0.1, 0.5, 0.9], "seed": 3})
+    picked = [(s.meta["length"], s.meta["depth"]) for s in task.samples(3)]
+    assert picked == [(100, 0.1), (100, 0.9), (200, 0.5)]
+    assert {d for _, d in picked} == {0.1, 0.5, 0.9} and {n for n, _ in picked} == {100, 200}
+    assert len(list(task.samples(None))) == len(list(task.samples(6))) == 6

@@ -158,15 +158,17 @@ class NeedleTask:
         )
 
     def samples(self, limit: int | None = None) -> Iterator[Sample]:
-        """Yield one sample per (length, depth, repeat), lengths outermost; at most ``limit``."""
-        n = 0
-        for length in self.lengths:
-            for depth in self.depths:
-                for repeat in range(self.samples_per_cell):
-                    if limit is not None and n >= limit:
-                        return
-                    yield self.make_sample(length, depth, repeat)
-                    n += 1
+        """Yield one sample per (length, depth, repeat), lengths outermost.
+
+        A ``limit`` below the grid's size takes samples spread evenly over the grid (every
+        ``size / limit``-th cell), not its first rows: a limited run still sees the deepest needles.
+        """
+        cells = [(length, depth, repeat) for length in self.lengths for depth in self.depths
+                 for repeat in range(self.samples_per_cell)]
+        if limit is not None and limit < len(cells):
+            cells = [cells[j * len(cells) // limit] for j in range(limit)]
+        for length, depth, repeat in cells:
+            yield self.make_sample(length, depth, repeat)
 
     def __len__(self) -> int:
         """Number of grid samples (before any limit)."""
