@@ -279,6 +279,10 @@ def test_lm_eval_units_records_and_resume(tasks_dir: Path, tmp_path: Path, prefi
         assert (r["kv_bytes"] < r["kv_bytes_full"]) == (r["policy"] != "full")
         assert r["prefill_s"] is not None and r["compress_s"] is not None
         assert "local files" in r["data_source"] and r["meta"]["lm_eval_task"] in r["task"]
+        # what the cache holds includes the uncompressed tail: 4 layers x K,V x 2 KV heads x 16 dims x 4 bytes
+        assert r["kv_bytes_full"] == r["context_tokens"] * 4 * 2 * 2 * 16 * 4
+        if r["policy"] != "full" and r["context_tokens"] - r["meta"]["uncompressed_tail"] <= 8:  # window 8
+            assert "no policy evicts anything" in r["meta"]["budget_warning"]
     mc0 = next(r for r in recs if r["task"] == "local/lukv_mc" and r["sample_id"] == "0" and r["policy"] == "full")
     assert mc0["answers"] == ["blue"] and mc0["prediction"] in MC_DOCS[0]["choices"]
     gen = [r for r in recs if r["task"] == "local/lukv_gen"]
@@ -296,3 +300,17 @@ def test_lm_eval_units_records_and_resume(tasks_dir: Path, tmp_path: Path, prefi
     recs2 = list(read_records(out / "results.jsonl"))
     assert len(recs2) == len(recs) + len(MC_DOCS) + len(GEN_DOCS)
     assert {r["policy"] for r in recs2[len(recs):]} == {"pyramidkv"}
+
+
+def test_suite_settings_lm_eval_does_not_apply_are_refused(tasks_dir: Path, tmp_path: Path) -> None:
+    """`compress` and `truncate` do not apply to lm-eval tasks: a suite that sets them is refused, naming both."""
+    from click.testing import CliRunner
+
+    from lukv_bench.cli import main
+
+    suite = _lm_eval_suite(tmp_path, tasks_dir, ["full", "snapkv"])
+    suite.write_text(suite.read_text() + "compress: context\ntruncate: error\n")
+    res = CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert f"{suite}:10: compress: tasks[0] (lm_eval task 'local') does not apply it" in res.output
+    assert f"{suite}:11: truncate: tasks[0] (lm_eval task 'local') does not apply it" in res.output

@@ -26,6 +26,7 @@ from lukv_bench.config.schema import join_path as _join
 from lukv_bench.config.schema import line_for as _line_for
 from lukv_bench.config.schema import show as _show
 from lukv_bench.errors import UserError
+from lukv_bench.registry.catalog import catalog
 from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
 __all__ = [
@@ -123,6 +124,10 @@ class Suite:
         Token budgets at or below the window are refused when the suite loads; ratios can only be
         checked once the prompt length is known.
         """
+        if context_tokens <= self.window:
+            return (f"the compressed context ({context_tokens} tokens) is not longer than the observation window "
+                    f"({self.window}), which every policy keeps: no policy evicts anything; use longer contexts or "
+                    "a smaller window")
         if budget_tokens > self.window or budget_tokens >= context_tokens:
             return None
         return (
@@ -382,7 +387,6 @@ def _check_resources(c: _Checker, value: Any) -> Resources:
 def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names: set[str],
                 model: str | None = None) -> dict | None:
     """Check one task entry: name and type here, then the keys its (registered) type declares."""
-    from lukv_bench.registry.catalog import catalog
 
     path = f"tasks[{i}]"
     if not isinstance(value, dict):
@@ -493,7 +497,21 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
             names: set[str] = set()
             checked = [_check_task(c, i, t, folder, seed, names, out.get("model")) for i, t in enumerate(tasks)]
             out["tasks"] = [t for t in checked if t is not None]
+            _check_settings_tasks_ignore(c, data, out["tasks"])
     return out
+
+
+def _check_settings_tasks_ignore(c: _Checker, data: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    """A suite-level setting that one of its task types does not apply (its ``ignored_settings``) is refused
+    when the suite sets it: it would change every record's settings digest without changing those records."""
+
+    types = catalog().task_types
+    for i, task in enumerate(tasks):
+        ignored = getattr(types.lookup(task["type"]).obj, "ignored_settings", {})
+        for key, why in ignored.items():
+            if key in data:
+                c.fail(key, f"tasks[{i}] ({task['type']} task {task['name']!r}) {why}; remove {key!r} from the "
+                            f"suite, or run the {task['type']} tasks in a suite of their own")
 
 
 def _problem_line(problem: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.tasks.base import BaseTaskType, task_limit
@@ -108,7 +108,14 @@ class LmEvalTaskConfig:
             rec.set_outcome(a.pre, a.outcome)
             rec.context_tokens = a.pre.n + a.pre.tail
             rec.context_tokens_original = rec.context_tokens
+            # the cache also holds the uncompressed tail, fed after compression: count it on both sides
+            per_token = rec.kv_bytes_full // a.pre.n
+            rec.kv_bytes += a.pre.tail * per_token
+            rec.kv_bytes_full += a.pre.tail * per_token
             meta.update(a.extra)
+            warning = ctx.suite.budget_warning(a.outcome.budget.tokens, a.pre.n) if policy is not ctx.full else None
+            if warning:
+                meta["budget_warning"] = warning
         else:
             log.warning("no answers recorded for %s doc %s: cost fields left empty", unit.id, doc_id)
         return rec
@@ -125,6 +132,12 @@ class LmEvalTaskType(BaseTaskType):
     """``type: lm_eval``: lm-eval tasks run through lukv-bench's lm-eval model (one entry, many lm-eval tasks)."""
 
     name = "lm_eval"
+    #: suite-level settings lm-eval tasks do not apply (a suite that sets them is refused)
+    ignored_settings: ClassVar[dict[str, str]] = {
+        "compress": "does not apply it: lm-eval requests are always compressed except their last `tail` "
+                    "tokens, which are fed after compression",
+        "truncate": "does not apply it: lm-eval requests longer than the model's positions are left-truncated",
+    }
     keys = {
         "tasks": Key("list[str]", REQUIRED, help="lm-eval task names, e.g. [niah_single_1]"),
         "max_seq_lengths": Key("list[int]", minimum=1),
