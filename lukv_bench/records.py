@@ -58,8 +58,9 @@ def policy_rule(description: dict[str, Any]) -> dict[str, Any]:
 class Record:
     """One result: a model x task x sample x (policy, budget) setting, with cost and fidelity.
 
-    ``kv_bytes`` is what the setting's compressed cache holds (measured from the cache's buffers);
-    ``kv_bytes_full`` the FullKV cache of the same prompt. ``decode_s`` is the setting's share of
+    ``kv_bytes`` is what the cell's compressed cache holds (measured from the cache's buffers);
+    ``kv_bytes_full`` the FullKV cache of the same prompt in the same storage (per query head in
+    ``storage: query``, G x the KV-head cache). ``decode_s`` is the setting's share of
     the batched decode steps it was in; ``batch_size`` says how many settings shared them.
     """
 
@@ -88,8 +89,11 @@ class Record:
     compress_s: float | None = None
     decode_s: float | None = None
     new_tokens: int | None = None
+    #: sweep records: the peak of the batch the record's cell was decoded in (CUDA: the allocator's peak; CPU:
+    #: process RSS, weights included), the same for every cell of that batch: not a per-policy figure. Latency
+    #: records: that cell's own cache buffers plus one decode step's allocations (use these for per-policy memory)
     peak_mem_bytes: int | None = None
-    prefill_peak_mem_bytes: int | None = None
+    prefill_peak_mem_bytes: int | None = None  #: the prefill's peak, measured the same way as ``peak_mem_bytes``
     kl_mean: float | None = None
     greedy_agreement: float | None = None
     fidelity: str | None = None  #: how kl_mean was measured (None: not measured, e.g. FullKV)

@@ -269,3 +269,20 @@ def test_streaming_fidelity_is_measured_with_its_decode_eviction(tiny):
     want = float(kl_divergence(ref.logits, torch.stack(rows)).mean())
     assert got.kl_mean == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert len(ref.tokens) > 2 and cache.stored_tokens(0) == sizes  # it evicted: held at its size
+
+
+@pytest.mark.parametrize("storage", ["kv", "query"])
+def test_kv_bytes_are_against_fullkv_in_the_same_storage(tiny, storage):
+    """Query-head storage keeps G copies of every kept token: a budget just below the context reports just
+    below FullKV *in that storage*, not G times FullKV in KV-head storage; FullKV itself reports 1.0."""
+    from lukv_bench.registry import resolve_policy
+
+    eng = Engine(tiny.model, tiny.tokenizer, EngineSettings(window=4, storage=storage))
+    ids = torch.randint(0, 250, (1, 100), generator=torch.Generator().manual_seed(3))
+    pre = eng.prefill(ids)
+    _, comps = eng.compress(pre, [(resolve_policy("full"), Budget.resolve(1.0, pre.n)),
+                                  (resolve_policy("snapkv"), Budget.resolve(0.99, pre.n))])
+    group = eng.n_q_heads // eng.n_kv_heads if storage == "query" else 1
+    assert group == (2 if storage == "query" else 1)
+    assert comps[0].kv_bytes == comps[0].kv_bytes_full == pre.kv_bytes_full() * group
+    assert comps[1].kv_bytes / comps[1].kv_bytes_full == pytest.approx(0.99, abs=0.011)

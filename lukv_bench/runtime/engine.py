@@ -197,6 +197,8 @@ class Engine:
         build_s = time.perf_counter() - t0
         all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per setting, layer and head
         kept = [sum(map(sum, counts)) for counts in all_counts]
+        # the FullKV reference in the same storage: per query head, every token is stored G times
+        full_bytes = pre.kv_bytes_full() * (self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1)
         out = []
         for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
             counts = all_counts[b]
@@ -207,9 +209,8 @@ class Engine:
                 keep=plan.keep,
                 layer_budgets=[round(sum(c) / len(c)) for c in counts],
                 head_budgets=counts if ragged else None,
-                # everything kept: the FullKV cache, which needs no per-query-head copies in query mode
-                kv_bytes=pre.kv_bytes_full() if all(c == pre.n for cs in counts for c in cs) else cache.kv_bytes(b),
-                kv_bytes_full=pre.kv_bytes_full(),
+                kv_bytes=cache.kv_bytes(b),
+                kv_bytes_full=full_bytes,
                 compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
                 kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),
                 allocation_info=getattr(plan.allocation, "info", None),
