@@ -18,7 +18,8 @@ POLICIES = ["full", "snapkv", "pyramidkv", "layer-uncertainty"]
 BUDGETS = [0.1, 0.2, 0.4]
 N_LAYERS = 6
 
-# layer-uncertainty: below snapkv at 0.1 (loss), tie at 0.2, above at 0.4 (win)
+# layer-uncertainty: below snapkv at 0.1 (loss), tie at 0.2, above at 0.4 (win); every list is written
+# twice (8 samples per cell), so that a unanimous paired difference can survive Holm's correction
 QA_SCORES = {
     "full": {None: [1.0, 1.0, 0.5, 1.0]},
     "snapkv": {0.1: [0.8, 0.6, 0.7, 0.5], 0.2: [0.7, 0.7, 0.7, 0.7], 0.4: [0.6, 0.6, 0.6, 0.6]},
@@ -84,11 +85,11 @@ def _record(task: str, sid: str, policy: str, budget, score, meta=None, **kw) ->
     return rec
 
 
-def _write_results(out: Path, torn: bool = True) -> None:
+def _write_results(out: Path, torn: bool = True, proposed: str | None = "layer-uncertainty") -> None:
     recs = []
     for policy, by_budget in QA_SCORES.items():
         for budget, scores in by_budget.items():
-            for i, sc in enumerate(scores):
+            for i, sc in enumerate(scores * 2):
                 recs.append(_record("qa", f"qa-{i}", policy, budget, sc))
     rng = random.Random(0)
     for length in (500, 1000):
@@ -106,9 +107,8 @@ def _write_results(out: Path, torn: bool = True) -> None:
     if torn:
         text += json.dumps(recs[0])[:37]  # interrupted append: no newline, cut mid-object
     (out / "results.jsonl").write_text(text)
-    (out / "run.json").write_text(
-        json.dumps({"suite": {"name": "synthetic-suite"}, "versions": {"torch": "x"}})
-    )
+    suite = {"name": "synthetic-suite"} | ({"report": {"proposed": proposed}} if proposed else {})
+    (out / "run.json").write_text(json.dumps({"suite": suite, "versions": {"torch": "x"}}))
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +144,16 @@ def test_score_table_means_by_hand(rendered):
     means = [c.split(" [")[0] for c in _row(qa, "### Mean score", "snapkv")]
     assert means == ["0.650", "0.700", "0.600"]
     assert [c.split(" [")[0] for c in _row(qa, "### Mean score", "**FullKV (reference)**")] == ["0.875"] * 3
-    assert _row(qa, "### Mean score", "layer-uncertainty") == ["0.300 [0.30, 0.30]", "0.700 [0.70, 0.70]",
-                                                              "0.800 [0.80, 0.80]"]
+    # continuous scores: BCa bootstrap; a constant cell has no interval
+    assert "BCa bootstrap interval" in qa
+    assert _row(qa, "### Mean score", "layer-uncertainty") == ["0.300", "0.700", "0.800"]
     lo, hi = map(float, _row(qa, "### Mean score", "snapkv")[0].split(" [")[1].rstrip("]").split(", "))
-    assert 0.5 <= lo < 0.65 < hi <= 0.8  # a bootstrap interval of the mean of 0.8, 0.6, 0.7, 0.5
-    assert "Samples per cell: 4 (every cell)." in qa
+    assert 0.5 <= lo < 0.65 < hi <= 0.8  # a bootstrap interval of the mean of 0.8, 0.6, 0.7, 0.5 (twice)
+    assert "Samples per cell: 8 (every cell)." in qa
+    # binary scores (needle): Wilson intervals; FullKV is 1.0 on all 6 samples
+    needle = md[md.index("## Task `needle`") :]
+    assert "Wilson score interval" in needle
+    assert _row(needle, "### Mean score", "**FullKV (reference)**")[0] == "1.000 [0.61, 1.00]"
     assert "| policy | 0.1 | 0.2 | 0.4 |" in qa
 
 
@@ -167,13 +172,16 @@ def test_findings_state_loss_tie_and_win(rendered):
     qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
     findings = qa[qa.index("### Findings") :]
     line = next(ln for ln in findings.splitlines() if "layer-uncertainty vs snapkv" in ln)
+    assert "family: task `qa`, every policy × budget vs layer-uncertainty" in line
     assert "1 significant win(s), 1 significant loss(es), 1 budget(s) without a significant difference" in line
-    assert "**loses** at 0.1 (0.300 vs 0.650" in line
-    assert "no significant difference at 0.2" in line
-    assert "wins at 0.4" in line
-    # best per budget: snapkv at 0.1, snapkv and layer-uncertainty tied at 0.2, pyramidkv at 0.4
+    # 8 of 8 samples the same way: exact p = 2/256; Holm over the 6 tests of the table, 5 of them 8-0
+    assert "**loses** at 0.1 (0.300 vs 0.650, -0.350, 0–8 samples, p = 0.0078, Holm-adjusted p = 0.047)" in line
+    assert "no significant difference at 0.2 (+0.000, 0–0 samples, p = 1, Holm-adjusted p = 1)" in line
+    assert "wins at 0.4 (0.800 vs 0.600, +0.200, 8–0 samples" in line
+    # highest mean per budget: snapkv at 0.1, a tie at 0.2 (called a tie), pyramidkv at 0.4
+    assert "Highest mean score per budget" in findings and "Best" not in findings
     assert "0.1: snapkv 0.650" in findings
-    assert re.search(r"0\.2: snapkv and layer-uncertainty \(tied\) 0\.700", findings)
+    assert re.search(r"0\.2: tie between snapkv and layer-uncertainty at 0\.700", findings)
     assert "0.4: pyramidkv 0.900" in findings
     assert "layer-uncertainty vs pyramidkv" in findings
 
@@ -207,7 +215,7 @@ def test_torn_last_line_is_tolerated(tmp_path):
     _write_results(tmp_path, torn=True)
     records, skipped = load_results(tmp_path / "results.jsonl")
     assert skipped == 1
-    assert len(records) == 4 * 10 + 6 * (1 + 3 * 3)
+    assert len(records) == 8 * 10 + 6 * (1 + 3 * 3)
     assert {s.task for s in summarize(records)} == {"qa", "needle"}
 
 
@@ -232,13 +240,34 @@ def test_token_budgets_and_no_full(tmp_path):
 def test_paired_differences_mark_significance(rendered):
     _, md = rendered
     qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
-    # layer-uncertainty - snapkv per sample at 0.4: +0.2 on every sample -> significant
+    # layer-uncertainty - snapkv per sample at 0.4: +0.2 on all 8 samples: exact sign-flip p = 2/2**8,
+    # Holm over the 6 tests of the table (5 of them 8-0 or 0-8) -> 6 * 0.0078 = 0.047: significant
     row = _row(qa, "### Paired difference to layer-uncertainty", "snapkv")
-    assert row[2] == "-0.200 [-0.20, -0.20]*" and row[1] == "+0.000 [+0.00, +0.00]"
-    # vs FullKV: pyramidkv at 0.4 is 0.9 on every sample vs FullKV (1, 1, .5, 1): not significant
+    assert row[2] == "-0.200 (0–8; p 0.0078, adj 0.047)*"
+    assert row[1] == "+0.000 (0–0; p 1, adj 1)"
+    assert "the 6 tests of this table (task `qa`, every policy × budget vs layer-uncertainty)" in qa
+    # vs FullKV: pyramidkv at 0.4 is 0.9 on every sample vs FullKV (1, 1, .5, 1, ...): 2-6, not significant
     full_row = _row(qa, "### Paired difference to FullKV", "pyramidkv")
-    assert full_row[2].startswith("+0.025") and not full_row[2].endswith("*")
-    assert full_row[0].endswith("*")  # 0.2 vs 0.875: significantly below FullKV
+    assert full_row[2].startswith("+0.025 (2–6;") and not full_row[2].endswith("*")
+    # 0.1 vs FullKV: below on all 8 samples (p = 0.0078), but 9 tests of that p in the table: 9 * p = 0.07
+    assert full_row[0] == "-0.675 (0–8; p 0.0078, adj 0.07)"
+    assert "the 9 tests of this table (task `qa`, every policy × budget vs FullKV)" in qa
+
+
+def test_needle_paired_tests_are_exact_sign_tests(rendered):
+    _, md = rendered
+    needle = md[md.index("## Task `needle`") :]
+    assert "exact sign test on the samples where the two differ" in needle
+    # with 6 samples no difference can reach p < 0.05 after Holm over 9 tests: no star anywhere
+    table = needle[needle.index("### Paired difference to FullKV") : needle.index("### Fidelity")]
+    assert "*" not in table.replace("* = significant", "")
+
+
+def test_paired_section_only_when_the_suite_names_a_proposed_policy(tmp_path):
+    _write_results(tmp_path, proposed=None)
+    md = render_report(tmp_path).read_text()
+    assert "### Paired difference to FullKV" in md
+    assert "### Paired difference to layer-uncertainty" not in md and "layer-uncertainty vs" not in md
 
 
 def test_report_setting_picks_proposed_and_rivals(tmp_path):
@@ -246,22 +275,23 @@ def test_report_setting_picks_proposed_and_rivals(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"suite": {"name": "s", "report": {
         "proposed": "pyramidkv", "rivals": ["snapkv"]}}}))
     md = render_report(tmp_path).read_text()
-    assert "pyramidkv vs snapkv (paired on the same samples)" in md
+    assert "pyramidkv vs snapkv (paired on the same samples" in md
     assert "layer-uncertainty vs" not in md and "### Paired difference to pyramidkv" in md
 
 
-def test_bootstrap_interval_and_pairing():
-    from lukv_bench.report.summary import Paired, bootstrap_ci
+def test_pairing_and_holm_flags():
+    from lukv_bench.report.summary import Paired, adjust_family
 
-    assert bootstrap_ci([1.0]) is None
-    lo, hi = bootstrap_ci([0.0, 1.0] * 10)
-    assert lo < 0.5 < hi and hi - lo < 0.5
-    lo_small, hi_small = bootstrap_ci([0.0, 1.0] * 3)
-    assert hi_small - lo_small > hi - lo  # fewer samples, wider interval
-    assert bootstrap_ci([0.0, 1.0] * 10) == (lo, hi)  # reproducible
     pair = Paired.of({"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 0.0, "x": 5.0})
-    assert pair.n == 2 and pair.diff == 1.0 and pair.significant
+    assert pair.n == 2 and pair.diff == 1.0 and (pair.wins, pair.losses, pair.ties) == (2, 0, 0)
+    assert pair.p == 0.5 and pair.p_adj is None and not pair.significant  # 2-0 is nowhere near significant
     assert Paired.of({"a": 1.0}, {"b": 1.0}) is None
+    ids = [str(i) for i in range(12)]
+    strong = Paired.of(dict.fromkeys(ids, 1.0), dict.fromkeys(ids, 0.0))  # 12-0: p = 2 / 4096
+    weak = Paired.of(dict.fromkeys(ids[:8], 1.0) | dict.fromkeys(ids[8:], 0.0), dict.fromkeys(ids, 0.0))  # 8-0
+    adjust_family([strong, weak] + [Paired.of({"a": 0.0}, {"a": 0.0}) for _ in range(26)], "t")
+    assert strong.significant and strong.family == "t" and abs(strong.p_adj - 28 * 2 / 4096) < 1e-12
+    assert weak.p == 2 / 256 and not weak.significant  # 8-0 of 12 is significant alone, not among 28 tests
 
 
 def test_budget_at_or_below_window_is_flagged(tmp_path):

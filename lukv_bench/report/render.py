@@ -1,7 +1,9 @@
 """Turn ``OUT/results.jsonl`` into ``OUT/report.md`` and PNG plots under ``OUT/plots/``.
 
-One section per (model, task): mean score with its 95% bootstrap interval, the paired difference of
-every policy to FullKV and to the proposed policy on the same samples (marked when significant),
+One section per (model, task): mean score with its 95% interval (Wilson for binary scores, BCa bootstrap
+otherwise), the paired difference of every policy to FullKV and, when the suite names one
+(``report: {proposed: ...}``), to the proposed policy on the same samples, each with its wins/losses,
+exact raw p and Holm-adjusted p within the table (marked only when the adjusted p is below 0.05),
 fidelity (KL, greedy agreement) and cost (memory and latency relative to FullKV) by policy x budget,
 then findings computed from those numbers, then plots. The numbers come from the summary model
 (:mod:`lukv_bench.report.summary`). The data source of every task is stated at the top of the report,
@@ -20,13 +22,15 @@ from typing import Any
 
 from lukv_bench.errors import UserError
 from lukv_bench.report.cost import CostSummary, is_cost_record, summarize_cost
+from lukv_bench.report.stats import ALPHA
 from lukv_bench.report.summary import (
-    DEFAULT_PROPOSED,
     FULL,
     TaskSummary,
     display_name,
     findings,
     fmt3,
+    fmt_diff,
+    fmt_p,
     fmt_sig,
     load_results,
     order_policies,
@@ -53,11 +57,11 @@ def _ci(c) -> str:
 
 
 def _paired(pair) -> str:
+    """``+0.583 (7–0; p 0.016, adj 0.44)``, with ``*`` when the adjusted p is below 0.05."""
     if pair is None:
         return ""
     mark = "*" if pair.significant else ""
-    ci = f" [{pair.ci[0]:+.2f}, {pair.ci[1]:+.2f}]" if pair.ci else ""
-    return f"{pair.diff:+.3f}{ci}{mark}"
+    return f"{fmt_diff(pair.diff)} ({pair.wins}–{pair.losses}; p {fmt_p(pair.p)}, adj {fmt_p(pair.p_adj)}){mark}"
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -90,7 +94,9 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
 
     # scores
     lines += ["### Mean score", ""]
-    lines += ["Mean score [95% bootstrap interval] over the cell's samples.", ""]
+    how = ("Wilson score interval (every score is 0 or 1)" if s.binary
+           else "BCa bootstrap interval; none when every score of the cell is equal")
+    lines += [f"Mean score [95% {how}] over the cell's samples; no interval from a single sample.", ""]
     rows = []
     if s.full is not None:
         rows.append(["**FullKV (reference)**"] + [fmt3(s.full.score) + _ci(s.full)] * len(budgets))
@@ -108,9 +114,13 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
                 for p in s.policies if p != ref]
         if not any(any(cell for cell in row[1:]) for row in rows):
             continue
+        test = ("exact sign test on the samples where the two differ (= exact McNemar)" if s.binary
+                else "exact sign-flip permutation test of the mean difference")
         lines += [f"### Paired difference to {ref} (same samples)", "",
-                  f"Mean of (policy − {ref}) per sample [95% bootstrap interval]; * = significant "
-                  "(the interval excludes 0).", ""]
+                  f"Each cell: mean of (policy − {ref}) per sample (samples where the policy scored higher–lower; "
+                  f"raw two-sided p of the {test}, and that p Holm-adjusted). Family of the Holm correction: "
+                  f"the {len(s.pairs(attr))} tests of this table ({s.family('FullKV' if attr == 'vs_full' else ref)}). "
+                  f"* = significant: adjusted p < {ALPHA:g}.", ""]
         lines += _table(heads, rows) + [""]
     ns = {c.n for c in s.cells.values()}
     if len(ns) == 1:
@@ -198,7 +208,7 @@ def render_report(out_dir: str | Path) -> Path:
     versions = run.get("versions") or records[-1].get("versions") or {}
     report_cfg = suite.get("report") if isinstance(suite, dict) and isinstance(suite.get("report"), dict) else {}
     summaries = summarize([r for r in records if not is_cost_record(r)],
-                          proposed=report_cfg.get("proposed", DEFAULT_PROPOSED), rivals=report_cfg.get("rivals"))
+                          proposed=report_cfg.get("proposed"), rivals=report_cfg.get("rivals"))
     costs = summarize_cost(records, run)  # latency tasks: their own sections, after the quality ones
     models = list(dict.fromkeys([s.model for s in summaries] + [c.model for c in costs]))
     plot_dir = out_dir / "plots"

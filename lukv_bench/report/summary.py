@@ -1,8 +1,10 @@
 """The summary model of a results file: cells, per-task summaries, statistics and findings.
 
 :func:`summarize` groups records by (model, task) and aggregates every (policy, budget) cell with
-a 95% bootstrap confidence interval of its mean score, and each policy's paired difference to
-FullKV and to the proposed policy on the same samples (significant when its interval excludes 0).
+a 95% interval of its mean score (Wilson for binary scores, BCa bootstrap otherwise), and each
+policy's paired difference to FullKV and to the proposed policy on the same samples: wins, losses,
+ties, an exact raw p and the Holm-adjusted p within the difference's family (one table: one task,
+one reference policy). Significant means adjusted p < 0.05 (:mod:`lukv_bench.report.stats`).
 :func:`findings` turns those numbers into plain statements. The report (:mod:`lukv_bench.report.render`)
 and the plots (:mod:`lukv_bench.report.plots`) both read this model; neither imports the other.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from lukv_bench.errors import UserError
 from lukv_bench.records import record_key
+from lukv_bench.report.stats import ALPHA, finite, holm, is_binary, mean_ci, paired_test
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +31,8 @@ FULL = "full"
 POLICY_ORDER = ("full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "cake", "layer-uncertainty")
 #: built-ins that allocate different budgets to different layers (others are detected from the data)
 LAYER_ADAPTIVE = frozenset({"layer-uncertainty", "pyramidkv", "cake"})
-#: the proposed policy when the suite's ``report`` setting names none
-DEFAULT_PROPOSED = "layer-uncertainty"
 TIE = 0.005  #: absolute score difference below which two policies are called tied
 NEAR_ZERO = 0.1  #: FullKV mean score below this makes a task uninformative about compression
-CONFIDENCE = 0.95  #: level of the bootstrap intervals
-BOOTSTRAP = 2000  #: bootstrap resamples per interval (seeded: a report is reproducible)
 MEM_TOLERANCE = 0.05  #: relative memory difference still counted as "equal memory"
 
 
@@ -74,8 +73,7 @@ def budget_label(budget: Any) -> str:
 
 
 def _numbers(values: Iterable[Any]) -> list[float]:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return [v for v in vals if math.isfinite(v)]
+    return finite(values)
 
 
 def _mean(values: Iterable[Any]) -> float | None:
@@ -83,45 +81,43 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def bootstrap_ci(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of ``values`` (None for fewer than 2 values).
-
-    Seeded by the values themselves, so the same data always gives the same interval.
-    """
-    import numpy as np
-
-    vals = np.asarray(_numbers(values), dtype=float)
-    if vals.size < 2:
-        return None
-    seed = int.from_bytes(json.dumps(vals.round(12).tolist()).encode()[-8:].ljust(8, b"0"), "little")
-    rng = np.random.default_rng(seed)
-    means = vals[rng.integers(0, vals.size, size=(BOOTSTRAP, vals.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 @dataclass
 class Paired:
-    """Mean difference of two policies' scores on the same samples, with its bootstrap interval."""
+    """Paired difference of two policies' scores on the same samples, with its exact test.
+
+    ``p_adj`` is the Holm-adjusted p within ``family`` (set by :func:`summarize`; equal to ``p``
+    for a test that is a family of its own).
+    """
 
     n: int  #: samples both were scored on
     diff: float  #: mean of (this policy - the other)
-    ci: tuple[float, float] | None
+    wins: int  #: samples where this policy scored higher
+    losses: int  #: samples where it scored lower
+    ties: int  #: samples with equal scores
+    p: float  #: raw two-sided p (exact sign test for binary scores, sign-flip permutation otherwise)
+    method: str  #: the test used
+    p_adj: float | None = None  #: Holm-adjusted p within the family
+    family: str | None = None  #: the family of tests the adjustment ran over
 
     @property
     def significant(self) -> bool:
-        """True when the interval excludes zero."""
-        return self.ci is not None and (self.ci[0] > 0 or self.ci[1] < 0)
+        """True when the Holm-adjusted p is below 0.05."""
+        return self.p_adj is not None and self.p_adj < ALPHA
 
     @classmethod
-    def of(cls, mine: dict[str, float], other: dict[str, float]) -> Paired | None:
+    def of(cls, mine: dict[str, float], other: dict[str, float], binary: bool | None = None) -> Paired | None:
         """Pair two {sample id: score} maps on their common samples (None if none are shared)."""
         common = [k for k in mine if k in other]
         if not common:
             return None
-        diffs = [mine[k] - other[k] for k in common]
-        return cls(n=len(diffs), diff=sum(diffs) / len(diffs), ci=bootstrap_ci(diffs))
+        t = paired_test([mine[k] for k in common], [other[k] for k in common], binary)
+        return cls(n=t.n, diff=t.diff, wins=t.wins, losses=t.losses, ties=t.ties, p=t.p, method=t.method)
+
+
+def adjust_family(pairs: Sequence[Paired], family: str) -> None:
+    """Holm-adjust the raw p of ``pairs`` as one family (in place)."""
+    for pair, adj in zip(pairs, holm([q.p for q in pairs]), strict=True):
+        pair.p_adj, pair.family = adj, family
 
 
 def _scores(recs: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -149,13 +145,13 @@ class Cell:
     prefill_s: float | None
     layer_profile: list[float] | None  #: mean tokens kept per layer (None if absent or ragged)
     scores: dict[str, float] = field(default_factory=dict, repr=False)  #: sample id -> score
-    score_ci: tuple[float, float] | None = None  #: 95% bootstrap interval of the mean score
+    score_ci: tuple[float, float] | None = None  #: 95% interval of the mean score (Wilson or BCa)
     vs_full: Paired | None = None  #: paired difference to FullKV on the same samples
     vs_proposed: Paired | None = None  #: paired difference to the proposed policy at the same budget
 
     @classmethod
-    def of(cls, recs: Sequence[dict[str, Any]]) -> Cell:
-        """Aggregate the records of one cell."""
+    def of(cls, recs: Sequence[dict[str, Any]], binary: bool | None = None) -> Cell:
+        """Aggregate the records of one cell (``binary``: the metric's scores are all 0/1; None: decide here)."""
         mem = [
             r["kv_bytes"] / r["kv_bytes_full"]
             for r in recs
@@ -177,7 +173,7 @@ class Cell:
             prefill_s=_mean(r.get("prefill_s") for r in recs),
             layer_profile=profile,
             scores=_scores(recs),
-            score_ci=bootstrap_ci(r.get("score") for r in recs),
+            score_ci=mean_ci(_numbers(r.get("score") for r in recs), binary),
         )
 
 
@@ -208,12 +204,27 @@ class TaskSummary:
     rivals: list[str] = field(default_factory=list)
     control: Cell | None = None  #: FullKV on the questions without their context (``<task>:no-context``)
     full_vs_control: Paired | None = None  #: FullKV minus the control, paired on the same samples
+    binary: bool = False  #: every score of the task (and its control) is 0 or 1
 
     @property
     def answers_from_memory(self) -> bool:
-        """True when a control ran and FullKV is not clearly above it (paired interval not above 0)."""
+        """True when a control ran and FullKV is not clearly above it (not significantly higher)."""
         p = self.full_vs_control
-        return self.control is not None and (p is None or p.ci is None or p.ci[0] <= 0)
+        return self.control is not None and (p is None or not p.significant or p.diff <= 0)
+
+    def family(self, reference: str) -> str:
+        """Name of the family of tests of one table: this task, one reference policy."""
+        return f"task `{self.task}`, every policy × budget vs {reference}"
+
+    def pairs(self, attr: str) -> list[Paired]:
+        """The paired differences of one table (``vs_full`` or ``vs_proposed``), in table order."""
+        out = []
+        for p in self.policies:
+            for b in self.budgets:
+                c = self.cell(p, b)
+                if c is not None and getattr(c, attr) is not None:
+                    out.append(getattr(c, attr))
+        return out
 
     def cell(self, policy: str, budget: BudgetColumn) -> Cell | None:
         """The cell of ``policy`` at ``budget``, or None if it was not run."""
@@ -262,12 +273,15 @@ def _labels(recs: Sequence[dict[str, Any]]) -> dict[int, str]:
     return out
 
 
-def summarize(records: Sequence[dict[str, Any]], proposed: str | None = DEFAULT_PROPOSED,
+def summarize(records: Sequence[dict[str, Any]], proposed: str | None = None,
               rivals: Sequence[str] | None = None) -> list[TaskSummary]:
     """Group records by (model, task) and aggregate each (policy, budget) cell.
 
     ``proposed`` is the policy every other one is also paired with (None: none); ``rivals`` the
-    ones the findings compare it with (None: every other compressing policy).
+    ones the findings compare it with (None: every other compressing policy). Scores count as binary
+    when every score of the task and its control is 0 or 1. The paired differences of each table
+    (one task, one reference: FullKV or ``proposed``) are Holm-adjusted as one family; the
+    FullKV-vs-control test is a family of its own.
     """
     from lukv_bench.tasks.control import base_task, is_control
 
@@ -297,14 +311,15 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = DEFAULT_
         cols.sort(key=lambda c: (c.ratio if c.ratio is not None else math.inf, c.label))
         metrics = list(dict.fromkeys(str(r.get("metric")) for r in recs if r.get("metric")))
         sources = list(dict.fromkeys(str(r.get("data_source")) for r in recs if r.get("data_source")))
-        cells = {k: Cell.of(v) for k, v in by_cell.items()}
-        full = Cell.of(full_recs) if full_recs else None
+        binary = is_binary(r.get("score") for r in [*recs, *controls.get((model, task), [])])
+        cells = {k: Cell.of(v, binary) for k, v in by_cell.items()}
+        full = Cell.of(full_recs, binary) if full_recs else None
         for (p, bk), c in cells.items():
             if full is not None:
-                c.vs_full = Paired.of(c.scores, full.scores)
+                c.vs_full = Paired.of(c.scores, full.scores, binary)
             ref = cells.get((proposed, bk)) if proposed else None
             if ref is not None and p != proposed:
-                c.vs_proposed = Paired.of(c.scores, ref.scores)
+                c.vs_proposed = Paired.of(c.scores, ref.scores, binary)
         policies = order_policies(p for p, _ in by_cell)
         out.append(
             TaskSummary(
@@ -319,13 +334,20 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = DEFAULT_
                 records=list(recs),
                 proposed=proposed if proposed in policies else None,
                 rivals=[p for p in (rivals if rivals is not None else policies) if p in policies and p != proposed],
+                binary=binary,
             )
         )
+        s = out[-1]
+        adjust_family(s.pairs("vs_full"), s.family("FullKV"))
+        if s.proposed:
+            adjust_family(s.pairs("vs_proposed"), s.family(s.proposed))
         ctrl = [r for r in controls.get((model, task), []) if r.get("policy") == FULL]
         if ctrl:
-            out[-1].control = Cell.of(list({str(r.get("sample_id")): r for r in ctrl}.values()))
+            s.control = Cell.of(list({str(r.get("sample_id")): r for r in ctrl}.values()), binary)
             if full is not None:
-                out[-1].full_vs_control = Paired.of(full.scores, out[-1].control.scores)
+                s.full_vs_control = Paired.of(full.scores, s.control.scores, binary)
+                if s.full_vs_control is not None:
+                    adjust_family([s.full_vs_control], f"task `{task}`: FullKV vs its no-context control (one test)")
     return out
 
 
@@ -358,9 +380,42 @@ def display_name(policy: str) -> str:
 # -- findings --------------------------------------------------------------------------------------
 
 
+def fmt_diff(x: float) -> str:
+    """A signed difference with three decimals (``+0.000`` for anything that rounds to zero)."""
+    return f"{0.0 if abs(x) < 5e-4 else x:+.3f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for text: two significant digits, ``< 0.001`` below that, ``1`` at 1."""
+    if p is None:
+        return "—"
+    if p >= 0.9995:
+        return "1"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}" if p < 0.01 else f"{p:.3f}".rstrip("0")
+
+
+def p_text(p: float | None, label: str = "p") -> str:
+    """``p = 0.016`` or ``p < 0.001``."""
+    return f"{label} < 0.001" if p is not None and p < 0.001 else f"{label} = {fmt_p(p)}"
+
+
+def fmt_test(pair: Paired, flip: bool = False) -> str:
+    """``7–1 samples, p = 0.07, Holm-adjusted p = 0.84``: the evidence behind a paired verdict
+    (``flip``: wins and losses from the other policy's side)."""
+    w, lo = (pair.losses, pair.wins) if flip else (pair.wins, pair.losses)
+    return f"{w}–{lo} samples, {p_text(pair.p)}, {p_text(pair.p_adj, 'Holm-adjusted p')}"
+
+
+def min_attainable_p(n: int) -> float:
+    """Smallest two-sided p the paired tests can give on ``n`` pairs (every pair the same way): 2 / 2**n."""
+    return min(1.0, 2.0 / 2**n) if n > 0 else 1.0
+
+
 def findings(s: TaskSummary) -> list[str]:
-    """Plain statements computed from the numbers: best policy per budget, wins/losses/ties of the
-    proposed method against its rivals, and caveats (uninformative FullKV, small samples)."""
+    """Plain statements computed from the numbers: highest mean per budget (ties called ties), what is
+    significantly below FullKV, significant wins/losses of the proposed method against its rivals
+    (Holm-adjusted within each table's family), and caveats (uninformative FullKV, small samples).
+    Nothing is claimed from a single sample."""
     out: list[str] = []
     full_score = s.full.score if s.full else None
     if s.full is None:
@@ -372,8 +427,7 @@ def findings(s: TaskSummary) -> list[str]:
         )
     if s.control is not None:
         pair = s.full_vs_control
-        diff = f"FullKV − control {pair.diff:+.3f}" + (f", 95% CI [{pair.ci[0]:+.3f}, {pair.ci[1]:+.3f}]"
-                                                        if pair and pair.ci else "") if pair else "not paired"
+        diff = f"FullKV − control {fmt_diff(pair.diff)}, {fmt_test(pair)}" if pair else "not paired"
         if s.answers_from_memory:
             why = ("the model may answer from memory" if (s.control.score or 0) > 0
                    else "the model rarely uses the context well enough to beat a blind guess")
@@ -393,66 +447,83 @@ def findings(s: TaskSummary) -> list[str]:
         out.append(
             f"Cells hold {ns[0]}" + (f"–{ns[-1]}" if ns[-1] != ns[0] else "") + " samples; a single sample "
             f"moves a mean score by up to {1 / ns[0]:.3f}, so small differences are noise."
+            + (f" With {ns[-1]} pairs no paired test can give p below {min_attainable_p(ns[-1]):.3g}, so no "
+               "difference can be significant." if min_attainable_p(ns[-1]) >= ALPHA else "")
         )
-    # best per budget
-    best_lines = []
+    # highest mean per budget (a ranking of means, not a test); ties are ties; nothing from one sample
+    top_lines = []
     for b in s.budgets:
-        scored = [(p, c.score) for p in s.policies if (c := s.cell(p, b)) and c.score is not None]
+        scored = [(p, c.score) for p in s.policies if (c := s.cell(p, b)) and c.score is not None and c.n >= 2]
         if not scored:
             continue
         top = max(v for _, v in scored)
         tied = [p for p, v in scored if top - v < TIE]
-        who = _and(tied) + (" (tied)" if len(tied) > 1 else "")
         rel = f", {top / full_score:.0%} of FullKV" if full_score else ""
-        best_lines.append(f"{b.label}: {who} {fmt3(top)}{rel}")
-    if best_lines:
-        out.append("Best score per budget — " + "; ".join(best_lines) + ".")
+        if len(tied) == len(scored) and len(scored) > 1:
+            top_lines.append(f"{b.label}: all tied at {fmt3(top)}{rel}")
+        elif len(tied) > 1:
+            top_lines.append(f"{b.label}: tie between {_and(tied)} at {fmt3(top)}{rel}")
+        else:
+            top_lines.append(f"{b.label}: {tied[0]} {fmt3(top)}{rel}")
+    if top_lines:
+        out.append("Highest mean score per budget (means only; see the paired tests for what is significant) — "
+                   + "; ".join(top_lines) + ".")
     # fidelity per budget
     kl_lines = []
     for b in s.budgets:
-        kls = [(p, c.kl) for p in s.policies if (c := s.cell(p, b)) and c.kl is not None]
+        kls = [(p, c.kl) for p in s.policies if (c := s.cell(p, b)) and c.kl is not None and c.n >= 2]
         if kls:
-            p, v = min(kls, key=lambda t: t[1])
-            kl_lines.append(f"{b.label}: {p} ({fmt_sig(v)})")
+            low = min(v for _, v in kls)
+            tied = [p for p, v in kls if v - low <= 1e-9 * max(1.0, abs(low))]
+            kl_lines.append(f"{b.label}: {_and(tied)}" + (" (tied)" if len(tied) > 1 else "") + f" ({fmt_sig(low)})")
     if kl_lines:
         out.append("Lowest mean KL to FullKV per budget — " + "; ".join(kl_lines) + ".")
-    # significance against FullKV
-    lossless = []
-    for b in s.budgets:
-        ok = [p for p in s.policies if (c := s.cell(p, b)) and c.vs_full and not c.vs_full.significant]
-        if ok:
-            lossless.append(f"{b.label}: {_and(ok)}")
+    # significance against FullKV (Holm within the table's family)
     if s.full is not None and s.cells:
-        out.append("Not significantly below FullKV (paired 95% interval includes 0) — "
-                   + ("; ".join(lossless) if lossless else "no policy at any budget") + ".")
+        below, not_below = [], []
+        for b in s.budgets:
+            sig = [p for p in s.policies if (c := s.cell(p, b)) and c.vs_full and c.vs_full.significant
+                   and c.vs_full.diff < 0]
+            ok = [p for p in s.policies if (c := s.cell(p, b)) and c.vs_full and c.vs_full.n >= 2
+                  and not (c.vs_full.significant and c.vs_full.diff < 0)]
+            if sig:
+                below.append(f"{b.label}: {_and(sig)}")
+            if ok:
+                not_below.append(f"{b.label}: {_and(ok)}")
+        family = s.family("FullKV")
+        out.append(f"Significantly below FullKV (Holm-adjusted p < {ALPHA:g}; family: {family}) — "
+                   + ("; ".join(below) if below else "none") + ".")
+        if not_below:
+            out.append("Not significantly below FullKV (no evidence of a loss at this sample size, which is not "
+                       "evidence of none) — " + "; ".join(not_below) + ".")
     # proposed method vs rivals, paired on the same samples
     if s.proposed:
         for rival in s.rivals:
             wins, losses, ties, details = [], [], [], []
             for b in s.budgets:
                 a, r = s.cell(s.proposed, b), s.cell(rival, b)
-                if not a or not r or r.vs_proposed is None:
+                if not a or not r or r.vs_proposed is None or r.vs_proposed.n < 2:
                     continue
                 pair = r.vs_proposed  # rival - proposed
                 d = -pair.diff
-                ci = f", 95% CI [{-pair.ci[1]:+.3f}, {-pair.ci[0]:+.3f}]" if pair.ci else ""
+                ev = fmt_test(pair, flip=True)
                 note = ""
                 if a.mem_ratio and r.mem_ratio and abs(a.mem_ratio / r.mem_ratio - 1) > MEM_TOLERANCE:
                     note = f", not equal memory: {fmt3(a.mem_ratio)} vs {fmt3(r.mem_ratio)} of FullKV"
                 if not pair.significant:
                     ties.append(b.label)
-                    details.append(f"no significant difference at {b.label} ({d:+.3f}{ci}{note})")
+                    details.append(f"no significant difference at {b.label} ({fmt_diff(d)}, {ev}{note})")
                 elif d > 0:
                     wins.append(b.label)
-                    details.append(f"wins at {b.label} ({fmt3(a.score)} vs {fmt3(r.score)}, {d:+.3f}{ci}{note})")
+                    details.append(f"wins at {b.label} ({fmt3(a.score)} vs {fmt3(r.score)}, {fmt_diff(d)}, {ev}{note})")
                 else:
                     losses.append(b.label)
-                    details.append(f"**loses** at {b.label} ({fmt3(a.score)} vs {fmt3(r.score)}, {d:+.3f}{ci}{note})")
+                    details.append(f"**loses** at {b.label} ({fmt3(a.score)} vs {fmt3(r.score)}, "
+                                   f"{fmt_diff(d)}, {ev}{note})")
             if not details:
                 continue
-            head = (f"{s.proposed} vs {rival} (paired on the same samples): {len(wins)} significant win(s), "
-                    f"{len(losses)} significant loss(es), {len(ties)} budget(s) without a significant difference")
+            head = (f"{s.proposed} vs {rival} (paired on the same samples; family: {s.family(s.proposed)}): "
+                    f"{len(wins)} significant win(s), {len(losses)} significant loss(es), {len(ties)} budget(s) "
+                    "without a significant difference")
             out.append(head + ": " + "; ".join(details) + ".")
-    elif s.policies and s.rivals:
-        out.append("No proposed policy was run on this task (the suite's report.proposed).")
     return out
