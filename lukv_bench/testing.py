@@ -3,16 +3,22 @@
 :func:`tiny_model` builds a small random Llama with GQA in-process (fixed seed, byte-level
 tokenizer); :func:`save_tiny_model` writes it as an ordinary transformers model folder, so a suite
 can name it (``model: /path/to/tiny``) and every run goes through the same loading path as any
-local model. Nothing in the product imports this module.
+local model. :class:`DyingUnitWorker` injects worker crashes into the Ray executor. Nothing in the
+product imports this module.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from lukv_bench.records import Record
+from lukv_bench.run.executors import UnitWorker
 from lukv_bench.runtime.models import LoadedModel
+from lukv_bench.units import Unit
 
 TINY_NAME = "tiny-random-llama"
 
@@ -74,3 +80,25 @@ def save_tiny_model(folder: Path, **sizes: int) -> Path:
         lm.model.save_pretrained(folder)
         lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+class DyingUnitWorker(UnitWorker):
+    """A Ray worker that crashes (``os._exit``) after the first record of a chosen sample's unit, on the unit's
+    first ``attempts`` attempts: fault injection for the Ray executor's retry tests.
+
+    Use ``RayExecutor(worker=DyingUnitWorker, worker_args=(task, sample, attempts))``.
+    """
+
+    def __init__(self, suite: Any, task: str, sample: str, attempts: int = 1) -> None:
+        super().__init__(suite)
+        self.target = (task, sample, attempts)
+
+    def run(self, unit: Unit) -> list[Record]:
+        """The unit's records, unless this unit is the target: then the process dies after its first record."""
+        task, sample, attempts = self.target
+        if unit.task != task or sample not in unit.samples or unit.attempt > attempts:
+            return super().run(unit)
+        assert self.session is not None, "setup() first"
+        for _ in self.session.evaluate(unit):
+            os._exit(1)  # a worker crash mid-unit
+        return []

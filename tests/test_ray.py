@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_process import kill_after_records, lukv_bench_command
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from support import ROOT, TINY
 
 from lukv_bench.cli import main
-from lukv_bench.run.executors import KILL_WORKER_ENV, RAY_INSTALL
+from lukv_bench.run.executors import RAY_INSTALL
 from lukv_bench.run.results import read_records, record_key
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -177,22 +178,29 @@ def test_quick_style_suite_gives_the_local_records(cluster, tmp_path: Path) -> N
     assert (tmp_path / "ray" / "report.md").is_file()
 
 
+def _ray_run(suite: Path, out: Path, **executor: Any) -> None:
+    """Run ``suite`` into ``out`` on the test cluster through the runner's API, with these executor arguments."""
+    from lukv_bench.config.suite import load_suite
+    from lukv_bench.run.executors import RayExecutor
+    from lukv_bench.run.runner import Runner
+
+    Runner(load_suite(suite), out, progress=False).run(RayExecutor(**executor))
+
+
 @needs_ray
-def test_worker_killed_mid_unit_is_retried(cluster, tmp_path: Path, monkeypatch) -> None:
+def test_worker_killed_mid_unit_is_retried(cluster, tmp_path: Path) -> None:
+    from lukv_bench.testing import DyingUnitWorker
+
     suite, out = _jsonl_suite(tmp_path, 4), tmp_path / "out"
     total = 4 * (1 + 2 * 2)
     # the worker running s1 dies after its first record, on every attempt: one retry, then the run stops
-    monkeypatch.setenv(KILL_WORKER_ENV, json.dumps({"task": "facts", "sample": "s1", "attempts": 9}))
-    code, output = _run(str(suite), "--out", str(out), "--executor", "ray", "--max-retries", "1")
-    assert code == 1, output
-    assert "task 'facts', sample 's1'" in output and "2 attempts (--max-retries 1)" in output
+    with pytest.raises(RuntimeError, match=r"task 'facts', sample 's1'.*2 attempts \(--max-retries 1\)"):
+        _ray_run(suite, out, max_retries=1, worker=DyingUnitWorker, worker_args=("facts", "s1", 9))
     first = _by_key(_records(out))
     assert first and len(first) < total and all(k.sample_id != "s1" for k in first)
 
     # rerun: the worker dies once on s1, the unit runs again elsewhere; nothing is lost or doubled
-    monkeypatch.setenv(KILL_WORKER_ENV, json.dumps({"task": "facts", "sample": "s1", "attempts": 1}))
-    code, output = _run(str(suite), "--out", str(out), "--executor", "ray")
-    assert code == 0, output
+    _ray_run(suite, out, worker=DyingUnitWorker, worker_args=("facts", "s1", 1))
     recs = _by_key(_records(out))
     assert len(recs) == total and {k.sample_id for k in recs} == {"s0", "s1", "s2", "s3"}
     for key, rec in first.items():

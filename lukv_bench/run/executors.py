@@ -18,20 +18,13 @@ The Ray executor (``lukv-bench run SUITE --executor ray [--address ADDR]``, extr
   ``truncate: error``) is not retried: the units in flight finish and are written, then the error is
   raised naming the unit (exit code 2). Any other exception in a unit is a bug and is not retried
   either (exit code 1).
-
-Fault injection for tests: ``LUKV_BENCH_KILL_WORKER='{"task": T, "sample": S, "attempts": N}'`` in
-the driver's environment makes the worker that evaluates sample S of task T exit (``os._exit(1)``)
-after computing its first record, on the unit's first N attempts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lukv_bench.errors import UserError
@@ -44,8 +37,6 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = 'pip install "lukv-bench[ray]"'
 DEFAULT_MAX_RETRIES = 3
-#: environment variable of the fault-injection hook (see the module docstring)
-KILL_WORKER_ENV = "LUKV_BENCH_KILL_WORKER"
 
 
 class Executor(Protocol):
@@ -113,38 +104,11 @@ def make_executor(kind: str, address: str | None = None, max_retries: int = DEFA
     return RayExecutor(address=address, max_retries=max_retries)
 
 
-@dataclass
-class KillSwitch:
-    """Fault injection: the worker evaluating ``sample`` of ``task`` dies on the unit's first ``attempts``."""
-
-    task: str
-    sample: str
-    attempts: int = 1
-
-    @classmethod
-    def from_env(cls) -> KillSwitch | None:
-        """Read :data:`KILL_WORKER_ENV` (None when unset)."""
-        raw = os.environ.get(KILL_WORKER_ENV)
-        if not raw:
-            return None
-        try:
-            spec = json.loads(raw)
-            return cls(task=str(spec["task"]), sample=str(spec["sample"]), attempts=int(spec.get("attempts", 1)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f'{KILL_WORKER_ENV}={raw!r}: expected {{"task": T, "sample": S, "attempts": N}} ({e})') \
-                from None
-
-    def hits(self, unit: Unit) -> bool:
-        """Whether the worker evaluating ``unit`` must die."""
-        return unit.task == self.task and self.sample in unit.samples and unit.attempt <= self.attempts
-
-
 class UnitWorker:
     """The body of one Ray actor: the suite's model loaded once, evaluating the units sent to it."""
 
-    def __init__(self, suite, kill: KillSwitch | None = None) -> None:
+    def __init__(self, suite: Any) -> None:
         self.suite = suite
-        self.kill = kill
         self.session: Session | None = None
 
     def setup(self) -> Inventory:
@@ -155,24 +119,21 @@ class UnitWorker:
     def run(self, unit: Unit) -> list[Record]:
         """Every record of ``unit``."""
         assert self.session is not None, "setup() first"
-        records = []
-        for rec in self.session.evaluate(unit):
-            records.append(rec)
-            if self.kill is not None and self.kill.hits(unit):
-                os._exit(1)  # a worker crash mid-unit, as a test asked for
-        return records
+        return list(self.session.evaluate(unit))
 
 
 class RayExecutor:
     """Runs units on Ray actors, one per worker, each holding the model; see the module docstring."""
 
-    def __init__(self, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES) -> None:
+    def __init__(self, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
+                 worker: type[UnitWorker] = UnitWorker, worker_args: tuple[Any, ...] = ()) -> None:
+        """``worker`` (a :class:`UnitWorker` subclass, built with ``(suite, *worker_args)``) runs in each actor."""
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise UserError(f"--max-retries must be an integer >= 0 (got {max_retries!r})")
         self.ray = require_ray()
         self.address = address
         self.max_retries = max_retries
-        self.kill = KillSwitch.from_env()
+        self._worker, self._worker_args = worker, worker_args
         self.workers = 0
         self.cpus = 1.0
         self.gpus = 0.0
@@ -202,7 +163,7 @@ class RayExecutor:
             self._owns_ray = True
         fit = self._workers_that_fit(required=res.workers is None)
         self.workers = res.workers or fit
-        self._actor_class = ray.remote(UnitWorker)
+        self._actor_class = ray.remote(self._worker)
         for _ in range(self.workers):
             self._add_worker()
         while self._inventory is None:
@@ -229,7 +190,7 @@ class RayExecutor:
 
     def _add_worker(self) -> None:
         actor = self._actor_class.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0).remote(
-            self._suite, self.kill
+            self._suite, *self._worker_args
         )
         self._actors.append(actor)
         self._pending[actor.setup.remote()] = (actor, None)
