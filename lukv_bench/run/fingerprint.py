@@ -60,8 +60,12 @@ def model_identity(spec: str) -> str:
 
 
 def device_identity(setting: str) -> str:
-    """The device type ``device:`` resolves to on this machine (``auto`` -> ``cuda`` or ``cpu``)."""
-    return resolve_device(setting).type
+    """The device type ``device:`` stands for: ``auto`` as it resolves in this process (``cuda`` or ``cpu``).
+
+    An explicit device is not checked here: units may run on other machines (Ray workers with GPUs), where
+    the session checks it; the runner takes the type they report.
+    """
+    return resolve_device(setting).type if setting == "auto" else setting.split(":")[0]
 
 
 def data_fingerprint(task: dict[str, Any]) -> dict[str, str]:
