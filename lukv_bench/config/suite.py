@@ -502,16 +502,16 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
 
 
 def _check_settings_tasks_ignore(c: _Checker, data: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
-    """A suite-level setting that one of its task types does not apply (its ``ignored_settings``) is refused
-    when the suite sets it: it would change every record's settings digest without changing those records."""
-
+    """A suite-level setting that one of its task types does not apply (its ``ignored_settings``) is refused when
+    the suite sets it to a value the type does not behave as: the records would claim a setting they did not use."""
     types = catalog().task_types
     for i, task in enumerate(tasks):
         ignored = getattr(types.lookup(task["type"]).obj, "ignored_settings", {})
-        for key, why in ignored.items():
-            if key in data:
-                c.fail(key, f"tasks[{i}] ({task['type']} task {task['name']!r}) {why}; remove {key!r} from the "
-                            f"suite, or run the {task['type']} tasks in a suite of their own")
+        for key, (behaves_as, why) in ignored.items():
+            if key in data and data[key] != behaves_as:
+                c.fail(key, f"{data[key]!r} does not apply to tasks[{i}] ({task['type']} task {task['name']!r}), which "
+                            f"{why}; remove {key!r}" + (f" or set it to {behaves_as!r}" if behaves_as else "") +
+                            f", or run the {task['type']} tasks in a suite of their own")
 
 
 def _problem_line(problem: str) -> int:

@@ -198,7 +198,8 @@ class Engine:
         all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per setting, layer and head
         kept = [sum(map(sum, counts)) for counts in all_counts]
         # the FullKV reference in the same storage: per query head, every token is stored G times
-        full_bytes = pre.kv_bytes_full() * (self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1)
+        group = self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1
+        full_bytes = pre.kv_bytes_full() * group
         out = []
         for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
             counts = all_counts[b]

@@ -132,11 +132,12 @@ class LmEvalTaskType(BaseTaskType):
     """``type: lm_eval``: lm-eval tasks run through lukv-bench's lm-eval model (one entry, many lm-eval tasks)."""
 
     name = "lm_eval"
-    #: suite-level settings lm-eval tasks do not apply (a suite that sets them is refused)
-    ignored_settings: ClassVar[dict[str, str]] = {
-        "compress": "does not apply it: lm-eval requests are always compressed except their last `tail` "
-                    "tokens, which are fed after compression",
-        "truncate": "does not apply it: lm-eval requests longer than the model's positions are left-truncated",
+    #: suite-level settings this type does not apply, with the value it behaves as (None: no value does) and why;
+    #: a suite that sets one to another value is refused
+    ignored_settings: ClassVar[dict[str, tuple[str | None, str]]] = {
+        "compress": ("context", "always compresses a request's context except its last `tail` tokens, which are "
+                                "fed after compression (the `compress: context` protocol)"),
+        "truncate": (None, "left-truncates requests longer than the model's positions, as lm-eval does"),
     }
     keys = {
         "tasks": Key("list[str]", REQUIRED, help="lm-eval task names, e.g. [niah_single_1]"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from lukv_bench.kernels._triton import HAS_TRITON
 
-COMPILE_CHECK = Path(__file__).resolve().parents[1] / "tools" / "compile_check.py"
+COMPILE_CHECK = Path(__file__).resolve().parents[2] / "tools" / "compile_check.py"
 
 
 def _load_tool(path: Path):

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
-from support import ROOT, TINY
+from support import ROOT, TINY, kill_after_records, lukv_bench_command
 
 from lukv_bench.cli import main
 from lukv_bench.run.executors import RAY_INSTALL
 from lukv_bench.run.results import read_records, record_key
+
+pytestmark = pytest.mark.slow  # runs the CLI, subprocesses or a real model: not part of tests/unit
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason=f"Ray is not installed ({RAY_INSTALL})")

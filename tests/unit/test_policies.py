@@ -15,7 +15,7 @@ from lukv_bench.policies.pyramidkv import PyramidAllocator, pyramid_schedule
 from lukv_bench.policies.random_scores import RandomScorer
 from lukv_bench.policies.snapkv import SnapKVScorer, pool_prefix
 from lukv_bench.policies.streaming import RecencyScorer, streaming_decode_keep
-from test_policies_stats import make_stats, uncertainty_stats
+from support import make_stats, uncertainty_stats
 
 from lukv_bench.registry import list_policies, resolve_policy
 from lukv_bench.runtime.contract import LayerStats, PrefillStats

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import lukv_bench.policies
 import pytest
 import torch
-from test_policies_stats import make_stats
+from support import make_stats
 
 from lukv_bench import registry
 from lukv_bench.errors import ConfigError, UserError

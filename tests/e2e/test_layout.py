@@ -21,6 +21,8 @@ import kernels
 from transformers.utils.import_utils import _is_package_available
 from lukv_bench.kernels.ops import compact
 from lukv_bench.runtime.models import load_model
+
+pytestmark = pytest.mark.slow  # runs the CLI, subprocesses or a real model: not part of tests/unit
 lm = load_model(sys.argv[1])
 print(json.dumps({"file": getattr(kernels, "__file__", None), "path": list(getattr(kernels, "__path__", [])),
                   "transformers_sees": _is_package_available("kernels")[0], "loaded": lm.model.config.model_type}))
@@ -51,6 +53,6 @@ def test_bare_kernels_import_from_the_root_never_is_ours() -> None:
 
 def test_python_m_pytest_collects_from_the_root() -> None:
     res = _run_in_root("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                       "tests/test_kernels_reference.py")
+                       "tests/unit/test_kernels_reference.py")
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
     assert "error" not in res.stdout.lower(), res.stdout[-2000:]

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from lukv_bench.cli import main
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
-SUITE = Path(__file__).resolve().parents[1] / "suites" / "quick.yaml"
+SUITE = Path(__file__).resolve().parents[2] / "suites" / "quick.yaml"
 
 
 def test_quick_suite_runs_and_fullkv_answers(embedded, tmp_path):

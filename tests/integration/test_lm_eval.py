@@ -309,8 +309,10 @@ def test_suite_settings_lm_eval_does_not_apply_are_refused(tasks_dir: Path, tmp_
     from lukv_bench.cli import main
 
     suite = _lm_eval_suite(tmp_path, tasks_dir, ["full", "snapkv"])
-    suite.write_text(suite.read_text() + "compress: context\ntruncate: error\n")
+    suite.write_text(suite.read_text() + "compress: prompt\ntruncate: error\n")
     res = CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"])
     assert res.exit_code == 2, res.output
-    assert f"{suite}:10: compress: tasks[0] (lm_eval task 'local') does not apply it" in res.output
-    assert f"{suite}:11: truncate: tasks[0] (lm_eval task 'local') does not apply it" in res.output
+    assert f"{suite}:10: compress: 'prompt' does not apply to tasks[0] (lm_eval task 'local')" in res.output
+    assert f"{suite}:11: truncate: 'error' does not apply to tasks[0] (lm_eval task 'local')" in res.output
+    suite.write_text(suite.read_text().replace("compress: prompt\ntruncate: error\n", "compress: context\n"))
+    assert CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]).exit_code == 0

@@ -13,7 +13,7 @@ from lukv_bench.registry import resolve_policy
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, EngineSettings
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 BUILTINS = ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake"]
 

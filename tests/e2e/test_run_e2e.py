@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_process import kill_after_records, lukv_bench_command
 from click.testing import CliRunner
-from support import TINY
+from support import TINY, kill_after_records, lukv_bench_command
 
 from lukv_bench.cli import main
 from lukv_bench.registry import resolve_policy
 from lukv_bench.run.results import read_records, record_key
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, EngineSettings, sweep
+
+pytestmark = pytest.mark.slow  # runs the CLI, subprocesses or a real model: not part of tests/unit
 
 POLICIES = ["full", "snapkv", "layer-uncertainty", "streaming", "h2o", "adakv", "pyramidkv", "cake", "random"]
 BUDGETS = [0.3, 1.0]

@@ -23,7 +23,7 @@ tasks:
   - {name: needle, type: needle, lengths: [512], depths: [0.5], samples_per_cell: 1}
 limit: 20
 generation: {max_new_tokens: 32, stop: ["\\n\\n"]}
-compress: prompt
+compress: context
 chat_template: auto
 window: 32
 storage: kv
@@ -124,7 +124,7 @@ def test_unknown_task_key_suggests_close_match(tmp_path):
         ("threads: 1", "threads: true", ":20: threads: expected an integer >= 1 or null"),
         ("limit: 20", "limit: 0", ":10: limit: must be >= 1"),
         ("max_new_tokens: 32", "max_new_tokens: 0", ":11: generation.max_new_tokens: must be >= 1"),
-        ("compress: prompt", "compress: all", ":12: compress: got 'all' (str); allowed: prompt, context"),
+        ("compress: context", "compress: all", ":12: compress: got 'all' (str); allowed: prompt, context"),
         ("storage: kv", "storage: heads", ":15: storage: got 'heads' (str); allowed: kv, query"),
         ("gqa_reduce: mean", "gqa_reduce: min", "gqa_reduce: got 'min' (str); allowed: mean, max, sum"),
         ("dtype: float32", "dtype: fp8", ":19: dtype: got 'fp8' (str); allowed: float32, bfloat16, float16"),
@@ -228,7 +228,7 @@ def test_apply_overrides(tmp_path, monkeypatch):
 
 
 def test_shipped_suites_validate():
-    root = Path(__file__).resolve().parents[1] / "suites"
+    root = Path(__file__).resolve().parents[2] / "suites"
     for path in sorted(root.glob("*.yaml")):
         suite = load_suite(path)
         assert suite.name == path.stem and suite.model == "embedded"
@@ -239,10 +239,14 @@ def test_shipped_suites_validate():
 def test_truncate_setting(tmp_path):
     suite = load_suite(write(tmp_path, VALID))
     assert suite.truncate == "middle" and suite.to_dict()["truncate"] == "middle"
-    suite = load_suite(write(tmp_path, VALID + "truncate: error\n"))
-    assert suite.truncate == "error" and suite.where("truncate").endswith(":21: truncate")
-    msg = problem(tmp_path, VALID + "truncate: start\n")
-    assert ":21: truncate: got 'start' (str); allowed: middle, error, none" in msg
+    msg = problem(tmp_path, VALID + "truncate: error\n")  # lm-eval tasks left-truncate: refused while one is here
+    assert ":21: truncate: 'error' does not apply to tasks[2] (lm_eval task 'ruler')" in msg
+    ruler = "  - {name: ruler, type: lm_eval, tasks: [niah_single_1], max_seq_lengths: [1024]}\n"
+    no_lm_eval = VALID.replace(ruler, "")
+    suite = load_suite(write(tmp_path, no_lm_eval + "truncate: error\n"))
+    assert suite.truncate == "error" and suite.where("truncate").endswith(":20: truncate")
+    msg = problem(tmp_path, no_lm_eval + "truncate: start\n")
+    assert ":20: truncate: got 'start' (str); allowed: middle, error, none" in msg
 
 
 def test_token_budgets_must_exceed_the_window(tmp_path):
@@ -263,7 +267,8 @@ def test_budget_warning_for_ratios_resolving_to_the_window(tmp_path):
     suite = load_suite(write(tmp_path, VALID))  # window 32
     assert "at or below the observation window (32)" in suite.budget_warning(32, 1000)
     assert suite.budget_warning(33, 1000) is None
-    assert suite.budget_warning(20, 20) is None  # the whole context is kept: FullKV, not "the last B"
+    assert suite.budget_warning(500, 400) is None  # the whole context is kept: FullKV, not "the last B"
+    assert "no policy evicts anything" in suite.budget_warning(20, 20)  # a context no longer than the window
 
 
 def test_task_max_new_tokens(tmp_path):

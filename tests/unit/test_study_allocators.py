@@ -8,7 +8,7 @@ from lukv_bench.policies.layer_uncertainty import LayerUncertaintyAllocator
 from lukv_bench.policies.output_cosine import OutputCosineAllocator, cosine_curve
 from lukv_bench.policies.redirected_uncertainty import RedirectedUncertaintyAllocator
 from lukv_bench.policies.snapkv import SnapKVScorer
-from test_policies_stats import hand_stats, make_stats, uncertainty_stats
+from support import hand_stats, make_stats, uncertainty_stats
 
 from lukv_bench.errors import ConfigError
 from lukv_bench.registry import resolve_policy

@@ -27,7 +27,7 @@ from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.sample import Sample
 from lukv_bench.tasks import BaseTaskType, build_tasks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------ the registry class
