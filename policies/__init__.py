@@ -103,16 +103,16 @@ def register_policies(register: Register) -> None:
     register(PolicySpec("adakv", "snapkv", "adakv", "AdaKV: SnapKV scores, head-wise adaptive budgets"))
     register(
         PolicySpec(
+            "cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"
+        )
+    )
+    register(
+        PolicySpec(
             "layer-uncertainty",
             "snapkv",
             "layer-uncertainty",
             "ZigZagKV: SnapKV scores, layer budgets from attention-mass uncertainty (LMBA) with a floor",
             aliases=("zigzag", "zigzagkv"),
-        )
-    )
-    register(
-        PolicySpec(
-            "cake", "cake", "cake", "CAKE: layer budgets from dispersion x shift, mean+variance scores"
         )
     )
     register(

@@ -32,7 +32,7 @@ __all__ = [
     "list_components",
     "list_policies",
     "list_scorers",
-    "reload_registry",
+    "reload_catalog",
     "resolve_policy",
     "scorers",
 ]
@@ -46,8 +46,3 @@ def scorers() -> dict[str, type]:
 def allocators() -> dict[str, type]:
     """Registered allocator classes by name."""
     return {e.name: e.obj for e in catalog().allocators}
-
-
-def reload_registry() -> None:
-    """Forget every plugin and registration; the next lookup reloads the entry points (for tests)."""
-    reload_catalog()

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lukv_bench.report.summary import FULL, budget_key, budget_label, order_policies
+from lukv_bench.report.summary import budget_key, budget_label, order_policies
+from lukv_bench.runtime.contract import FULL
 
 METRIC = "latency"  #: the metric of latency records (lukv_bench.tasks.latency.METRIC)
 GIB = 2**30

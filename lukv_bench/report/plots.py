@@ -11,14 +11,16 @@ Per latency task: decode ms/token and peak memory vs context length (log-log).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from lukv_bench.report.summary import FULL, POLICY_ORDER, budget_key
+from lukv_bench.report.summary import POLICY_ORDER, budget_key
+from lukv_bench.runtime.contract import FULL
 
 if TYPE_CHECKING:
     from lukv_bench.report.cost import CostSummary
@@ -56,20 +58,25 @@ def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, 
     return style
 
 
-def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
-    """(a) Mean score vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy."""
-    fig = new_figure(6.4, 4.2)
-    ax = fig.add_subplot()
+def _lines_vs_memory(ax: Any, s: TaskSummary, value: Callable[[Any], float | None]) -> bool:
+    """One line per policy of ``value(cell)`` against measured KV memory; whether anything was drawn."""
     drawn = False
     for i, p in enumerate(s.policies):
         pts = sorted(
-            (c.mem_ratio, c.score)
-            for b in s.budgets
-            if (c := s.cell(p, b)) and c.mem_ratio is not None and c.score is not None
+            (c.mem_ratio, v) for b in s.budgets
+            if (c := s.cell(p, b)) and c.mem_ratio is not None and (v := value(c)) is not None
         )
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], **policy_style(p, i, s.proposed))
             drawn = True
+    return drawn
+
+
+def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
+    """(a) Mean score vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy."""
+    fig = new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    drawn = _lines_vs_memory(ax, s, lambda c: c.score)
     if s.full is not None and s.full.score is not None:
         ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
         drawn = True
@@ -87,17 +94,7 @@ def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     """(b) Mean KL(FullKV || policy) vs measured KV memory, log scale; zero or missing KL is omitted."""
     fig = new_figure(6.4, 4.2)
     ax = fig.add_subplot()
-    drawn = False
-    for i, p in enumerate(s.policies):
-        pts = sorted(
-            (c.mem_ratio, c.kl)
-            for b in s.budgets
-            if (c := s.cell(p, b)) and c.mem_ratio is not None and c.kl is not None and c.kl > 0
-        )
-        if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **policy_style(p, i, s.proposed))
-            drawn = True
-    if not drawn:
+    if not _lines_vs_memory(ax, s, lambda c: c.kl if c.kl is not None and c.kl > 0 else None):
         return None
     ax.set_yscale("log")
     ax.set_xlabel("KV memory / FullKV (measured)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ from lukv_bench.report.summary import (
 log = logging.getLogger(__name__)
 
 __all__ = ["render_report"]
+
+
+def _policy_rows(s: TaskSummary, budgets: list[Any], text: Callable[[Any], str]) -> list[list[str]]:
+    """One row per policy of ``s``: its name, then ``text(cell)`` per budget (empty where it did not run)."""
+    return [[p] + ["" if (c := s.cell(p, b)) is None else text(c) for b in budgets] for p in s.policies]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -103,8 +109,7 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
     if s.control is not None:
         flag = " ⚠ FullKV not clearly above it" if s.answers_from_memory else ""
         rows.append([f"no-context control (FullKV){flag}"] + [fmt3(s.control.score) + _ci(s.control)] * len(budgets))
-    for p in s.policies:
-        rows.append([p] + [fmt3(c.score) + _ci(c) if (c := s.cell(p, b)) else "" for b in budgets])
+    rows += _policy_rows(s, budgets, lambda c: fmt3(c.score) + _ci(c))
     lines += _table(heads, rows) + [""]
 
     # paired differences
@@ -136,14 +141,7 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
 
     # fidelity
     lines += ["### Fidelity to FullKV (mean KL ↓ / greedy agreement ↑)", ""]
-    rows = []
-    for p in s.policies:
-        row = [p]
-        for b in budgets:
-            c = s.cell(p, b)
-            row.append("" if c is None else f"{fmt_sig(c.kl)} / {fmt3(c.agreement)}")
-        rows.append(row)
-    lines += _table(heads, rows) + [""]
+    lines += _table(heads, _policy_rows(s, budgets, lambda c: f"{fmt_sig(c.kl)} / {fmt3(c.agreement)}")) + [""]
 
     # cost
     lines += ["### Cost relative to FullKV (KV memory / latency)", ""]
@@ -157,14 +155,8 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
         ),
         "",
     ]
-    rows = []
-    for p in s.policies:
-        row = [p]
-        for b in budgets:
-            c = s.cell(p, b)
-            row.append("" if c is None else f"{fmt3(c.mem_ratio)} / {fmt3(s.latency_ratio(c))}")
-        rows.append(row)
-    lines += _table(heads, rows) + [""]
+    lines += _table(heads, _policy_rows(s, budgets, lambda c: f"{fmt3(c.mem_ratio)} / {fmt3(s.latency_ratio(c))}"))
+    lines += [""]
 
     lines += ["### Findings", ""]
     lines += [f"- {f}" for f in findings(s)] + [""]

@@ -22,15 +22,14 @@ from typing import Any
 
 from lukv_bench.errors import UserError
 from lukv_bench.records import record_key
+from lukv_bench.registry import catalog
 from lukv_bench.report.stats import ALPHA, finite, holm, is_binary, mean_ci, paired_test
+from lukv_bench.runtime.contract import FULL
 
 log = logging.getLogger(__name__)
 
-FULL = "full"
-#: display order of the built-in policies; others follow in order of appearance
-POLICY_ORDER = ("full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "cake", "layer-uncertainty")
-#: built-ins that allocate different budgets to different layers (others are detected from the data)
-LAYER_ADAPTIVE = frozenset({"layer-uncertainty", "pyramidkv", "cake"})
+#: display order of policies: the registered ones in registration order (built-ins first), then the others
+POLICY_ORDER = tuple(e.name for e in catalog().policies)
 TIE = 0.005  #: absolute score difference below which two policies are called tied
 NEAR_ZERO = 0.1  #: FullKV mean score below this makes a task uninformative about compression
 MEM_TOLERANCE = 0.05  #: relative memory difference still counted as "equal memory"
@@ -243,12 +242,12 @@ class TaskSummary:
         return bool(metas) and all("depth" in m and "length" in m for m in metas)
 
     def layer_adaptive(self) -> list[str]:
-        """Policies whose per-layer budgets differ across layers (known ones, or seen in the data)."""
+        """Policies whose per-layer budgets differ across layers in the records."""
         out = []
         for p in self.policies:
             profiles = [c.layer_profile for (q, _), c in self.cells.items() if q == p and c.layer_profile]
             varies = any(max(pr) - min(pr) > 1e-6 * max(1.0, max(pr)) for pr in profiles)
-            if profiles and (p in LAYER_ADAPTIVE or varies):
+            if profiles and varies:
                 out.append(p)
         return out
 

@@ -163,10 +163,10 @@ def echo_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 _FakeEntryPoint("builtin-tasks", lambda: lukv_bench.tasks),
                 _FakeEntryPoint("builtin-metrics", lambda: lukv_bench.tasks.metrics)]
     monkeypatch.setattr(plugins, "_entry_points", lambda: [*builtins, _FakeEntryPoint("echo", _echo_plugin)])
-    registry.reload_registry()
+    registry.reload_catalog()
     yield
     monkeypatch.undo()
-    registry.reload_registry()
+    registry.reload_catalog()
 
 
 SUITE = """\
@@ -217,13 +217,13 @@ def test_task_type_with_a_broken_schema_is_refused(monkeypatch: pytest.MonkeyPat
     mod = types.ModuleType("bad_plugin")
     mod.register_task_types = hookimpl(lambda register: register(Bad))  # type: ignore[attr-defined]
     monkeypatch.setattr(plugins, "_entry_points", lambda: [_FakeEntryPoint("bad", lambda: mod)])
-    registry.reload_registry()
+    registry.reload_catalog()
     try:
         with pytest.warns(RuntimeWarning, match="unknown type 'colour'"):
             assert "bad" not in catalog().task_types
     finally:
         monkeypatch.undo()
-        registry.reload_registry()
+        registry.reload_catalog()
 
 
 # ----------------------------------------------------------------------------- the import rule

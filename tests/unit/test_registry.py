@@ -236,11 +236,11 @@ def _fail_import() -> object:
 def fake_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[Any]], None]]:
     def install(eps: list[Any]) -> None:
         monkeypatch.setattr(plugins, "_entry_points", lambda: eps)
-        registry.reload_registry()
+        registry.reload_catalog()
 
     yield install
     monkeypatch.undo()
-    registry.reload_registry()
+    registry.reload_catalog()
 
 
 def test_broken_plugin_is_reported_and_others_load(fake_entry_points: Callable[[list[Any]], None]) -> None:
