@@ -49,6 +49,12 @@ def setting_digest(run: dict[str, Any], task: dict[str, Any], policy: dict[str, 
     return _digest({"run": run, "task": task_settings(task), "policy": policy_rule(policy)})
 
 
+def run_digest(run: dict[str, Any], task: dict[str, Any]) -> str:
+    """Digest of the run-level and task settings of a record, without its policy: every policy of one run of
+    a task shares it, so a report pairs each policy with the FullKV records of its own run settings."""
+    return _digest({"run": run, "task": task_settings(task)})
+
+
 def policy_rule(description: dict[str, Any]) -> dict[str, Any]:
     """A policy description without the packages that supplied it: what the policy computes."""
     return {k: v for k, v in description.items() if k != "components"}
@@ -74,6 +80,8 @@ class Record:
     metric: str
     prediction: str
     answers: list[str]
+    #: :func:`run_digest`: the settings without the policy; records with an equal one share their FullKV
+    run_setting: str = ""
     policy_params: dict[str, Any] = field(default_factory=dict)
     policy_description: dict[str, Any] = field(default_factory=dict)  #: scorer, allocator, params, plugin
     budget_ratio: float | None = None

@@ -272,6 +272,14 @@ def _labels(recs: Sequence[dict[str, Any]]) -> dict[int, str]:
     return out
 
 
+def _main_run(recs: Sequence[dict[str, Any]]) -> str:
+    """The run setting most of a task's records share (the FullKV shown as the reference row)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in recs:
+        counts[str(r.get("run_setting", ""))] += 1
+    return max(counts, key=lambda k: counts[k])
+
+
 def summarize(records: Sequence[dict[str, Any]], proposed: str | None = None,
               rivals: Sequence[str] | None = None) -> list[TaskSummary]:
     """Group records by (model, task) and aggregate each (policy, budget) cell.
@@ -293,8 +301,14 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = None,
     out = []
     for (model, task), recs in groups.items():
         names = _labels(recs)
-        # FullKV does not depend on the budget: one record per sample (a runner may repeat it per budget)
-        full_recs = list({str(r.get("sample_id")): r for r in recs if r.get("policy") == FULL}.values())
+        # FullKV does not depend on the budget: one record per sample (a runner may repeat it per budget), and
+        # one reference per run setting (``--add-settings`` may have run it under several)
+        full_by_run: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in recs:
+            if r.get("policy") == FULL:
+                full_by_run[str(r.get("run_setting", ""))].setdefault(str(r.get("sample_id")), r)
+        main = full_by_run.get(_main_run(recs)) or next(iter(full_by_run.values()), {})
+        full_recs = list(main.values())
         by_cell: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         budgets: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for i, r in enumerate(recs):
@@ -313,9 +327,11 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = None,
         binary = is_binary(r.get("score") for r in [*recs, *controls.get((model, task), [])])
         cells = {k: Cell.of(v, binary) for k, v in by_cell.items()}
         full = Cell.of(full_recs, binary) if full_recs else None
+        fulls = {run: Cell.of(list(by_sample.values()), binary) for run, by_sample in full_by_run.items()}
         for (p, bk), c in cells.items():
-            if full is not None:
-                c.vs_full = Paired.of(c.scores, full.scores, binary)
+            own = fulls.get(str(by_cell[(p, bk)][0].get("run_setting", "")), full)
+            if own is not None:
+                c.vs_full = Paired.of(c.scores, own.scores, binary)
             ref = cells.get((proposed, bk)) if proposed else None
             if ref is not None and p != proposed:
                 c.vs_proposed = Paired.of(c.scores, ref.scores, binary)

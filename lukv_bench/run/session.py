@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lukv_bench.errors import UserError
-from lukv_bench.records import Record, RecordKey, run_settings, setting_digest
+from lukv_bench.records import Record, RecordKey, run_digest, run_settings, setting_digest
 from lukv_bench.registry import resolve_policy
 from lukv_bench.run.fingerprint import data_fingerprint, device_identity, model_identity
 from lukv_bench.runtime.contract import FULL
@@ -84,7 +84,7 @@ class SuitePolicies:
         }
         self.run_settings = {**run_settings(suite.to_dict()),
                              "resolved": {k: self.fingerprint[k] for k in ("model", "device")}}
-        self._digests: dict[tuple[str, str], str] = {}
+        self._digests: dict[tuple[str, str] | str, str] = {}
 
     def by_name(self, name: str) -> Any:
         """The resolved policy called ``name``."""
@@ -99,9 +99,18 @@ class SuitePolicies:
         """The settings digest of the records of task entry ``entry`` under ``policy``."""
         key = (entry, policy.name)
         if key not in self._digests:
-            task = {**self.suite.task(entry), "data": self.fingerprint["data"][entry]}
-            self._digests[key] = setting_digest(self.run_settings, task, self.descriptions[policy.name])
+            self._digests[key] = setting_digest(self.run_settings, self._task(entry), self.descriptions[policy.name])
         return self._digests[key]
+
+    def _task(self, entry: str) -> dict[str, Any]:
+        """A task entry's record-changing configuration with its data fingerprint."""
+        return {**self.suite.task(entry), "data": self.fingerprint["data"][entry]}
+
+    def run_setting(self, entry: str) -> str:
+        """The settings digest of task entry ``entry`` without a policy (shared by all its cells)."""
+        if entry not in self._digests:
+            self._digests[entry] = run_digest(self.run_settings, self._task(entry))
+        return self._digests[entry]
 
     def key(self, model: str, unit: Unit, sample_id: str, policy: Any, budget: Any) -> RecordKey:
         """The key of the record ``unit`` writes for ``sample_id`` in cell (``policy``, ``budget``)."""
@@ -112,7 +121,8 @@ class SuitePolicies:
         s = self.suite
         return Record(
             model=model, task=unit.task, sample_id=str(sample_id), policy=policy.name, budget=budget,
-            setting=self.setting(unit.entry, policy), policy_params=policy.params,
+            setting=self.setting(unit.entry, policy), run_setting=self.run_setting(unit.entry),
+            policy_params=policy.params,
             policy_description=self.descriptions[policy.name], seed=s.seed, compress_mode=s.compress,
             window=s.window, storage=s.storage, gqa_reduce=s.gqa_reduce, versions=versions(), **fields,
         )

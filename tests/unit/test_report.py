@@ -302,3 +302,21 @@ def test_budget_at_or_below_window_is_flagged(tmp_path):
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     md = render_report(tmp_path).read_text()
     assert "Budget 16 tok is at or below the observation window" in md
+
+
+def test_each_policy_pairs_with_the_fullkv_of_its_own_run_setting() -> None:
+    """After --add-settings (here: another window), a policy is compared with the FullKV run under the same
+    settings, not with FullKV records of other settings merged together."""
+    from lukv_bench.report.summary import summarize
+
+    recs = []
+    for i in range(8):
+        sid = f"s{i}"
+        recs.append(_record("t", sid, "full", None, 1.0, setting="fa", run_setting="A"))
+        recs.append(_record("t", sid, "snapkv", 0.2, 1.0, setting="sa", run_setting="A"))
+        recs.append(_record("t", sid, "full", None, 0.0, setting="fb", run_setting="B"))
+        recs.append(_record("t", sid, "snapkv", 0.2, 0.0, setting="sb", run_setting="B"))
+    (s,) = summarize(recs)
+    diffs = {p: s.cell(p, s.budgets[0]).vs_full for p in s.policies}
+    assert set(diffs) == {"snapkv@sa", "snapkv@sb"}
+    assert all(d.diff == 0 and d.wins == 0 and d.losses == 0 for d in diffs.values()), diffs
