@@ -1,13 +1,13 @@
-"""A transformers ``Cache`` that physically holds only the kept tokens, for one or many settings.
+"""A transformers ``Cache`` that physically holds only the kept tokens, for one or many cells.
 
-A sweep evaluates several (policy, budget) *settings* on the same prompt. Their compressed caches
+A sweep evaluates several (policy, budget) *cells* on the same prompt. Their compressed caches
 live in one :class:`RaggedCache`: per layer, one flat K buffer and one flat V buffer
-(:class:`~lukv_bench.kernels.RaggedStore`) with a segment per (setting, storage head), each with its
+(:class:`~lukv_bench.kernels.RaggedStore`) with a segment per (cell, storage head), each with its
 own length; evicted entries are not stored at all. A forward with batch ``B`` runs row ``i`` on the
-``i``-th *active* setting, so the whole sweep of a sample decodes with one model forward per step.
-Settings can leave the batch (EOS, a stop string) without touching the others' tokens.
+``i``-th *active* cell, so the whole sweep of a sample decodes with one model forward per step.
+Cells can leave the batch (EOS, a stop string) without touching the others' tokens.
 
-The cache keeps each setting's *logical* length (tokens seen) apart from what is stored, so tokens
+The cache keeps each cell's *logical* length (tokens seen) apart from what is stored, so tokens
 appended after eviction get the RoPE positions they would have had without eviction.
 """
 
@@ -22,13 +22,13 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from lukv_bench.kernels.ops import RaggedStore, append, compact, ragged_attention, reserve, truncate
 from lukv_bench.runtime.selection import KeepSet
 
-#: a batch of settings pads segments of similar length to one capacity (a segment's count is at least
+#: a batch of cells pads segments of similar length to one capacity (a segment's count is at least
 #: this share of its bucket's longest), so attention reads each bucket as one dense block
 BUCKET_FILL = 0.75
 
 
 class RaggedLayer(CacheLayerMixin):
-    """One layer of the ragged cache: a :class:`RaggedStore` with ``n_settings x heads`` segments."""
+    """One layer of the ragged cache: a :class:`RaggedStore` with ``n_cells x heads`` segments."""
 
     is_compileable = False
     is_sliding = False
@@ -36,23 +36,23 @@ class RaggedLayer(CacheLayerMixin):
     def __init__(self, store: RaggedStore, heads: int, repeat: int = 1):
         super().__init__()
         self.store = store
-        self.heads = heads  #: storage heads (segments) per setting
+        self.heads = heads  #: storage heads (segments) per cell
         self.repeat = repeat  #: >1 in query-head storage mode: new KV heads are repeated per query head
-        self.active: torch.Tensor | None = None  #: segments of the active settings (None: all)
-        self.logical_len = 0  #: tokens seen by the active settings (set by the cache)
+        self.active: torch.Tensor | None = None  #: segments of the active cells (None: all)
+        self.logical_len = 0  #: tokens seen by the active cells (set by the cache)
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Nothing to do: the layer is built from a compressed prefill."""
 
     def table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(starts, lens) of the active settings' segments, in batch order."""
+        """(starts, lens) of the active cells' segments, in batch order."""
         if self.active is None:
             return self.store.starts, self.store.lens
         return self.store.starts.index_select(0, self.active), self.store.lens.index_select(0, self.active)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Append new tokens ([B_active, Hkv, Q, D]) to the active settings' segments; returns the inputs.
+        """Append new tokens ([B_active, Hkv, Q, D]) to the active cells' segments; returns the inputs.
 
         Attention itself runs in :meth:`RaggedCache.attention` over the ragged store.
         """
@@ -64,7 +64,7 @@ class RaggedLayer(CacheLayerMixin):
         k, v = k.reshape(-1, Q, D), v.reshape(-1, Q, D)
         n_rows = self.store.n_segments if self.active is None else self.active.numel()
         if k.shape[0] != n_rows:
-            raise ValueError(f"batch of {B} rows does not match the cache's {n_rows // self.heads} active settings")
+            raise ValueError(f"batch of {B} rows does not match the cache's {n_rows // self.heads} active cells")
         if self.active is None:
             self.store = append(self.store, k, v)
         else:
@@ -88,12 +88,12 @@ class RaggedLayer(CacheLayerMixin):
         """Unbounded."""
         return -1
 
-    def stored_tokens(self, setting: int | None = None) -> list[int]:
-        """Tokens actually held per storage head (of one setting, or of all settings in order)."""
+    def stored_tokens(self, cell: int | None = None) -> list[int]:
+        """Tokens actually held per storage head (of one cell, or of all cells in order)."""
         lens = self.store.lens.tolist()
-        if setting is None:
+        if cell is None:
             return lens
-        return lens[setting * self.heads : (setting + 1) * self.heads]
+        return lens[cell * self.heads : (cell + 1) * self.heads]
 
 
 @dataclass
@@ -105,23 +105,23 @@ class CacheMark:
 
 
 class RaggedCache(Cache):
-    """Compact KV cache of ``n_settings`` compressed caches of one prompt, ragged per layer and head.
+    """Compact KV cache of ``n_cells`` compressed caches of one prompt, ragged per layer and head.
 
-    Only the *active* settings (all, by default) take part in a forward: row ``i`` of the batch is
-    ``active[i]``. Each setting has its own logical length; the active ones must agree on it (they
+    Only the *active* cells (all, by default) take part in a forward: row ``i`` of the batch is
+    ``active[i]``. Each cell has its own logical length; the active ones must agree on it (they
     advance in lockstep), which is what gives every row the same positions.
     """
 
-    def __init__(self, layers: list[RaggedLayer], n_settings: int, n_q_heads: int, storage: str = "kv",
+    def __init__(self, layers: list[RaggedLayer], n_cells: int, n_q_heads: int, storage: str = "kv",
                  logical_len: int = 0, compressed: list[list[list[int]]] | None = None):
         super().__init__(layers=layers)
-        self.n_settings = n_settings
+        self.n_cells = n_cells
         self.n_q_heads = n_q_heads
         self.storage = storage
-        self.logical = [logical_len] * n_settings  #: tokens seen, per setting
-        #: tokens kept per setting, layer and storage head right after compression
-        self.compressed = compressed or [[layer.stored_tokens(b) for layer in layers] for b in range(n_settings)]
-        self.active: list[int] = list(range(n_settings))
+        self.logical = [logical_len] * n_cells  #: tokens seen, per cell
+        #: tokens kept per cell, layer and storage head right after compression
+        self.compressed = compressed or [[layer.stored_tokens(b) for layer in layers] for b in range(n_cells)]
+        self.active: list[int] = list(range(n_cells))
         self._sync_layers()
 
     @classmethod
@@ -134,13 +134,13 @@ class RaggedCache(Cache):
         storage: str = "kv",
         headroom: int = 0,
     ) -> RaggedCache:
-        """Gather each setting's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
+        """Gather each cell's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
 
         Every segment gets ``headroom`` free rows for tokens appended later (question, answer), so
-        a sweep decodes without regrowing. With several settings, segments of similar length share
+        a sweep decodes without regrowing. With several cells, segments of similar length share
         a capacity (padding of at most a third, :data:`BUCKET_FILL`) so attention reads them as
-        dense blocks; each setting's :meth:`kv_bytes` still counts exactly its kept tokens, what a
-        cache of that setting alone allocates. In ``storage="query"`` mode each query head keeps its
+        dense blocks; each cell's :meth:`kv_bytes` still counts exactly its kept tokens, what a
+        cache of that cell alone allocates. In ``storage="query"`` mode each query head keeps its
         own set (KeepSet has Hq segments) and the KV heads are repeated to the query heads first
         (G x the memory, as in the original SnapKV).
         """
@@ -157,7 +157,7 @@ class RaggedCache(Cache):
             for b, keep in enumerate(keeps):
                 c = keep[i].counts
                 if len(c) != heads:
-                    raise ValueError(f"setting {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
+                    raise ValueError(f"cell {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
                 counts += c
             store = RaggedStore.empty(counts, src_k.shape[-1], src_k.dtype, src_k.device, headroom=headroom,
                                       bucket_fill=BUCKET_FILL if len(keeps) > 1 else None)
@@ -167,21 +167,21 @@ class RaggedCache(Cache):
                 compact(src_k, src_v, ks.indices, ks.cu_seqlens.to(src_k.device), dest, store.k, store.v)
             layers.append(RaggedLayer(store, heads=heads, repeat=repeat))
         n = keys[0].shape[2] if keys else 0
-        return cls(layers, n_settings=len(keeps), n_q_heads=n_q_heads, storage=storage, logical_len=n)
+        return cls(layers, n_cells=len(keeps), n_q_heads=n_q_heads, storage=storage, logical_len=n)
 
     # -- the batch ------------------------------------------------------------------------------
-    def set_active(self, settings: Sequence[int]) -> None:
-        """Choose which settings (in this order) form the batch of the next forwards."""
-        settings = list(settings)
-        if any(not 0 <= s < self.n_settings for s in settings) or len(set(settings)) != len(settings):
-            raise ValueError(f"active settings {settings} must be distinct indices below {self.n_settings}")
-        if settings and len({self.logical[s] for s in settings}) != 1:
-            raise ValueError("settings in one batch must have seen the same number of tokens")
-        self.active = settings
+    def set_active(self, cells: Sequence[int]) -> None:
+        """Choose which cells (in this order) form the batch of the next forwards."""
+        cells = list(cells)
+        if any(not 0 <= s < self.n_cells for s in cells) or len(set(cells)) != len(cells):
+            raise ValueError(f"active cells {cells} must be distinct indices below {self.n_cells}")
+        if cells and len({self.logical[s] for s in cells}) != 1:
+            raise ValueError("cells in one batch must have seen the same number of tokens")
+        self.active = cells
         self._sync_layers()
 
     def _sync_layers(self) -> None:
-        everyone = self.active == list(range(self.n_settings))
+        everyone = self.active == list(range(self.n_cells))
         for layer in self.layers:
             if everyone:
                 layer.active = None
@@ -192,7 +192,7 @@ class RaggedCache(Cache):
             layer.logical_len = self.logical[self.active[0]] if self.active else 0
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """Append to layer ``layer_idx``; after the last layer the active settings' logical length grows."""
+        """Append to layer ``layer_idx``; after the last layer the active cells' logical length grows."""
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         if layer_idx == len(self.layers) - 1:
             for s in self.active:
@@ -210,8 +210,8 @@ class RaggedCache(Cache):
         out = ragged_attention(query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling)
         return out.view(B, Hq, Q, D).transpose(1, 2)
 
-    def evict(self, layer_idx: int, setting: int, keep: list[torch.Tensor]) -> None:
-        """Keep only the given positions (one int64 tensor per storage head) of a setting's segments.
+    def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:
+        """Keep only the given positions (one int64 tensor per storage head) of a cell's segments.
 
         The kept rows move to the front of their segments, in place: the segment's capacity is
         reused by the tokens appended next (decode-time eviction holds a constant size). The
@@ -219,7 +219,7 @@ class RaggedCache(Cache):
         """
         layer = self.layers[layer_idx]
         st = layer.store
-        base = setting * layer.heads
+        base = cell * layer.heads
         if len(keep) != layer.heads:
             raise ValueError(f"keep has {len(keep)} heads, the layer has {layer.heads}")
         dev = st.k.device
@@ -231,23 +231,23 @@ class RaggedCache(Cache):
         st.lens[base : base + layer.heads] = torch.tensor([int(k.numel()) for k in keep], device=st.lens.device)
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def kv_bytes(self, setting: int | None = None) -> int:
-        """Bytes of the compressed K and V of one setting (as built), or allocated by the whole cache.
+    def kv_bytes(self, cell: int | None = None) -> int:
+        """Bytes of the compressed K and V of one cell (as built), or allocated by the whole cache.
 
-        A setting's figure counts exactly its kept tokens: what a cache holding only that setting,
+        A cell's figure counts exactly its kept tokens: what a cache holding only that cell,
         with no room for new tokens, allocates. The whole cache also holds every segment's headroom.
         """
-        if setting is None:
+        if cell is None:
             return sum(layer.store.nbytes() for layer in self.layers)
         total = 0
-        for layer, counts in zip(self.layers, self.compressed[setting]):
+        for layer, counts in zip(self.layers, self.compressed[cell]):
             row = layer.store.k.shape[1] * (layer.store.k.element_size() + layer.store.v.element_size())
             total += sum(counts) * row
         return total
 
-    def stored_tokens(self, setting: int = 0) -> list[list[int]]:
-        """Tokens held now per layer and storage head of one setting."""
-        return [layer.stored_tokens(setting) for layer in self.layers]
+    def stored_tokens(self, cell: int = 0) -> list[list[int]]:
+        """Tokens held now per layer and storage head of one cell."""
+        return [layer.stored_tokens(cell) for layer in self.layers]
 
     def mark(self) -> CacheMark:
         """Remember the current lengths so appended tokens can be dropped again."""
@@ -256,7 +256,7 @@ class RaggedCache(Cache):
     def rollback(self, mark: CacheMark) -> None:
         """Drop every token appended since ``mark`` (the storage stays allocated for reuse).
 
-        Settings that evicted tokens since the mark cannot get them back: rebuild those instead.
+        Cells that evicted tokens since the mark cannot get them back: rebuild those instead.
         """
         for layer, lens in zip(self.layers, mark.lens):
             layer.store = truncate(layer.store, torch.minimum(lens, layer.store.lens))

@@ -1,9 +1,9 @@
-"""Prefill once, compress many, decode together: the engine that evaluates settings on one sample.
+"""Prefill once, compress many, decode together: the engine that evaluates cells on one sample.
 
 One prefill runs with the :class:`~lukv_bench.runtime.capture.Capture` attention and keeps the full K/V
-plus the statistics every policy needs. Every (policy, budget) *setting* then builds its compressed
+plus the statistics every policy needs. Every (policy, budget) *cell* then builds its compressed
 cache from that capture — no second prefill — into one batched
-:class:`~lukv_bench.runtime.cache.RaggedCache`, and all settings decode together: one model forward per
+:class:`~lukv_bench.runtime.cache.RaggedCache`, and all cells decode together: one model forward per
 step for the whole sweep of a sample (:func:`sweep`).
 """
 
@@ -59,32 +59,32 @@ class Prefill:
 
 @dataclass
 class Compressed:
-    """What compressing the prefill for one setting kept and cost (the cache itself is shared)."""
+    """What compressing the prefill for one cell kept and cost (the cache itself is shared)."""
 
     policy: str
     budget: Budget
     keep: list[KeepSet]  #: kept prompt positions per layer (to rebuild the cache)
     layer_budgets: list[int]  #: tokens kept per layer (mean over storage heads, rounded)
     head_budgets: list[list[int]] | None  #: per layer and head when heads differ
-    kv_bytes: int  #: bytes of this setting's compressed K/V, measured from the cache's buffers
+    kv_bytes: int  #: bytes of this cell's compressed K/V, measured from the cache's buffers
     kv_bytes_full: int  #: bytes of the uncompressed (FullKV) cache of the same prompt
-    compress_s: float  #: planning (scoring, allocation, selection) + this setting's share of the gather
+    compress_s: float  #: planning (scoring, allocation, selection) + this cell's share of the gather
     kept_tokens_mean: float  #: mean tokens kept per layer and storage head (what the budget became)
     allocation_info: dict | None = None
 
 
 @dataclass
 class Generation:
-    """Greedy decoding output of one setting."""
+    """Greedy decoding output of one cell."""
 
     tokens: list[int]
     logits: torch.Tensor  #: [m, V] the logits each token was chosen from
-    decode_s: float  #: this setting's share of the batched decode steps it took part in
+    decode_s: float  #: this cell's share of the batched decode steps it took part in
     text: str = ""
     stopped: str = field(default="length")  #: "eos", "stop" or "length"
 
 
-#: a decode-time eviction callback: ``hook(cache, setting, step)`` after each appended token
+#: a decode-time eviction callback: ``hook(cache, cell, step)`` after each appended token
 DecodeHook = Callable[[RaggedCache, int, int], None]
 
 
@@ -174,17 +174,17 @@ class Engine:
     # -- compression -----------------------------------------------------------------------------
     @torch.no_grad()
     def compress(
-        self, pre: Prefill, settings: Sequence[tuple[object, Budget]], headroom: int = 0
+        self, pre: Prefill, cells: Sequence[tuple[object, Budget]], headroom: int = 0
     ) -> tuple[RaggedCache, list[Compressed]]:
-        """Build the compressed caches of ``settings`` ((policy, budget) pairs) as one batched cache.
+        """Build the compressed caches of ``cells`` ((policy, budget) pairs) as one batched cache.
 
         ``headroom`` free rows per segment hold tokens appended later (question, answer). Each
-        setting's figures are its own: ``kv_bytes`` counts only its kept tokens, exactly what a
-        cache holding that setting alone would allocate.
+        cell's figures are its own: ``kv_bytes`` counts only its kept tokens, exactly what a
+        cache holding that cell alone would allocate.
         """
         window = pre.stats.layers[0].window if pre.stats.layers else 0
         plans, plan_s = [], []
-        for policy, budget in settings:
+        for policy, budget in cells:
             t0 = time.perf_counter()
             plans.append(policy.plan(pre.stats, budget, window))
             plan_s.append(time.perf_counter() - t0)
@@ -195,13 +195,13 @@ class Engine:
         )
         _sync(self.device)
         build_s = time.perf_counter() - t0
-        all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per setting, layer and head
+        all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per cell, layer and head
         kept = [sum(map(sum, counts)) for counts in all_counts]
         # the FullKV reference in the same storage: per query head, every token is stored G times
         group = self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1
         full_bytes = pre.kv_bytes_full() * group
         out = []
-        for b, ((policy, budget), plan) in enumerate(zip(settings, plans)):
+        for b, ((policy, budget), plan) in enumerate(zip(cells, plans)):
             counts = all_counts[b]
             ragged = any(len(set(c)) > 1 for c in counts)
             out.append(Compressed(
@@ -218,40 +218,40 @@ class Engine:
             ))
         return cache, out
 
-    def decode_hook(self, policy, cache: RaggedCache, setting: int) -> DecodeHook | None:
-        """The decode-time eviction callback of ``policy`` for one setting of ``cache`` (None: no rule).
+    def decode_hook(self, policy, cache: RaggedCache, cell: int) -> DecodeHook | None:
+        """The decode-time eviction callback of ``policy`` for one cell of ``cache`` (None: no rule).
 
-        Each layer and head of the setting is held at the size it has now (after compression and
+        Each layer and head of the cell is held at the size it has now (after compression and
         any question tokens).
         """
         if getattr(policy, "decode_rule", None) is None:
             return None
-        budgets = [layer.stored_tokens(setting) for layer in cache.layers]
+        budgets = [layer.stored_tokens(cell) for layer in cache.layers]
         every = self.settings.decode_every
 
-        def hook(cache: RaggedCache, setting: int, step: int) -> None:
+        def hook(cache: RaggedCache, cell: int, step: int) -> None:
             if step % every:
                 return
             for i, layer in enumerate(cache.layers):
-                keep = policy.decode_keep(layer.stored_tokens(setting), cache.logical[setting], budgets[i])
+                keep = policy.decode_keep(layer.stored_tokens(cell), cache.logical[cell], budgets[i])
                 if keep is not None:
-                    cache.evict(i, setting, keep)
+                    cache.evict(i, cell, keep)
 
         return hook
 
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def feed(self, cache: RaggedCache, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Run tokens through the active settings of ``cache`` (appending them) -> logits [B, m, V] fp32.
+        """Run tokens through the active cells of ``cache`` (appending them) -> logits [B, m, V] fp32.
 
-        ``ids`` is [B, m] (one row per active setting) or a list of m ids fed to every active setting.
+        ``ids`` is [B, m] (one row per active cell) or a list of m ids fed to every active cell.
         """
         B = len(cache.active)
         ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         if ids_t.dim() == 1:
             ids_t = ids_t.view(1, -1).expand(B, -1)
         if ids_t.shape[0] != B:
-            raise ValueError(f"{ids_t.shape[0]} rows of ids for {B} active settings")
+            raise ValueError(f"{ids_t.shape[0]} rows of ids for {B} active cells")
         if ids_t.shape[1] == 0:
             return torch.empty(B, 0, self.model.config.vocab_size)
         out = self.model(input_ids=ids_t, cache=cache, use_cache=True, lukv=cache)
@@ -268,21 +268,21 @@ class Engine:
         decode_hooks: Sequence[DecodeHook | None] | None = None,
         follow: dict[int, int | Sequence[int]] | None = None,
     ) -> list[Generation]:
-        """Greedy decoding of every active setting together; one :class:`Generation` per setting.
+        """Greedy decoding of every active cell together; one :class:`Generation` per cell.
 
         ``first_logits`` ([B, V], or [V] shared by all) are the logits after the last prompt token.
-        A setting that emits EOS, produces a stop string or reaches ``max_new_tokens`` leaves the
+        A cell that emits EOS, produces a stop string or reaches ``max_new_tokens`` leaves the
         batch; the others go on unchanged. ``decode_hooks[i]`` (decode-time eviction) runs for
-        setting ``i`` after each of its appended tokens. Each step's wall time is shared equally
-        by the settings in it.
+        cell ``i`` after each of its appended tokens. Each step's wall time is shared equally
+        by the cells in it.
 
         ``follow[i]`` makes row ``i`` teacher-forced instead of greedy: it is fed the tokens of a
         reference answer — row ``j``'s own tokens as they are decoded (``follow[i] = j``, lockstep),
         or a given token list — all but the reference's last, and its logits are what the
         reference's next tokens were predicted from (``stopped = "forced"``).
         """
-        settings = list(cache.active)
-        B = len(settings)
+        cells = list(cache.active)
+        B = len(cells)
         first = first_logits.float()
         first = first.expand(B, -1) if first.dim() == 1 else first
         hooks = list(decode_hooks) if decode_hooks is not None else [None] * B
@@ -323,12 +323,12 @@ class Engine:
             rows = [going[i] for i in still]
             if still:
                 if still != alive:
-                    cache.set_active([settings[i] for i in still])
+                    cache.set_active([cells[i] for i in still])
                 cur = self.feed(cache, torch.tensor(rows).view(-1, 1))[:, -1]
                 for row, i in enumerate(still):
                     logits[i].append(cur[row])
                     if hooks[i] is not None:
-                        hooks[i](cache, settings[i], len(tokens[i]))
+                        hooks[i](cache, cells[i], len(tokens[i]))
             _sync(self.device)
             share = (time.perf_counter() - t0) / len(alive)
             for i in alive:
@@ -360,15 +360,15 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class Outcome:
-    """The result of one (policy, budget) setting on one prompt."""
+    """The result of one (policy, budget) cell on one prompt."""
 
     policy: object
     budget_spec: object
     budget: Budget
     compressed: Compressed
     generation: Generation
-    peak_mem_bytes: int  #: peak of the batch the setting ran in (compression + decoding)
-    batch_size: int  #: settings decoded together with this one (itself included)
+    peak_mem_bytes: int  #: peak of the batch the cell ran in (compression + decoding)
+    batch_size: int  #: cells decoded together with this one (itself included)
     kl_mean: float | None = None  #: mean KL(FullKV || policy) over the answer positions (teacher-forced)
     greedy_agreement: float | None = None  #: share of answer positions where the argmax equals FullKV's
     #: how fidelity was measured: "teacher-forced", "teacher-forced+decode-eviction", or None (FullKV)
@@ -391,10 +391,10 @@ def sweep(
 
     ``compress="prompt"`` prefills and compresses context + question (the window sees the question);
     ``compress="context"`` compresses only the context and feeds the question afterwards, to every
-    setting of a batch at once. FullKV (``full_policy``) runs in the first batch as the reference of
-    the fidelity metrics. Settings decode together in batches of ``batch_settings`` (None: all);
+    cell of a batch at once. FullKV (``full_policy``) runs in the first batch as the reference of
+    the fidelity metrics. Cells decode together in batches of ``batch_settings`` (None: all);
     then the teacher-forced fidelity pass over FullKV's answer runs for a whole batch in one forward
-    (token by token for settings with decode-time eviction, which evict as they did while decoding).
+    (token by token for cells with decode-time eviction, which evict as they did while decoding).
     Outcomes are yielded batch by batch, so callers can persist each as soon as it is done.
     """
     needs = set().union(*(p.needs for p, _ in runs), full_policy.needs)
@@ -417,7 +417,7 @@ def sweep(
         chunk = order[lo : lo + size]
         budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
         evicting = [i for i, ((p, _), b) in enumerate(zip(chunk, budgets)) if evicts_while_decoding(p, b, pre.n)]
-        # a setting that evicts while decoding is measured for fidelity by a shadow copy of its cache,
+        # a cell that evicts while decoding is measured for fidelity by a shadow copy of its cache,
         # fed FullKV's answer in the same batch and evicting as it goes (a rollback cannot undo eviction)
         rows = [(p, b) for (p, _), b in zip(chunk, budgets)] + [(chunk[i][0], budgets[i]) for i in evicting]
         shadow = {len(chunk) + k: i for k, i in enumerate(evicting)}
@@ -454,7 +454,7 @@ def _score_fidelity(out: Outcome, test: torch.Tensor, ref: Generation, tail: lis
 
 
 def _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy) -> None:
-    """Teacher-force FullKV's answer through every setting of a batch that did not evict while decoding.
+    """Teacher-force FullKV's answer through every cell of a batch that did not evict while decoding.
 
     One forward over (tail + FullKV's answer) for all of them, after rolling the cache back.
     """

@@ -11,13 +11,13 @@ Suite entry::
       memory_limit_gb: 1.0                # report setting: longest context that fits in this much memory
 
 For every length x policy x budget one :class:`~lukv_bench.records.Record` is written (sample id
-``len<N>``, metric ``latency``, no score). Each setting runs **alone** (batch 1), as a user serving
+``len<N>``, metric ``latency``, no score). Each cell runs **alone** (batch 1), as a user serving
 one policy would: per run, compress the captured prefill, then decode ``new_tokens`` greedily (no
 stop on EOS, so every run decodes the same number of tokens). What is measured:
 
 * ``prefill_s``: median over the repeats of the capture prefill (once per set of statistics the
   policies need: H2O's accumulated attention makes its prefill slower, so it gets its own);
-* ``compress_s``: median of the setting's compression (scoring, allocation, gathering the kept rows);
+* ``compress_s``: median of the cell's compression (scoring, allocation, gathering the kept rows);
   ``meta.compress_share`` = compress_s / prefill_s;
 * ``decode_s``: median wall time of the ``new_tokens - 1`` decode forwards;
   ``meta.decode_ms_per_token`` and ``meta.tokens_per_s`` follow from it;
@@ -180,7 +180,7 @@ class _PrefillFigures:
 
 @dataclass
 class _Figures:
-    """What one setting measured at one length (the record's cost fields and meta)."""
+    """What one cell measured at one length (the record's cost fields and meta)."""
 
     kv_bytes: int
     kv_bytes_full: int
@@ -224,7 +224,7 @@ def _timed_prefills(engine: Engine, ids: torch.Tensor, needs: frozenset[str], ta
 
 def _measure_setting(engine: Engine, pf: _PrefillFigures, policy, budget: Budget, task: LatencyTaskConfig,
                      ) -> _Figures:
-    """Compress and decode one setting alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
+    """Compress and decode one cell alone, ``warmup`` + ``repeats`` times; then measure one step's memory."""
     pre = pf.pre
     evicting = evicts_while_decoding(policy, budget, pre.n)
     compress_s, decode_s, decode_cpu = [], [], []

@@ -1,10 +1,10 @@
-"""lm-eval integration: an ``LM`` that answers every request under many (policy, budget) settings.
+"""lm-eval integration: an ``LM`` that answers every request under many (policy, budget) cells.
 
-Requests that share a context are prefilled once; all settings are compressed from that prefill
+Requests that share a context are prefilled once; all cells are compressed from that prefill
 into one batched cache and answered together (:func:`~lukv_bench.runtime.engine.sweep` for
 ``generate_until``, one teacher-forced forward per continuation for ``loglikelihood``). Answers for
-all settings are cached; :meth:`LukvEvalLM.use` selects which setting lm-eval's ``evaluate`` sees,
-so each setting is one ordinary lm-eval evaluation with its own metrics.
+all cells are cached; :meth:`LukvEvalLM.use` selects which cell lm-eval's ``evaluate`` sees,
+so each cell is one ordinary lm-eval evaluation with its own metrics.
 
 Protocol: the request context is compressed *except its last* ``tail`` *tokens* (the question and
 answer prompt, typically), which are fed after compression; the answer is then generated or
@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_TAIL", "LukvEvalLM"]
 DEFAULT_TAIL = 32
 
 
-Setting = tuple[Any, Any]  #: (policy, budget spec)
+Cell = tuple[Any, Any]  #: (policy, budget spec)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class PrefillFigures:
 
 @dataclass
 class Answer:
-    """One request's answer under one setting, with the figures its record needs."""
+    """One request's answer under one cell, with the figures its record needs."""
 
     value: Any  #: (logprob, is_greedy) or the generated text
     pre: PrefillFigures
@@ -72,25 +72,25 @@ def _figures(pre, tail: int) -> PrefillFigures:
 
 @register_model("lukv")
 class LukvEvalLM(LM):
-    """lm-eval model running a lukv-bench :class:`~lukv_bench.runtime.engine.Engine` under several settings.
+    """lm-eval model running a lukv-bench :class:`~lukv_bench.runtime.engine.Engine` under several cells.
 
     Args:
         engine: the engine (model, tokenizer, capture settings).
-        settings: (policy, budget spec) pairs; answers are computed for all of them at once.
+        cells: (policy, budget spec) pairs; answers are computed for all of them at once.
         full_policy: the FullKV policy, reference for the fidelity metrics of generation.
         chat: whether lm-eval renders prompts with the chat template (then no BOS is added,
             the rendered text carries its own special tokens).
         max_length: context window; longer inputs are left-truncated (default: the model's
             ``max_position_embeddings``).
         tail: context tokens left uncompressed and fed after compression.
-        batch_settings: settings decoded together (None: all).
+        batch_settings: cells decoded together (None: all).
     """
 
-    def __init__(self, engine: Engine, settings: Sequence[Setting], full_policy: Any, chat: bool = True,
+    def __init__(self, engine: Engine, cells: Sequence[Cell], full_policy: Any, chat: bool = True,
                  max_length: int | None = None, tail: int = DEFAULT_TAIL, batch_settings: int | None = None) -> None:
         super().__init__()
         self.engine = engine
-        self.settings = list(settings)
+        self.cells = list(cells)
         self.full_policy = full_policy
         self.chat = chat
         self.tail = tail
@@ -98,15 +98,15 @@ class LukvEvalLM(LM):
         cfg = engine.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 8192
         self.active = 0
-        self._answers: dict[tuple, list[Answer]] = {}  # request key -> answer per setting
+        self._answers: dict[tuple, list[Answer]] = {}  # request key -> answer per cell
         self._index: dict[tuple, tuple] = {}  # (task, doc_id, idx) -> request key
         self._warned: set[str] = set()
 
     # -- lm-eval plumbing ---------------------------------------------------------------------------
     def use(self, index: int) -> LukvEvalLM:
-        """Make lm-eval see the answers of setting ``index``."""
-        if not 0 <= index < len(self.settings):
-            raise IndexError(f"setting {index} out of range (have {len(self.settings)})")
+        """Make lm-eval see the answers of cell ``index``."""
+        if not 0 <= index < len(self.cells):
+            raise IndexError(f"setting {index} out of range (have {len(self.cells)})")
         self.active = index
         return self
 
@@ -189,7 +189,7 @@ class LukvEvalLM(LM):
             self._req_key(req))
 
     def doc_answers(self, task_name: str, doc_id: Any) -> list[Answer] | None:
-        """Per setting, the answer of a document's first request (choices share the context).
+        """Per cell, the answer of a document's first request (choices share the context).
 
         Decode time and answer tokens are summed over the document's requests when it sent several.
         """
@@ -217,8 +217,8 @@ class LukvEvalLM(LM):
         """Sum of log-probabilities of each continuation given its (compressed) context.
 
         Requests with the same context tokens form one group: one prefill of the context's head,
-        one batched compression for all settings, then every continuation is scored for all
-        settings in one forward (tail + continuation, teacher-forced).
+        one batched compression for all cells, then every continuation is scored for all
+        cells in one forward (tail + continuation, teacher-forced).
         """
         groups: dict[tuple[int, ...], list[tuple[tuple, list[int]]]] = defaultdict(list)
         seen: set[tuple] = set()
@@ -241,14 +241,14 @@ class LukvEvalLM(LM):
     def _score_group(self, ctx_ids: list[int], items: list[tuple[tuple, list[int]]]) -> None:
         eng = self.engine
         head, tail = self._split(ctx_ids)
-        needs = set().union(*(p.needs for p, _ in self.settings))
+        needs = set().union(*(p.needs for p, _ in self.cells))
         pre = eng.prefill(torch.tensor([head]), needs)
         figures = _figures(pre, len(tail))
         answers: dict[tuple, list[Answer]] = {key: [] for key, _ in items}
-        size = self.batch_settings or len(self.settings)
+        size = self.batch_settings or len(self.cells)
         room = len(tail) + max((len(c) for _, c in items), default=0)
-        for lo in range(0, len(self.settings), size):
-            chunk = self.settings[lo : lo + size]
+        for lo in range(0, len(self.cells), size):
+            chunk = self.cells[lo : lo + size]
             budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
             with PeakMemory(eng.device) as mem:
                 cache, comps = eng.compress(pre, [(p, b) for (p, _), b in zip(chunk, budgets)], headroom=room)
@@ -284,11 +284,11 @@ class LukvEvalLM(LM):
             self._warn_once("tail", "tail: 0 — the first continuation token is scored from the uncompressed prefill")
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy generation under each setting until EOS, a stop string, or ``max_gen_toks``.
+        """Greedy generation under each cell until EOS, a stop string, or ``max_gen_toks``.
 
         ``do_sample``/``temperature`` are ignored (always greedy: compression is compared on the
-        same decoding rule). One prefill per request serves every setting; the context's tail is
-        fed after compression (``compress: context``) and all settings decode together.
+        same decoding rule). One prefill per request serves every cell; the context's tail is
+        fed after compression (``compress: context``) and all cells decode together.
         """
         for r in requests:
             self._note(r)
@@ -305,19 +305,19 @@ class LukvEvalLM(LM):
             ctx_ids = self._encode(context) or [self._prefix_token()]
             head, tail = self._split(self._truncate(ctx_ids, max_toks))
             by_setting: dict[tuple[str, str], Answer] = {}
-            for pre, out in sweep(self.engine, head, tail, self.settings, self.full_policy, compress="context",
+            for pre, out in sweep(self.engine, head, tail, self.cells, self.full_policy, compress="context",
                                   max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until,
                                   batch_settings=self.batch_settings):
                 out.compressed = dataclasses.replace(out.compressed, keep=[])
                 out.generation.logits = torch.empty(0)
                 by_setting[(out.policy.name, repr(out.budget_spec))] = Answer(
                     out.generation.text, _figures(pre, len(tail)), out, {"stopped": out.generation.stopped})
-            self._answers[key] = [by_setting[(p.name, repr(s))] for p, s in self.settings]
+            self._answers[key] = [by_setting[(p.name, repr(s))] for p, s in self.cells]
         return [self._answers[self._req_key(r)][self.active].value for r in requests]
 
     @torch.no_grad()
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """Perplexity-style scoring over whole documents, WITHOUT compression (FullKV for every setting).
+        """Perplexity-style scoring over whole documents, WITHOUT compression (FullKV for every cell).
 
         The document (after one prefix token) is cut into disjoint windows of ``max_length``
         tokens; each window is scored from scratch with the previous window's last token as its
