@@ -28,7 +28,7 @@ def resolve_path(folder: Path, value: str) -> Path:
 
 
 
-_INVALID = _Marker("INVALID")  #: a value that failed its checks
+INVALID = _Marker("INVALID")  #: a value that failed its checks
 
 
 # --- problems with file, line and key path ------------------------------------------------------
@@ -147,51 +147,51 @@ def _bounds(c: Checker, path: str, value: float, key: Key) -> bool:
 
 
 def _scalar(c: Checker, path: str, value: Any, typ: str, key: Key, ctx: TaskContext) -> Any:
-    """The checked (and for paths and metrics: normalised) value, or _INVALID after recording why."""
+    """The checked (and for paths and metrics: normalised) value, or INVALID after recording why."""
     if typ in ("str", "text"):
         if not c.is_str(path, value, nonempty=typ == "str"):
-            return _INVALID
+            return INVALID
         if key.choices is not None and not c.is_choice(path, value, key.choices):
-            return _INVALID
+            return INVALID
         return value
     if typ == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             what = f"an integer >= {key.minimum:g}" if key.minimum is not None else "an integer"
             c.fail(path, f"expected {what}{' or null' if key.nullable else ''}, got {show(value)}")
-            return _INVALID
-        return value if _bounds(c, path, value, key) else _INVALID
+            return INVALID
+        return value if _bounds(c, path, value, key) else INVALID
     if typ == "number":
         if not _number(value):
             c.fail(path, f"expected a number, got {show(value)}")
-            return _INVALID
-        return value if _bounds(c, path, value, key) else _INVALID
+            return INVALID
+        return value if _bounds(c, path, value, key) else INVALID
     if typ == "bool":
         if not isinstance(value, bool):
             c.fail(path, f"expected true or false, got {show(value)}")
-            return _INVALID
+            return INVALID
         return value
     if typ == "map":
         if not isinstance(value, dict):
             c.fail(path, f"expected a map, got {show(value)}")
-            return _INVALID
+            return INVALID
         return value
     if typ in ("file", "folder"):
         if not c.is_str(path, value):
-            return _INVALID
+            return INVALID
         resolved = resolve_path(ctx.folder, value)
         if typ == "file" and not resolved.exists():
             c.fail(path, f"file not found: {resolved}")
-            return _INVALID
+            return INVALID
         if typ == "folder" and not resolved.is_dir():
             c.fail(path, f"folder not found: {resolved}")
-            return _INVALID
+            return INVALID
         return str(resolved)
     if typ == "metric":
         metrics = catalog().metrics
         entry = metrics.get(value) if isinstance(value, str) else None
         if entry is None:
             c.is_choice(path, value, tuple(metrics.names()))
-            return _INVALID
+            return INVALID
         return entry.name
     raise ValueError(f"unknown key type {typ!r}")  # check_keys refuses these at registration
 
@@ -200,7 +200,7 @@ _ITEM_NAMES = {"str": "strings", "int": "integers", "number": "numbers"}
 
 
 def check_value(c: Checker, path: str, value: Any, key: Key, ctx: TaskContext) -> Any:
-    """``value`` checked against ``key`` (lists item by item), or _INVALID after recording every problem."""
+    """``value`` checked against ``key`` (lists item by item), or INVALID after recording every problem."""
     if value is None and key.nullable:
         return None
     if not key.type.startswith("list["):
@@ -208,15 +208,15 @@ def check_value(c: Checker, path: str, value: Any, key: Key, ctx: TaskContext) -
     item_type = key.type[5:-1]
     if not isinstance(value, list) or not value:
         c.fail(path, f"expected a non-empty list of {_ITEM_NAMES[item_type]}, got {show(value)}")
-        return _INVALID
+        return INVALID
     items = [_scalar(c, join_path(path, i), v, item_type, key, ctx) for i, v in enumerate(value)]
-    if any(v is _INVALID for v in items):
-        return _INVALID
+    if any(v is INVALID for v in items):
+        return INVALID
     if key.unique:
         dups = sorted({str(v) for i, v in enumerate(items) if v in items[:i]})
         if dups:
             c.fail(path, f"duplicate entries: {', '.join(dups)}")
-            return _INVALID
+            return INVALID
     return items
 
 
@@ -251,7 +251,7 @@ def check_task(
                 task[name] = copy.deepcopy(key.default)
             continue
         checked = check_value(c, key_path, value[name], key, ctx)
-        if checked is _INVALID:
+        if checked is INVALID:
             bad.add(name)
         else:
             task[name] = checked

@@ -20,13 +20,14 @@ from typing import Any
 
 import yaml
 
+from lukv_bench.config.schema import INVALID, TaskContext, check_task, check_value, resolve_path
 from lukv_bench.config.schema import Checker as _Checker
-from lukv_bench.config.schema import TaskContext, check_task, resolve_path
 from lukv_bench.config.schema import join_path as _join
 from lukv_bench.config.schema import line_for as _line_for
 from lukv_bench.config.schema import show as _show
 from lukv_bench.errors import UserError
 from lukv_bench.registry.catalog import catalog
+from lukv_bench.registry.task_contract import Key
 from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
 __all__ = [
@@ -248,12 +249,20 @@ _TOP_KEYS = (
     "report",
     "resources",
 )
-_CHOICES = {
-    "compress": ("prompt", "context"),
-    "truncate": TRUNCATE_MODES,
-    "storage": ("kv", "query"),
-    "gqa_reduce": ("mean", "max", "sum"),
-    "dtype": ("float32", "bfloat16", "float16"),
+#: top-level keys whose checks a :class:`Key` expresses (walked like a task type's keys); the others
+#: (name, model, policies, budgets, tasks, generation, chat_template, device, report, resources) have their own
+SUITE_KEYS: dict[str, Key] = {
+    "limit": Key("int", minimum=1, nullable=True),
+    "compress": Key("str", choices=("prompt", "context")),
+    "truncate": Key("str", choices=TRUNCATE_MODES),
+    "window": Key("int", minimum=1),
+    "decode_every": Key("int", minimum=1),
+    "storage": Key("str", choices=("kv", "query")),
+    "gqa_reduce": Key("str", choices=("mean", "max", "sum")),
+    "seed": Key("int"),
+    "dtype": Key("str", choices=("float32", "bfloat16", "float16")),
+    "threads": Key("int", minimum=1, nullable=True),
+    "batch_settings": Key("int", minimum=1, nullable=True),
 }
 _TOKENS_HINT = "for token counts write budgets: {tokens: [...]}"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -454,34 +463,22 @@ def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
         out["policies"] = _check_policies(c, data["policies"])
     if "budgets" in data:
         out["budgets"] = _check_budgets(c, data["budgets"])
-    if "limit" in data and c.is_int("limit", data["limit"], minimum=1, allow_none=True):
-        out["limit"] = data["limit"]
+    for key, spec in SUITE_KEYS.items():
+        if key in data and (value := check_value(c, key, data[key], spec, TaskContext(folder))) is not INVALID:
+            out[key] = value
     out["generation"] = _check_generation(c, data.get("generation"))
-    for key, choices in _CHOICES.items():
-        if key in data and c.is_choice(key, data[key], choices):
-            out[key] = data[key]
     if "chat_template" in data and c.is_choice("chat_template", data["chat_template"], ("auto", True, False)):
         out["chat_template"] = data["chat_template"]
-    if "window" in data and c.is_int("window", data["window"], minimum=1):
-        out["window"] = data["window"]
     window_ok = "window" not in data or "window" in out
     if out.get("budgets") and window_ok:
         _check_budgets_above_window(c, out["budgets"], out.get("window", Suite.window))
-    if "decode_every" in data and c.is_int("decode_every", data["decode_every"], minimum=1):
-        out["decode_every"] = data["decode_every"]
-    seed = 0
-    if "seed" in data and c.is_int("seed", data["seed"]):
-        out["seed"] = seed = data["seed"]
+    seed = out.get("seed", 0)
     if "device" in data:
         dev = data["device"]
         if not isinstance(dev, str) or not _DEVICE.match(dev):
             c.fail("device", f"got {_show(dev)}; allowed: auto, cpu, cuda, cuda:N")
         else:
             out["device"] = dev
-    if "threads" in data and c.is_int("threads", data["threads"], minimum=1, allow_none=True):
-        out["threads"] = data["threads"]
-    if "batch_settings" in data and c.is_int("batch_settings", data["batch_settings"], minimum=1, allow_none=True):
-        out["batch_settings"] = data["batch_settings"]
     if "report" in data:
         report = _check_report(c, data["report"], out.get("policies"))
         if report is not None:
