@@ -3,8 +3,9 @@
 Usage: python docs/study/analyze.py RESULTS_DIR OUT_PREFIX [--baseline snapkv] [--faithful layer-uncertainty]
                                     [--families F1,F2] [--also F1,F2,F3 ...]
 
-RESULTS_DIR is the output folder of a run (its results.jsonl); the study's records are not committed, so
-rerun them first (docs/study.md, "What was run"). Writes OUT_PREFIX.md (tables: controls, relative score
+RESULTS_DIR is the output folder of a run (its results.jsonl). The held-out run's records are committed in
+docs/study/heldout-records/ (rerun on 2026-12-04: every published figure reproduced); the search run's are
+not, so rerun it first (docs/study.md, "What was run"). Writes OUT_PREFIX.md (tables: controls, relative score
 per family, ranks, eligibility, the pick, the headline figures with intervals) and OUT_PREFIX-<family>.png
 (score relative to FullKV vs budget, one line per policy). Everything comes from lukv_bench.report.summary
 and lukv_bench.report.stats (cells, intervals, exact paired tests, Holm); nothing is typed in by hand.
