@@ -14,24 +14,33 @@ Convention for benchmarks (``benchmarks/test_bench_*.py``):
 ``benchmarks/baseline.json`` maps each benchmark name (pytest's test id, e.g.
 ``test_bench_compact[2048]``) to ``ratio`` (the baseline value), ``tolerance`` (relative: 0.5 means
 the ratio may grow by up to 50% before the gate fails), ``noise`` (the relative spread
-``(max - min) / median`` seen over the runs the baseline was made from, null when made from one run)
-and ``optional`` (true: may be absent from a run, e.g. a benchmark that needs the embedded model).
-Its ``machine`` block records where the baseline was measured.
+``(max - min) / median`` seen over the runs the baseline was made from, null when made from one run),
+``runs`` (those runs' ratios) and ``optional`` (true: may be absent from a run, e.g. a benchmark that
+needs the embedded model). Its ``machine`` block records where the baseline was measured; an entry
+measured elsewhere (``--update --merge``) carries its own ``machine`` block.
 
 The gate fails (exit 1) when a ratio exceeds ``baseline * (1 + tolerance)`` or when a non-optional
 baseline entry is missing from the run; it names the benchmark, the baseline, the measured value and
-the tolerance. Benchmarks without a baseline entry are listed, not failed. Bad input exits 2.
+the tolerance. Benchmarks without a baseline entry are listed, not failed. Bad input exits 2, and so
+does a baseline with a tolerance above ``MAX_TOLERANCE``: the gate must fail on a 2x regression of
+any entry, so no tolerance may reach +100%.
 
 Usage::
 
     python benchmarks/gate.py RESULTS.json                  # check (tox -e bench does this)
     python benchmarks/gate.py --update RESULTS.json [...]   # refresh the baseline on purpose
+    python benchmarks/gate.py --update --merge R1.json ...  # refresh only the benchmarks these ran
     tox -e bench -- --update                                # the same, after a fresh benchmark run
 
 ``--update`` with several results files (e.g. three runs of ``tox -e bench``'s pytest step, each
 with ``--benchmark-json``) takes the median ratio, records the spread as ``noise`` and sets each
-tolerance by :func:`tolerance_for`, never below the entry's previous tolerance (lower one by editing
-the file); from one file it keeps the existing tolerances (new entries get ``DEFAULT_TOLERANCE``).
+tolerance by :func:`tolerance_for` from that spread alone: a measured spread replaces whatever
+tolerance the entry had, wider or narrower. From one file it keeps each entry's noise and derives
+the tolerance from it (new entries get ``DEFAULT_TOLERANCE``). ``--merge`` keeps the baseline's
+entries that the runs do not contain, their tolerances re-derived from their recorded runs.
+``--update`` writes nothing when an entry's spread needs a tolerance above ``MAX_TOLERANCE``: it names
+the entries whose benchmark needs a steadier measurement (more rounds, min of rounds, warmed
+buffers); widening the tolerance instead would let a 2x slowdown through.
 """
 
 from __future__ import annotations
@@ -49,10 +58,15 @@ BASELINE = Path(__file__).with_name("baseline.json")
 DEFAULT_TOLERANCE = 0.5  #: tolerance of an entry whose noise has not been measured
 MIN_TOLERANCE = 0.3  #: no tolerance is set below this, however quiet the measured runs were
 NOISE_FACTOR = 1.5  #: tolerance = NOISE_FACTOR x measured spread, when that is above MIN_TOLERANCE
+MAX_TOLERANCE = 0.9  #: ceiling: baseline * (1 + 0.9) < baseline * 2, so a 2x regression trips every entry
 
 
 class GateInputError(Exception):
     """A results or baseline file that cannot be used (exit code 2)."""
+
+
+class TooNoisyError(GateInputError):
+    """``--update`` refused: some entry's measured spread needs a tolerance above ``MAX_TOLERANCE``."""
 
 
 def tolerance_for(noise: float | None) -> float:
@@ -60,7 +74,8 @@ def tolerance_for(noise: float | None) -> float:
 
     The spread is max - min over the runs, so 1.5 times it is at least 1.5 times the largest
     excursion above the median seen while measuring: room for the rarer, wider swings of a shared
-    machine, while a 2x slowdown still trips every entry whose spread was under 2/3.
+    machine. A result above ``MAX_TOLERANCE`` (a spread above 0.6) is not used: such an entry needs a
+    steadier benchmark, see :func:`update`.
     """
     if noise is None:
         return DEFAULT_TOLERANCE
@@ -127,6 +142,23 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return data
 
 
+def over_cap(baseline: dict[str, Any]) -> list[str]:
+    """One message per baseline entry whose tolerance exceeds ``MAX_TOLERANCE`` (it would hide a 2x regression)."""
+    return [
+        f"{name}: tolerance +{e['tolerance']:.0%} is above the ceiling of +{MAX_TOLERANCE:.0%}, so a 2x regression "
+        f"would pass; measure the benchmark steadier and refresh the baseline (python benchmarks/gate.py --update)"
+        for name, e in sorted(baseline["benchmarks"].items())
+        if float(e["tolerance"]) > MAX_TOLERANCE
+    ]
+
+
+def spread(values: list[float]) -> float | None:
+    """The relative spread ``(max - min) / median`` of two or more runs' ratios, 3 decimals; None for fewer."""
+    if len(values) < 2:
+        return None
+    return round((max(values) - min(values)) / statistics.median(values), 3)
+
+
 def check(baseline: dict[str, Any], measured: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     """Compare a run with the baseline -> (report lines, failure messages); no failures means pass."""
     entries = baseline["benchmarks"]
@@ -179,44 +211,74 @@ def _machine(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def update(baseline: dict[str, Any], runs: list[dict[str, dict[str, Any]]], machine_info: dict) -> dict[str, Any]:
+def _settled(entry: dict[str, Any]) -> dict[str, Any]:
+    """A kept baseline entry with its noise and tolerance re-derived from its recorded runs (if two or more)."""
+    noise = spread([float(v) for v in entry.get("runs") or []])
+    if noise is None:
+        return entry
+    return {**entry, "noise": noise, "tolerance": tolerance_for(noise)}
+
+
+def _too_noisy(name: str, entry: dict[str, Any]) -> str:
+    """Why ``entry``'s tolerance cannot be used, naming the benchmark and its runs."""
+    runs = entry.get("runs") or []
+    if entry.get("noise") is None:
+        why = f"tolerance +{entry['tolerance']:.0%} was never measured (update it from two or more runs)"
+    else:
+        why = (
+            f"runs spread {entry['noise']:.0%} ({min(runs):.3f}-{max(runs):.3f}) and need a tolerance of "
+            f"+{entry['tolerance']:.0%}; make the benchmark steadier (more rounds, min of rounds, warmed buffers) "
+            f"and measure it again"
+        )
+    return f"{name}: {why}; the ceiling is +{MAX_TOLERANCE:.0%}, so that a 2x regression trips the gate"
+
+
+def update(
+    baseline: dict[str, Any], runs: list[dict[str, dict[str, Any]]], machine_info: dict, *, merge: bool = False
+) -> dict[str, Any]:
     """A new baseline from one or more runs: median ratio per benchmark; noise and tolerances as documented.
 
-    Entries absent from every run are dropped unless optional (those are kept as they were).
+    Entries absent from every run are dropped unless optional (those are kept as they were), or, with
+    ``merge``, kept with their tolerance re-derived from their recorded runs; entries measured here
+    then carry this machine's block. Raises :class:`TooNoisyError` naming every entry whose tolerance
+    would exceed ``MAX_TOLERANCE``.
     """
     old = baseline.get("benchmarks", {})
+    machine = _machine(machine_info)
     names = sorted({n for run in runs for n in run})
     entries: dict[str, Any] = {}
     for name in names:
-        values = [run[name]["ratio"] for run in runs if name in run]
-        median = statistics.median(values)
+        values = [round(run[name]["ratio"], 4) for run in runs if name in run]  # as stored: noise re-derives
         prev = old.get(name, {})
-        if len(values) >= 2:
-            noise: float | None = round((max(values) - min(values)) / median, 3)
-            # a quiet refresh must not undo what noisier sessions showed: never lower a tolerance here
-            tolerance = max(float(prev.get("tolerance", 0.0)), tolerance_for(noise))
+        noise = spread(values) if len(values) >= 2 else prev.get("noise")
+        if noise is not None:
+            tolerance = tolerance_for(noise)
         else:
-            noise = prev.get("noise")
             tolerance = prev.get("tolerance", DEFAULT_TOLERANCE)
         desc = next((run[name]["desc"] for run in runs if name in run and run[name]["desc"]), prev.get("desc"))
         entries[name] = {
-            "ratio": round(median, 4),
+            "ratio": round(statistics.median(values), 4),
             "tolerance": tolerance,
             "noise": noise,
-            "runs": [round(v, 4) for v in values],
+            "runs": values,
             "desc": desc,
             "optional": bool(prev.get("optional", False)),
         }
+        if merge:
+            entries[name]["machine"] = machine
     for name, prev in old.items():
-        if name not in entries and prev.get("optional"):
-            entries[name] = prev
+        if name not in entries and (merge or prev.get("optional")):
+            entries[name] = _settled(prev) if merge else prev
+    refused = [_too_noisy(name, e) for name, e in sorted(entries.items()) if e["tolerance"] > MAX_TOLERANCE]
+    if refused:
+        raise TooNoisyError("refusing to write the baseline:\n  " + "\n  ".join(refused))
     return {
         "about": (
             "Regression-gate baseline of same-run ratios (lower is better); see benchmarks/gate.py. "
             "A run fails when ratio > baseline ratio * (1 + tolerance)."
         ),
-        "machine": _machine(machine_info),
-        "benchmarks": entries,
+        "machine": baseline.get("machine", machine) if merge else machine,
+        "benchmarks": dict(sorted(entries.items())),
     }
 
 
@@ -230,13 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write the baseline from these results instead of checking (several files: median, measured noise)",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --update: keep the baseline entries these results lack (tolerances re-derived from their runs)",
+    )
     args = ap.parse_args(argv)
     try:
         baseline = load_baseline(args.baseline)
         runs, infos = zip(*(read_ratios(p) for p in args.results), strict=True)
+        if args.merge and not args.update:
+            raise GateInputError("--merge only goes with --update")
         if args.update:
-            new = update(baseline, list(runs), infos[-1])
+            new = update(baseline, list(runs), infos[-1], merge=args.merge)
             args.baseline.write_text(json.dumps(new, indent=2) + "\n")
+            for name, e in new["benchmarks"].items():
+                before = baseline["benchmarks"].get(name, {}).get("tolerance")
+                if before is not None and before != e["tolerance"]:
+                    print(f"gate: {name}: tolerance +{before:.0%} -> +{e['tolerance']:.0%}")
             print(f"gate: wrote {args.baseline} ({len(new['benchmarks'])} benchmarks from {len(runs)} run(s))")
             return 0
         if len(runs) != 1:
@@ -246,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"baseline {args.baseline} is missing or empty; create it with: "
                 f"python benchmarks/gate.py --update {args.results[0]}"
             )
+        if loose := over_cap(baseline):
+            raise GateInputError(f"baseline {args.baseline}:\n  " + "\n  ".join(loose))
     except GateInputError as e:
         print(f"gate: error: {e}", file=sys.stderr)
         return 2

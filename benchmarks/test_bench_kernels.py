@@ -197,13 +197,18 @@ def test_bench_append_decode(bench_ratio, T: int) -> None:
     )
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_bench_ragged_decode_batched(bench_ratio) -> None:
-    """A batched sweep's table: 33 settings x 3 heads, similar lengths laid out as dense blocks."""
+    """A batched sweep's table: 33 settings x 3 heads, similar lengths laid out as dense blocks.
+
+    On one thread, 15 rounds: with 5 rounds on torch's default threads the recorded runs spread 0.35-0.67, too
+    wide to catch a 2x regression (2 threads beside a busy test suite gave 0.07-0.53).
+    """
     g = torch.Generator().manual_seed(0)
     counts = [int(c) for c in torch.randint(150, 1600, (33 * S,), generator=g)]
     st = RaggedStore.empty(counts, D, DTYPE, DEVICE, headroom=32, bucket_fill=0.75)
     st.k.normal_()
     st.v.normal_()
     q = _rand(33 * HQ, 1, D)
-    _bench_against_loop(bench_ratio, q, st, repeat=3, rounds=5,
+    _bench_against_loop(bench_ratio, q, st, repeat=3, rounds=15,
                         desc="ragged attention, 33 settings x 3 heads (bucketed store) / per-segment loop")
