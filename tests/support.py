@@ -20,6 +20,23 @@ from lukv_bench.runtime.contract import LayerStats, PrefillStats
 
 #: the tiny random test model as a model folder (written once per test session by conftest.py)
 TINY = os.environ["LUKV_TEST_TINY"]
+#: a local lm-eval multiple-choice task (``lukv_mc``) over a JSONL file; format ``path`` (JSON-quoted)
+MC_YAML = """task: lukv_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+
 #: the repository's root folder
 ROOT = Path(__file__).resolve().parents[1]
 

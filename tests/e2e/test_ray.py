@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support import ROOT, TINY, kill_after_records, lukv_bench_command
+from support import MC_YAML, ROOT, TINY, kill_after_records, lukv_bench_command
 
 from lukv_bench.cli import main
 from lukv_bench.run.executors import RAY_INSTALL
@@ -239,23 +239,6 @@ def test_driver_killed_then_rerun_resumes(cluster, tmp_path: Path) -> None:
     assert len(recs) == total and {k.sample_id for k in recs} == {f"s{i}" for i in range(6)}
 
 
-MC_TASK = """task: lukv_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-metadata:
-  version: 1.0
-"""
-
-
 @needs_ray
 def test_lm_eval_and_latency_units_run_on_ray_with_the_local_records(cluster, tmp_path: Path) -> None:
     """lm-eval and latency tasks are units like any other: under Ray they give the local executor's records
@@ -265,7 +248,7 @@ def test_lm_eval_and_latency_units_run_on_ray_with_the_local_records(cluster, tm
     docs = [{"question": f"Question {i}: which one is a colour?\nAnswer:", "choices": ["blue", "seven", "table"],
              "label": 0} for i in range(3)]
     (tasks / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tasks / "mc.yaml").write_text(MC_TASK.format(path=json.dumps(str((tasks / "mc.jsonl").resolve()))))
+    (tasks / "mc.yaml").write_text(MC_YAML.format(path=json.dumps(str((tasks / "mc.jsonl").resolve()))))
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         f"name: units\nmodel: {TINY}\npolicies: [full, snapkv]\nbudgets: [0.5]\ntasks:\n"

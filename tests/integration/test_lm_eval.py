@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
-from support import TINY
+from support import MC_YAML, TINY
 
 from lukv_bench.config.suite import load_suite  # noqa: E402
 from lukv_bench.registry import resolve_policy  # noqa: E402
@@ -41,22 +41,6 @@ GEN_DOCS = [
     {"prompt": "The pass key is 4821. Remember it. Some filler text follows here. The pass key is", "answer": "4821"},
     {"prompt": "Alice lives in Paris and Bob lives in Rome. More filler text here. Bob lives in", "answer": "Rome"},
 ]
-
-MC_YAML = """task: lukv_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-metadata:
-  version: 1.0
-"""
 
 GEN_YAML = """task: lukv_gen
 dataset_path: json
