@@ -9,10 +9,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from lukv_bench.errors import UserError
+from lukv_bench.runtime.prompts import model_max_positions
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +153,6 @@ def config_max_positions(spec: str) -> int | None:
     Known for a local model folder and for the embedded model once it was de-quantized; None
     otherwise (a hub id, a GGUF file not yet converted): callers check at run time.
     """
-    from types import SimpleNamespace
-
-    from lukv_bench.runtime.prompts import model_max_positions
-
     folder: Path | None = None
     try:
         if spec == "embedded":
