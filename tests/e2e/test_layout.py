@@ -13,7 +13,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support import ROOT, TINY
+
+pytestmark = pytest.mark.slow  # runs subprocesses: not part of tests/unit
 
 PROBE = """
 import importlib.util, json, sys
@@ -21,8 +24,6 @@ import kernels
 from transformers.utils.import_utils import _is_package_available
 from lukv_bench.kernels.ops import compact
 from lukv_bench.runtime.models import load_model
-
-pytestmark = pytest.mark.slow  # runs the CLI, subprocesses or a real model: not part of tests/unit
 lm = load_model(sys.argv[1])
 print(json.dumps({"file": getattr(kernels, "__file__", None), "path": list(getattr(kernels, "__path__", [])),
                   "transformers_sees": _is_package_available("kernels")[0], "loaded": lm.model.config.model_type}))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from support import TINY
 
+pytestmark = pytest.mark.slow  # runs subprocesses: not part of tests/unit
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lukv-plugin-example"
 
 CHECK = """
@@ -19,8 +21,6 @@ import json
 from lukv_bench.registry import broken_plugins, list_components, list_policies, list_scorers, resolve_policy
 from lukv_bench.runtime.contract import LayerStats, PrefillStats
 import torch
-
-pytestmark = pytest.mark.slow  # runs the CLI, subprocesses or a real model: not part of tests/unit
 
 policy = next(p for p in list_policies() if p["name"] == "keynorm")
 scorer = next(s for s in list_scorers() if s["name"] == "keynorm")

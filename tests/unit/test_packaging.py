@@ -4,7 +4,6 @@ wheel: editable installs and the tests in the checkout would still pass)."""
 from __future__ import annotations
 
 import tomllib
-
 from support import ROOT
 
 
