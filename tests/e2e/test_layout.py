@@ -21,12 +21,12 @@ pytestmark = pytest.mark.slow  # runs subprocesses: not part of tests/unit
 PROBE = """
 import importlib.util, json, sys
 import kernels
-from transformers.utils.import_utils import _is_package_available
+from transformers.utils.import_utils import is_kernels_available
 from lukv_bench.kernels.ops import compact
 from lukv_bench.runtime.models import load_model
 lm = load_model(sys.argv[1])
 print(json.dumps({"file": getattr(kernels, "__file__", None), "path": list(getattr(kernels, "__path__", [])),
-                  "transformers_sees": _is_package_available("kernels")[0], "loaded": lm.model.config.model_type}))
+                  "transformers_uses": is_kernels_available(), "loaded": lm.model.config.model_type}))
 """
 
 
@@ -48,8 +48,8 @@ def test_bare_kernels_import_from_the_root_never_is_ours() -> None:
     assert seen["loaded"] == "llama"
     if seen["file"] is not None:  # Hugging Face's kernels is installed: it wins
         assert not seen["file"].startswith(ours), seen
-    else:  # not installed: a namespace portion that transformers ignores
-        assert seen["transformers_sees"] is False, seen
+    else:  # not installed: a namespace portion, which transformers does not take for Hugging Face's kernels
+        assert seen["path"] == [ours] and seen["transformers_uses"] is False, seen
 
 
 def test_python_m_pytest_collects_from_the_root() -> None:
