@@ -117,19 +117,22 @@ class Runner:
         (self.out_dir / RUN_FILE).write_text(json.dumps(info, indent=2, default=str))
 
     # -- the run loop ---------------------------------------------------------------------------------
-    def plan(self, inventory: Inventory) -> tuple[list[Unit], int]:
-        """The units with cells still to evaluate (each unit's ``cells`` set), and the records of the run in all."""
-        todo, total = [], 0
+    def plan(self, inventory: Inventory) -> tuple[list[Unit], int, int]:
+        """The units with cells still to evaluate (each unit's ``cells`` set), the records of the run in all, and
+        how many of them results.jsonl already holds."""
+        todo, total, done = [], 0, 0
         for unit in inventory.units:
             cells = []
             for policy, budget in self.policies.cells(unit.reference_only):
-                keys = [self.policies.key(inventory.model, unit, sid, policy, budget) for sid in unit.samples]
-                total += len(keys)
-                if not all(self.writer.is_done(k) for k in keys):
+                finished = [self.writer.is_done(self.policies.key(inventory.model, unit, sid, policy, budget))
+                            for sid in unit.samples]
+                total += len(finished)
+                done += sum(finished)
+                if not all(finished):
                     cells.append((policy.name, budget))
             if cells:
                 todo.append(dataclasses.replace(unit, cells=cells))
-        return todo, total
+        return todo, total, done
 
     def run(self, executor: Executor) -> Path:
         """Evaluate everything not yet in results.jsonl with ``executor``; returns the results path."""
@@ -140,9 +143,9 @@ class Runner:
                 self.policies = SuitePolicies(self.suite, device=inventory.device)
                 self._previous_runs(self._on_change)  # refuses a folder made on another device type
             self._write_run_json(inventory.model, executor.describe())
-            units, total = self.plan(inventory)
+            units, total, done = self.plan(inventory)
             bar = tqdm(total=total, desc="overall", unit="record", disable=not self.progress, position=0)
-            bar.update(len(self.writer.done & self._keys(inventory)))
+            bar.update(done)
             for rec in executor.execute(units):
                 if not self.writer.is_done(rec.key()):
                     self.writer.append(rec)
@@ -151,8 +154,3 @@ class Runner:
         finally:
             executor.close()
         return self.writer.path
-
-    def _keys(self, inventory: Inventory) -> set:
-        """Every record key of the run."""
-        return {self.policies.key(inventory.model, u, sid, p, b) for u in inventory.units
-                for p, b in self.policies.cells(u.reference_only) for sid in u.samples}

@@ -84,7 +84,8 @@ class SuitePolicies:
         }
         self.run_settings = {**run_settings(suite.to_dict()),
                              "resolved": {k: self.fingerprint[k] for k in ("model", "device")}}
-        self._digests: dict[tuple[str, str] | str, str] = {}
+        self._digests: dict[tuple[str, str], str] = {}  #: (entry, policy) -> setting digest
+        self._run_digests: dict[str, str] = {}  #: entry -> run setting digest
 
     def by_name(self, name: str) -> Any:
         """The resolved policy called ``name``."""
@@ -108,9 +109,9 @@ class SuitePolicies:
 
     def run_setting(self, entry: str) -> str:
         """The settings digest of task entry ``entry`` without a policy (shared by all its cells)."""
-        if entry not in self._digests:
-            self._digests[entry] = run_digest(self.run_settings, self._task(entry))
-        return self._digests[entry]
+        if entry not in self._run_digests:
+            self._run_digests[entry] = run_digest(self.run_settings, self._task(entry))
+        return self._run_digests[entry]
 
     def key(self, model: str, unit: Unit, sample_id: str, policy: Any, budget: Any) -> RecordKey:
         """The key of the record ``unit`` writes for ``sample_id`` in cell (``policy``, ``budget``)."""

@@ -106,7 +106,7 @@ class LatencyTaskConfig:
 
     def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
         """Measure the unit's cells at its length; one record each."""
-        length = self.lengths[[sample_id(n) for n in self.lengths].index(unit.id)]
+        length = next(n for n in self.lengths if sample_id(n) == unit.id)
         yield from _measure_length(self, unit, ctx, length)
 
     def text_ids(self, tokenizer: Any) -> list[int]:
