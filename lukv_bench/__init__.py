@@ -5,19 +5,20 @@ Built-in policies live in :mod:`lukv_bench.policies`, the cache runtime's kernel
 ``kernels/`` folders.
 
 Outside suites, :func:`compress` compresses the KV cache of a plain transformers model with any
-registered policy: ``with lukv_bench.compress(model, policy="snapkv", budget=0.2): model.generate(...)``.
+registered policy: ``with lukv_bench.compress(model, policy="snapkv", budget=0.2): model.generate(...)``;
+:func:`load_model` gives a model and its tokenizer in one line (``lukv_bench.load_model("embedded")``).
 """
 
 from pathlib import Path as _Path
 
 from lukv_bench.version import __version__
 
-__all__ = ["CompressionSession", "__version__", "compress"]
+__all__ = ["CompressionSession", "__version__", "compress", "load_model"]
 
 
 def __getattr__(name: str):
-    """``compress`` and ``CompressionSession`` load on first use (they pull in torch and transformers)."""
-    if name in ("compress", "CompressionSession"):
+    """``compress``, ``CompressionSession`` and ``load_model`` load on first use (they import torch)."""
+    if name in ("compress", "CompressionSession", "load_model"):
         from lukv_bench import api
         return getattr(api, name)
     raise AttributeError(f"module 'lukv_bench' has no attribute {name!r}")

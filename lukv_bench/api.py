@@ -21,6 +21,7 @@ and ``forward``).
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,10 +34,11 @@ from lukv_bench.errors import UserError
 from lukv_bench.registry.catalog import resolve_policy
 from lukv_bench.registry.policy import Policy
 from lukv_bench.runtime.cache import RaggedCache
-from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.contract import Budget, budget_problem, budget_warning
 from lukv_bench.runtime.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
+from lukv_bench.runtime.models import load_model
 
-__all__ = ["CompressionSession", "compress"]
+__all__ = ["CompressionSession", "compress", "load_model"]
 
 
 @dataclass
@@ -53,11 +55,9 @@ class CompressionSession:
     _step: int = 0
 
 
-def _check_budget(budget: Any) -> None:
-    try:
-        Budget.resolve(budget, 1)
-    except (TypeError, ValueError, KeyError) as e:
-        raise UserError(f"compress(): budget must be a ratio > 0 or {{'tokens': N}} (got {budget!r}): {e}") from None
+def _check_budget(budget: Any, window: int) -> None:
+    if (problem := budget_problem(budget, window)) is not None:
+        raise UserError(f"compress(): budget: {problem}")
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def compress(
     tokens before it regrows. Batch size 1; the prompt must come as ``input_ids``.
     """
     resolved = policy if isinstance(policy, Policy) else resolve_policy(policy)
-    _check_budget(budget)
+    _check_budget(budget, window)
     previous_impl = model.config._attn_implementation
     own_forward = model.__dict__.get("forward")
     settings = EngineSettings(window=window, storage=storage, gqa_reduce=gqa_reduce, decode_every=decode_every)
@@ -100,6 +100,8 @@ def compress(
         finally:
             busy = False
         spec = Budget.resolve(budget, pre.n)
+        if (warning := budget_warning(spec.tokens, pre.n, window)) is not None:
+            warnings.warn(f"compress(): {warning}", UserWarning, stacklevel=4)
         cache, [kept] = engine.compress(pre, [(resolved, spec)], headroom=headroom)
         evicting = evicts_while_decoding(resolved, spec, pre.n)
         session.last, session.prefills = kept, session.prefills + 1

@@ -138,6 +138,46 @@ class Budget:
         return Budget(tokens=tokens, ratio=ratio, spec=spec)
 
 
+def budget_problem(spec: Any, window: int) -> str | None:
+    """Why a budget as a user wrote it is refused, else None: the one rule of suites and ``compress()``.
+
+    A budget is a ratio of the context in (0, 1] or ``{"tokens": N}`` with N above the observation
+    window (at or below it every policy keeps just the newest N tokens).
+    """
+    if isinstance(spec, dict):
+        tokens = spec.get("tokens")
+        if set(spec) != {"tokens"} or isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            return f"expected {{'tokens': N}} with an integer N >= 1, got {spec!r}"
+        if tokens <= window:
+            return (f"budget {tokens} is not above the observation window ({window}): every policy would keep "
+                    f"just the last {tokens} tokens; use budgets > {window} or a smaller window")
+        return None
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        return f"expected a ratio in (0, 1] or {{'tokens': N}}, got {spec!r}"
+    if not 0 < spec <= 1:
+        return f"ratio must be in (0, 1], got {spec}; for token counts write {{'tokens': N}}"
+    return None
+
+
+def budget_warning(budget_tokens: int, context_tokens: int, window: int) -> str | None:
+    """Why a resolved budget makes every policy alike (at or below the window), else None.
+
+    Ratios can only be checked once the prompt length is known; suites put this in a record's
+    ``meta.budget_warning`` and ``compress()`` warns with it.
+    """
+    if context_tokens <= window:
+        return (f"the compressed context ({context_tokens} tokens) is not longer than the observation window "
+                f"({window}), which every policy keeps: no policy evicts anything; use longer contexts or "
+                "a smaller window")
+    if budget_tokens > window or budget_tokens >= context_tokens:
+        return None
+    return (
+        f"a budget of {budget_tokens} tokens (of {context_tokens}) is at or below the observation window "
+        f"({window}): every policy keeps just the last {budget_tokens} tokens, so policies cannot "
+        "differ; use larger budgets or a smaller window"
+    )
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """Importance of each cached prompt token, per storage head (higher = keep)."""

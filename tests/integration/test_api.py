@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from support import TINY
 
 import lukv_bench
 from lukv_bench.errors import UserError
@@ -66,10 +69,33 @@ def test_bad_use_is_a_user_error(tiny) -> None:
     with pytest.raises(UserError, match="unknown policy 'snapk'; did you mean 'snapkv'"):
         with lukv_bench.compress(model, policy="snapk"):
             pass
-    with pytest.raises(UserError, match="budget"):
-        with lukv_bench.compress(model, budget=0):
-            pass
+    for budget, why in ((0, r"ratio must be in \(0, 1\]"), (1.5, r"ratio must be in \(0, 1\]"),
+                        ({"tokens": 8}, "budget 8 is not above the observation window"), ("0.2", "expected a ratio")):
+        with pytest.raises(UserError, match=f"compress\\(\\): budget: {why}"):
+            with lukv_bench.compress(model, budget=budget, window=8):
+                pass
     with pytest.raises(UserError, match="batch size 1"):
         with lukv_bench.compress(model, budget=0.5):
             model.generate(input_ids=ids.repeat(2, 1), max_new_tokens=2, do_sample=False)
     assert "forward" not in model.__dict__ and model.config._attn_implementation == impl
+
+
+def test_a_budget_inside_the_window_warns_like_a_suite(tiny) -> None:
+    """0.01 of a ~70-token prompt is 1 token, below the window: every policy would keep the same newest tokens."""
+    model, ids = tiny.model, _ids(tiny.tokenizer)
+    with pytest.warns(UserWarning, match="at or below the observation window \\(8\\)"):
+        with lukv_bench.compress(model, policy="snapkv", budget=0.01, window=8):
+            _generate(model, ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lukv_bench.compress(model, policy="snapkv", budget=0.5, window=8):
+            _generate(model, ids)
+
+
+def test_load_model_is_the_one_line_loader(tiny) -> None:
+    """``lukv_bench.load_model`` gives the model and tokenizer a README snippet needs."""
+    lm = lukv_bench.load_model(TINY)
+    ids = lm.tokenizer(PROMPT.decode(), return_tensors="pt").input_ids
+    with lukv_bench.compress(lm.model, policy="snapkv", budget=0.5, window=8) as session:
+        lm.model.generate(input_ids=ids, max_new_tokens=2, do_sample=False)
+    assert session.prefills == 1 and session.last.kv_bytes < session.last.kv_bytes_full
