@@ -1,34 +1,53 @@
-"""PNG plots for the report, drawn on matplotlib's Agg canvas.
+"""PNG plots for the report and for ``lukv-bench compare``, drawn on matplotlib's Agg canvas.
 
 Figures are created as ``Figure`` objects bound to ``FigureCanvasAgg`` directly, never through pyplot,
 so no display is needed and the process-wide backend of a caller (a notebook, say) is left untouched.
 
-Per task: score vs measured KV memory, fidelity (KL) vs memory, per-layer budget profiles of the
-layer-adaptive policies at the median budget, and for depth x length tasks (needle) a heatmap grid.
-Per latency task: decode ms/token and peak memory vs context length (log-log).
+Per task: score vs measured KV memory and fidelity (KL) vs memory, each point with its 95% interval;
+the Pareto plot (score retained vs KV bytes, both relative to FullKV on the same samples); per-layer
+budget profiles of the layer-adaptive policies at the median budget; for depth x length tasks (needle)
+a heatmap grid. Per latency task: decode ms/token and peak memory vs context length (log-log), one
+panel per budget. Every title names the model; legends sit outside the axes; each policy has its own
+colour, marker and line style, and the series of one axes are shifted slightly sideways (the axis label
+says so) so that equal values stay visible.
+
+The report owns the files named ``<stem>_<kind>.png`` in its plot folder, ``kind`` one of
+:data:`PLOT_KINDS`: :func:`clear_plots` deletes those (and nothing else) before a new render.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from lukv_bench.report.summary import POLICY_ORDER, budget_key
+from lukv_bench.report.stats import finite, mean_ci
+from lukv_bench.report.summary import POLICY_ORDER, budget_key, budget_label
 from lukv_bench.runtime.contract import FULL
 
 if TYPE_CHECKING:
-    from lukv_bench.report.cost import CostSummary
-    from lukv_bench.report.summary import TaskSummary
+    from matplotlib.axes import Axes
+
+    from lukv_bench.report.cost import CostSeries, CostSummary
+    from lukv_bench.report.summary import Cell, TaskSummary
 
 DPI = 110
 _MARKERS = "osD^v<>phX*"
 _COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")  #: no red: red is the proposed method
+_LINESTYLES = ("-", "--", "-.", ":")
+DODGE = 0.01  #: sideways shift between neighbouring series, as a share of the x span (log decades on log axes)
+#: the file suffixes of the plots the report draws (``<stem>_<kind>.png``): the files :func:`clear_plots` owns
+PLOT_KINDS = ("score", "kl", "pareto", "layers", "heatmap", "decode", "memory")
+_FULL_STYLE: dict[str, Any] = {"color": "black", "marker": "*", "markersize": 12, "linestyle": "none", "zorder": 7}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -44,12 +63,14 @@ def save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
-def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, object]:
-    """Line style of a policy: the same colour in every plot, the proposed method emphasised."""
-
+def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, Any]:
+    """Line style of a policy: the same colour, marker and line style in every plot, the proposed method
+    emphasised (``i``: the policy's position, used for policies outside the registered ones)."""
     k = POLICY_ORDER.index(policy) if policy in POLICY_ORDER else len(POLICY_ORDER) + i
-    style: dict[str, object] = {
+    style: dict[str, Any] = {
         "marker": _MARKERS[k % len(_MARKERS)],
+        "linestyle": _LINESTYLES[k % len(_LINESTYLES)],
+        "markersize": 5,
         "label": policy,
         "color": _COLORS[k % len(_COLORS)],
     }
@@ -58,51 +79,277 @@ def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, 
     return style
 
 
-def _lines_vs_memory(ax: Any, s: TaskSummary, value: Callable[[Any], float | None]) -> bool:
-    """One line per policy of ``value(cell)`` against measured KV memory; whether anything was drawn."""
-    drawn = False
-    for i, p in enumerate(s.policies):
-        pts = sorted(
-            (c.mem_ratio, v) for b in s.budgets
-            if (c := s.cell(p, b)) and c.mem_ratio is not None and (v := value(c)) is not None
-        )
+def owned_plots(plot_dir: Path) -> list[Path]:
+    """The PNGs in ``plot_dir`` that the report draws (named ``<stem>_<kind>.png``, kind in :data:`PLOT_KINDS`)."""
+    if not plot_dir.is_dir():
+        return []
+    return sorted(p for p in plot_dir.glob("*_*.png")
+                  if p.is_file() and p.stem.rsplit("_", 1)[1] in PLOT_KINDS)
+
+
+def clear_plots(plot_dir: Path) -> list[Path]:
+    """Delete the report's own PNGs from ``plot_dir`` (stale ones included) before a new render; other files
+    stay. Returns the paths deleted."""
+    gone = owned_plots(plot_dir)
+    for p in gone:
+        p.unlink()
+    return gone
+
+
+def dodged(xs: Sequence[float], j: int, n_series: int, span: float, log: bool = False) -> list[float]:
+    """``xs`` of series ``j`` of ``n_series`` shifted sideways by ``DODGE * span`` per step, centred on the
+    true values; on a log axis the shift is multiplicative (``span`` in decades)."""
+    step = (j - (n_series - 1) / 2) * DODGE * span
+    return [x * 10**step for x in xs] if log else [x + step for x in xs]
+
+
+def _span(xs: Iterable[float], log: bool = False) -> float:
+    """Range of ``xs`` (decades on a log axis); 1 when they do not vary."""
+    vals = [math.log10(x) if log else x for x in xs if not log or x > 0]
+    return (max(vals) - min(vals)) or 1.0 if vals else 1.0
+
+
+def _outside_legend(fig: Figure, ax: Axes | None = None, title: str | None = None) -> None:
+    """One legend for the figure outside the data (constrained layout makes room for it): right of ``ax``, or
+    with ``ax`` None the entries of every axes (each label once) below the panels, clear of the title."""
+    source = ax if ax is not None else fig.axes[0]
+    handles, labels = source.get_legend_handles_labels()
+    if ax is None:
+        seen: dict[str, Any] = {}
+        for a in fig.axes:
+            for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
+                seen.setdefault(lab, h)
+        handles, labels = list(seen.values()), list(seen)
+    if handles:
+        where = {"loc": "outside right upper"} if ax is not None else {"loc": "outside lower center",
+                                                                      "ncol": min(4, len(handles))}
+        fig.legend(handles, labels, fontsize=8, title=title, title_fontsize=8, **where)
+
+
+def model_title(what: str, task: str, model: str) -> str:
+    """A plot title naming the task and the model: ``task — model`` over ``what``."""
+    return f"{task} — {model}\n{what}"
+
+
+# -- per-cell values --------------------------------------------------------------------------------
+
+
+def kv_ratio(rec: Mapping[str, Any]) -> float | None:
+    """A record's measured KV bytes relative to FullKV's on the same sample (``kv_bytes / kv_bytes_full``)."""
+    kv, full = rec.get("kv_bytes"), rec.get("kv_bytes_full")
+    if isinstance(kv, (int, float)) and isinstance(full, (int, float)) and full > 0:
+        return float(kv) / float(full)
+    return None
+
+
+def _is_cell_record(rec: Mapping[str, Any], policy: str, bkey: str) -> bool:
+    """Whether ``rec`` belongs to the cell the summary shows as ``policy`` at budget ``bkey`` (a policy run
+    under several settings in one folder shows as ``name@setting``, see :func:`summary.summarize`)."""
+    if rec.get("policy") == FULL or budget_key(rec.get("budget")) != bkey:
+        return False
+    name = str(rec.get("policy"))
+    return name == policy or policy == f"{name}@{str(rec.get('setting', ''))[:6]}"
+
+
+def cell_values(s: TaskSummary, policy: str, bkey: str,
+                value: Callable[[Mapping[str, Any]], Any]) -> dict[str, float]:
+    """{sample id: ``value(record)``} over the records of one cell of ``s`` (non-finite values left out)."""
+    out = {}
+    for r in s.records:
+        if _is_cell_record(r, policy, bkey):
+            v = finite([value(r)])
+            if v:
+                out[str(r.get("sample_id"))] = v[0]
+    return out
+
+
+def kl_interval(s: TaskSummary, policy: str, bkey: str) -> tuple[float, float] | None:
+    """95% BCa interval of a cell's mean KL(FullKV || policy) (None from fewer than 2 distinct values)."""
+    return mean_ci(list(cell_values(s, policy, bkey, lambda r: r.get("kl_mean")).values()), binary=False)
+
+
+# -- score and KL vs memory --------------------------------------------------------------------------
+
+Point = tuple[float, float, "tuple[float, float] | None"]  #: x, y and the 95% interval of y
+
+
+def _memory_series(s: TaskSummary, value: Callable[[str, str, Cell], tuple[float | None, Any]]
+                   ) -> list[tuple[str, list[Point]]]:
+    """(policy, points) per policy: ``value(policy, budget key, cell)`` -> (y, interval) against the cell's
+    measured KV memory, ascending in memory; policies without a point are left out."""
+    out = []
+    for p in s.policies:
+        pts: list[Point] = []
+        for b in s.budgets:
+            c = s.cell(p, b)
+            if c is None or c.mem_ratio is None:
+                continue
+            y, ci = value(p, b.key, c)
+            if y is not None:
+                pts.append((c.mem_ratio, y, ci))
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], **policy_style(p, i, s.proposed))
-            drawn = True
-    return drawn
+            out.append((p, sorted(pts, key=lambda t: t[0])))
+    return out
+
+
+def _draw_series(ax: Axes, series: list[tuple[dict[str, Any], list[Point]]], log_x: bool = False,
+                 log_y: bool = False) -> None:
+    """Draw each (style, points) with error bars from the points' intervals, dodged sideways."""
+    span = _span((x for _, pts in series for x, _, _ in pts), log_x)
+    for j, (style, pts) in enumerate(series):
+        xs = dodged([x for x, _, _ in pts], j, len(series), span, log_x)
+        ys = [y for _, y, _ in pts]
+        # an interval that does not contain its mean (BCa can do that on tiny samples) draws as no bar there
+        lo = [max(0.0, y - ci[0]) if ci else 0.0 for _, y, ci in pts]
+        hi = [max(0.0, ci[1] - y) if ci else 0.0 for _, y, ci in pts]
+        if log_y:
+            lo = [min(d, 0.999 * y) for d, y in zip(lo, ys, strict=True)]  # a bar may not reach 0 on a log axis
+        ax.errorbar(xs, ys, yerr=[lo, hi], capsize=2.5, elinewidth=0.9, **style)
+
+
+def _dodge_note(n_series: int) -> str:
+    return " — series shifted slightly sideways for visibility" if n_series > 1 else ""
 
 
 def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
-    """(a) Mean score vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy."""
-    fig = new_figure(6.4, 4.2)
-    ax = fig.add_subplot()
-    drawn = _lines_vs_memory(ax, s, lambda c: c.score)
-    if s.full is not None and s.full.score is not None:
-        ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
-        drawn = True
-    if not drawn:
+    """(a) Mean score (95% interval) vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy;
+    FullKV as a horizontal line with its interval as a band."""
+    series = _memory_series(s, lambda p, bk, c: (c.score, c.score_ci))
+    has_full = s.full is not None and s.full.score is not None
+    if not series and not has_full:
         return None
-    ax.set_xlabel("KV memory / FullKV (measured)")
-    ax.set_ylabel(f"mean score ({s.metric})")
-    ax.set_title(f"{s.task}: score vs KV memory")
+    fig = new_figure(8.4, 4.6)
+    ax = fig.add_subplot()
+    if has_full:
+        assert s.full is not None and s.full.score is not None
+        ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
+        if s.full.score_ci:
+            ax.axhspan(*s.full.score_ci, color="black", alpha=0.08, linewidth=0, label="FullKV 95% interval")
+    _draw_series(ax, [(policy_style(p, i, s.proposed), pts) for i, (p, pts) in enumerate(series)])
+    ax.set_xlabel("KV memory / FullKV (measured)" + _dodge_note(len(series)), fontsize=9)
+    ax.set_ylabel(f"mean score ({s.metric}), 95% interval")
+    ax.set_title(model_title("score vs KV memory", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _outside_legend(fig, ax)
     return save_png(fig, path)
 
 
 def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
-    """(b) Mean KL(FullKV || policy) vs measured KV memory, log scale; zero or missing KL is omitted."""
-    fig = new_figure(6.4, 4.2)
-    ax = fig.add_subplot()
-    if not _lines_vs_memory(ax, s, lambda c: c.kl if c.kl is not None and c.kl > 0 else None):
+    """(b) Mean KL(FullKV || policy) (95% BCa interval) vs measured KV memory, log scale; zero or missing KL
+    is omitted."""
+    series = _memory_series(s, lambda p, bk, c: (c.kl, kl_interval(s, p, bk)) if c.kl and c.kl > 0 else (None, None))
+    if not series:
         return None
+    fig = new_figure(8.4, 4.6)
+    ax = fig.add_subplot()
+    _draw_series(ax, [(policy_style(p, i, s.proposed), pts) for i, (p, pts) in enumerate(series)], log_y=True)
     ax.set_yscale("log")
-    ax.set_xlabel("KV memory / FullKV (measured)")
-    ax.set_ylabel("mean KL(FullKV ‖ policy), log")
-    ax.set_title(f"{s.task}: fidelity vs KV memory (lower is better)")
+    ax.set_xlabel("KV memory / FullKV (measured)" + _dodge_note(len(series)), fontsize=9)
+    ax.set_ylabel("mean KL(FullKV ‖ policy), 95% interval, log")
+    ax.set_title(model_title("fidelity vs KV memory (lower is better)", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    _outside_legend(fig, ax)
     return save_png(fig, path)
+
+
+# -- Pareto: score retained vs KV bytes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One cell on the Pareto plot, both figures relative to FullKV on the same samples."""
+
+    label: str  #: the budget's label (``FullKV`` for the reference point)
+    kv: float  #: mean over the samples of kv_bytes / FullKV's kv_bytes
+    retained: float  #: sum of the policy's scores / sum of FullKV's scores (= ratio of the means)
+    n: int  #: samples the ratio is taken over
+
+
+def retained_score(scores: Mapping[str, float], full: Mapping[str, float]) -> tuple[float, int] | None:
+    """(score retained, samples): the policy's mean score / FullKV's mean score over the samples both were
+    scored on; None when they share none or FullKV scores 0 on all of them (nothing to retain)."""
+    common = [k for k in scores if k in full]
+    den = sum(full[k] for k in common)
+    if not common or den <= 0:
+        return None
+    return sum(scores[k] for k in common) / den, len(common)
+
+
+def pareto_point(label: str, scores: Mapping[str, float], full: Mapping[str, float],
+                 kv: float | None) -> ParetoPoint | None:
+    """The point of one cell: ``scores`` and ``full`` ({sample id: score}) give the score retained, ``kv``
+    the mean KV bytes relative to FullKV; None when either is undefined."""
+    ret = retained_score(scores, full)
+    if ret is None or kv is None:
+        return None
+    return ParetoPoint(label, kv, ret[0], ret[1])
+
+
+def pareto_series(s: TaskSummary) -> dict[str, list[ParetoPoint]]:
+    """{policy: its points over the budgets, ascending in KV bytes} for one task, FullKV (key ``FULL``) as the
+    single point (1, 1); empty when FullKV has no positive score (nothing to be retained)."""
+    if s.full is None or retained_score(s.full.scores, s.full.scores) is None:
+        return {}
+    out = {FULL: [ParetoPoint("FullKV", 1.0, 1.0, len(s.full.scores))]}
+    for p in s.policies:
+        pts = []
+        for b in s.budgets:
+            c = s.cell(p, b)
+            if c is not None and (pt := pareto_point(b.label, c.scores, s.full.scores, c.mem_ratio)):
+                pts.append(pt)
+        if pts:
+            out[p] = sorted(pts, key=lambda q: q.kv)
+    return out
+
+
+def pareto_front(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
+    """The points no other point dominates (at most as much KV memory and at least as much score retained,
+    better in one), ascending in KV memory."""
+    pts = sorted(points, key=lambda q: (q.kv, -q.retained))
+    front: list[ParetoPoint] = []
+    for q in pts:
+        if not front or q.retained > front[-1].retained:
+            front.append(q)
+    return front
+
+
+def draw_pareto(ax: Axes, lines: Sequence[tuple[dict[str, Any], list[ParetoPoint]]], title: str) -> None:
+    """Draw (style, points) lines on ``ax`` as a Pareto plot: the frontier of every point dashed grey, the
+    reference at (1, 1) as a black star."""
+    front = pareto_front(q for _, pts in lines for q in pts)
+    if len(front) > 1:
+        ax.plot([q.kv for q in front], [q.retained for q in front], color="gray", linestyle=(0, (4, 3)),
+                linewidth=1.0, alpha=0.7, label="Pareto frontier", zorder=1)
+    span = _span(q.kv for _, pts in lines for q in pts)
+    for j, (style, pts) in enumerate(lines):
+        if all(q.label == "FullKV" for q in pts):
+            ax.plot([q.kv for q in pts], [q.retained for q in pts], **{**_FULL_STYLE, **style})
+            continue
+        xs = dodged([q.kv for q in pts], j, len(lines), span)
+        ax.plot(xs, [q.retained for q in pts], **style)
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("KV bytes / FullKV (measured)" + _dodge_note(len(lines)), fontsize=8)
+    ax.set_ylabel("score retained (score / FullKV's, same samples)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def pareto_plot(s: TaskSummary, path: Path) -> Path | None:
+    """(e) Score retained vs KV bytes, both relative to FullKV on the same samples: every policy a line over
+    its budgets, FullKV at (1, 1). None when FullKV scores 0 (no score to retain) or no policy has a point."""
+    series = pareto_series(s)
+    if len(series) < 2:
+        return None
+    fig = new_figure(8.4, 4.8)
+    ax = fig.add_subplot()
+    lines = [(({"label": "FullKV"} if p == FULL else policy_style(p, i, s.proposed)), pts)
+             for i, (p, pts) in enumerate(series.items())]
+    draw_pareto(ax, lines, model_title("score retained vs KV memory (up and left is better)", s.task, s.model))
+    _outside_legend(fig, ax)
+    return save_png(fig, path)
+
+
+# -- layer profiles and heatmaps ---------------------------------------------------------------------
 
 
 def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
@@ -115,27 +362,33 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
     if not cols:
         return None
     b = cols[(len(cols) - 1) // 2]
-    fig = new_figure(7.0, 4.0)
-    ax = fig.add_subplot()
-    drawn = False
+    series: list[tuple[dict[str, Any], list[float]]] = []
     for i, p in enumerate(adaptive):
         c = s.cell(p, b)
         if c is None or not c.layer_profile:
             continue
         mean = sum(c.layer_profile) / len(c.layer_profile)
-        if mean <= 0:
-            continue
-        ax.plot(range(len(c.layer_profile)), [v / mean for v in c.layer_profile], **policy_style(p, i, s.proposed))
-        drawn = True
-    if not drawn:
+        if mean > 0:
+            series.append((policy_style(p, i, s.proposed), [v / mean for v in c.layer_profile]))
+    if not series:
         return None
+    fig = new_figure(8.4, 4.2)
+    ax = fig.add_subplot()
+    for j, (style, ys) in enumerate(series):
+        ax.plot(dodged(list(range(len(ys))), j, len(series), len(ys) - 1 or 1), ys, **style)
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1.2, label="uniform")
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer" + _dodge_note(len(series)), fontsize=9)
     ax.set_ylabel("tokens kept / mean over layers")
-    ax.set_title(f"{s.task}: per-layer budget at budget {b.label}")
+    ax.set_title(model_title(f"per-layer budget at budget {b.label}", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _outside_legend(fig, ax)
     return save_png(fig, path)
+
+
+def _text_color(rgb: tuple[float, float, float]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgb`` (relative luminance)."""
+    r, g, b = rgb
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
@@ -161,15 +414,15 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
     vmin, vmax = min(0.0, min(values)), max(1.0, max(values))
     rows = ([FULL] if any(k[0] == FULL for k in acc) else []) + list(s.policies)
     ncols = max(1, len(s.budgets))
-    annotate = len(ds) * len(ls) <= 30
-    fig = new_figure(2.4 * ncols + 1.0, 1.9 * len(rows) + 0.6)
+    annotate = len(ds) * len(ls) <= 40
+    fig = new_figure(max(2.6 * ncols, 1.0 + 0.7 * len(ls) * ncols) + 1.2, (0.32 * len(ds) + 0.9) * len(rows) + 0.8)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     image = None
     for ri, p in enumerate(rows):
         for ci in range(ncols):
             ax = axes[ri][ci]
             if p == FULL:
-                bk, title = "*", "FullKV (all budgets)"
+                bk, title = "*", "FullKV (every budget)"
                 if ci > 0:
                     ax.set_visible(False)
                     continue
@@ -187,21 +440,23 @@ def needle_heatmaps(s: TaskSummary, path: Path) -> Path | None:
                     for li in range(len(ls)):
                         v = grid[di][li]
                         if v == v:  # not NaN
-                            ax.text(li, di, f"{v:.2f}", ha="center", va="center", fontsize=6)
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks(range(len(ls)), [f"{x:g}" for x in ls], fontsize=6)
-            ax.set_yticks(range(len(ds)), [f"{x:g}" for x in ds], fontsize=6)
-            if ri == len(rows) - 1:
-                ax.set_xlabel("length (tokens)", fontsize=7)
+                            rgb = to_rgb(image.cmap(image.norm(v)))
+                            ax.text(li, di, f"{v:.2f}", ha="center", va="center", fontsize=8, color=_text_color(rgb))
+            ax.set_title(title, fontsize=9, fontweight="bold" if p == s.proposed else "normal")
+            ax.set_xticks(range(len(ls)), [f"{x:g}" for x in ls], fontsize=8)
+            ax.set_yticks(range(len(ds)), [f"{x:g}" for x in ds], fontsize=8)
+            if ri == len(rows) - 1 or (p == FULL and len(rows) == 1):
+                ax.set_xlabel("context length (tokens)", fontsize=8)
             if ci == 0:
-                ax.set_ylabel("depth", fontsize=7)
+                ax.set_ylabel("needle depth", fontsize=8)
     if image is not None:
-        fig.colorbar(image, ax=[a for row in axes for a in row if a.get_visible()], shrink=0.6, label="score")
-    fig.suptitle(f"{s.task}: score by needle depth x context length", fontsize=10)
+        fig.colorbar(image, ax=[a for row in axes for a in row if a.get_visible()], shrink=0.5, label="mean score")
+    fig.suptitle(f"{s.task} — {s.model}\nscore by needle depth × context length", fontsize=11)
     return save_png(fig, path)
 
 
-def _draw(summary, plots, plot_dir: Path, stem: str) -> dict[str, Path]:
+def _draw(summary: Any, plots: Sequence[tuple[str, Callable[[Any, Path], Path | None], str]], plot_dir: Path,
+          stem: str) -> dict[str, Path]:
     """Draw ``plots`` ((caption, function, file suffix)) of one task's summary; {caption: png} of those drawn."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -217,6 +472,7 @@ def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
     return _draw(s, (
         ("score vs KV memory", score_vs_memory, "score"),
         ("fidelity (KL) vs KV memory", kl_vs_memory, "kl"),
+        ("score retained vs KV memory (Pareto)", pareto_plot, "pareto"),
         ("per-layer budget profile", layer_profiles, "layers"),
         ("score by depth x length", needle_heatmaps, "heatmap"),
     ), plot_dir, stem)
@@ -224,29 +480,37 @@ def task_plots(s: TaskSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
 
 # -- cost (latency tasks) ---------------------------------------------------------------------------
 
-_DASHES = ("-", "--", ":", "-.")
+
+def cost_panels(c: CostSummary) -> list[tuple[str, list[CostSeries]]]:
+    """The series of a latency task split into one panel per budget: (budget label, [FullKV, the policies at
+    that budget]); a single FullKV panel when no policy ran."""
+    full = [s for s in c.series if s.policy == FULL]
+    by_budget: dict[str, list[CostSeries]] = {}
+    for s in c.series:
+        if s.policy != FULL:
+            by_budget.setdefault(budget_key(s.budget), []).append(s)
+    if not by_budget:
+        return [("FullKV", full)] if full else []
+    return [(f"budget {budget_label(ss[0].budget)}", full + ss) for ss in by_budget.values()]
 
 
-def _cost_lines(c: CostSummary, figure: str, scale: float, ax) -> bool:
-    """One line per (policy, budget) series of ``figure`` / ``scale`` vs context length; FullKV black."""
-    budgets = sorted({budget_key(s.budget) for s in c.series if s.policy != FULL})
+def _cost_lines(series: list[CostSeries], figure: str, scale: float, ax: Axes, log_span: float) -> bool:
+    """One line per series of ``figure`` / ``scale`` vs context length (FullKV black), dodged; whether any."""
     drawn = False
-    for i, s in enumerate(c.series):
+    for j, s in enumerate(series):
         pts = [(p.length, getattr(p, figure) / scale) for p in s.points if (getattr(p, figure) or 0) > 0]
         if not pts:
             continue
         if s.policy == FULL:
-            style: dict[str, object] = {"color": "black", "marker": "o", "linewidth": 2.0, "zorder": 6}
+            style: dict[str, Any] = {"color": "black", "marker": "o", "linewidth": 2.0, "zorder": 6, "label": "FullKV"}
         else:
-            style = policy_style(s.policy, i)
-            style["linestyle"] = _DASHES[budgets.index(budget_key(s.budget)) % len(_DASHES)]
-        style["label"] = s.label
-        ax.plot([x for x, _ in pts], [y for _, y in pts], **style)
+            style = policy_style(s.policy, j)
+        ax.plot(dodged([x for x, _ in pts], j, len(series), log_span, log=True), [y for _, y in pts], **style)
         drawn = True
     return drawn
 
 
-def _log_axes(ax, c: CostSummary) -> None:
+def _log_axes(ax: Axes, c: CostSummary, note: str) -> None:
     """Log-log axes with the measured lengths as the x ticks."""
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -255,41 +519,53 @@ def _log_axes(ax, c: CostSummary) -> None:
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel("context length (tokens), log")
+    ax.set_xlabel("context length (tokens), log" + note, fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _cost_figure(c: CostSummary, rows: list[tuple[str, float, str, str]], title: str, path: Path,
+                 limit: float | None = None) -> Path | None:
+    """A grid of panels: one row per (figure, scale, y label, row title), one column per budget (y shared
+    along a row); ``limit`` a horizontal line in every panel."""
+    panels = cost_panels(c)
+    if not panels:
+        return None
+    fig = new_figure(4.2 * len(panels) + 2.2, 3.6 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), len(panels), squeeze=False, sharey="row")
+    span = _span(c.lengths, log=True)
+    drawn = False
+    for ri, (figure, scale, ylabel, what) in enumerate(rows):
+        for ci, (budget, series) in enumerate(panels):
+            ax = axes[ri][ci]
+            drawn = _cost_lines(series, figure, scale, ax, span) or drawn
+            if limit is not None:
+                ax.axhline(limit, color="gray", linestyle=":", linewidth=1.2, label=f"limit {limit / 1024:g} GiB")
+            _log_axes(ax, c, _dodge_note(len(series)).replace(" — ", "\n"))
+            ax.set_title(f"{budget}: {what}", fontsize=9)
+            if ci == 0:
+                ax.set_ylabel(ylabel, fontsize=8)
+    if not drawn:
+        return None
+    fig.suptitle(f"{c.task} — {c.model}\n{title}", fontsize=10)
+    _outside_legend(fig)
+    return save_png(fig, path)
 
 
 def cost_decode(c: CostSummary, path: Path) -> Path | None:
-    """Decode ms/token vs context length, log-log, one line per (policy, budget); wall time, and CPU time
-    beside it when measured."""
-    panels = [("decode_ms", "wall")] + ([("decode_cpu_ms", "process CPU")] if c.has_cpu_time else [])
-    fig = new_figure(6.4 * len(panels), 4.6)
-    drawn = False
-    for ax, (figure, what) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        if not _cost_lines(c, figure, 1.0, ax):
-            continue
-        drawn = True
-        _log_axes(ax, c)
-        ax.set_ylabel(f"decode ms / token, {what} time (median), log")
-        ax.set_title(f"{c.task}: {what} time per token (batch 1, {c.meta.get('device')})", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best", ncol=2)
-    return save_png(fig, path) if drawn else None
+    """Decode ms/token vs context length, log-log, one panel per budget (FullKV in each); wall time, and
+    CPU time in a second row when measured."""
+    rows = [("decode_ms", 1.0, "decode ms / token (median), log", "wall time")]
+    if c.has_cpu_time:
+        rows.append(("decode_cpu_ms", 1.0, "decode CPU ms / token (median), log", "process CPU time"))
+    return _cost_figure(c, rows, f"time per decoded token (batch 1, {c.meta.get('device')})", path)
 
 
 def cost_memory(c: CostSummary, path: Path) -> Path | None:
-    """Peak memory while decoding (cache + one step) vs context length, log-log, with the memory limit."""
-    fig = new_figure(7.0, 4.6)
-    ax = fig.add_subplot()
-    if not _cost_lines(c, "peak_mem_bytes", 2**20, ax):
-        return None
-    ax.axhline(c.limit_bytes / 2**20, color="gray", linestyle=":", linewidth=1.2,
-               label=f"limit {c.memory_limit_gb:g} GiB")
-    _log_axes(ax, c)
-    ax.set_ylabel("peak memory while decoding (MiB), log")
-    ax.set_title(f"{c.task}: KV cache + one decode step vs context (weights not counted)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best", ncol=2)
-    return save_png(fig, path)
+    """Peak memory while decoding (cache + one step) vs context length, log-log, one panel per budget, with
+    the memory limit."""
+    rows = [("peak_mem_bytes", 2**20, "peak memory while decoding (MiB), log", "peak memory")]
+    return _cost_figure(c, rows, "KV cache + one decode step vs context (weights not counted)", path,
+                        limit=c.limit_bytes / 2**20)
 
 
 def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
@@ -298,3 +574,8 @@ def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
         ("decode ms/token vs context length", cost_decode, "decode"),
         ("peak memory vs context length", cost_memory, "memory"),
     ), plot_dir, stem)
+
+
+def legend_handle(style: Mapping[str, Any]) -> Line2D:
+    """A legend entry drawn in ``style`` (for legends that explain styles rather than plotted lines)."""
+    return Line2D([], [], **{k: v for k, v in style.items() if k != "zorder"})

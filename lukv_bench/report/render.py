@@ -205,6 +205,7 @@ def render_report(out_dir: str | Path) -> Path:
     models = list(dict.fromkeys([s.model for s in summaries] + [c.model for c in costs]))
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
+    plots.clear_plots(plot_dir)  # a plot of an earlier render that this one does not draw must not linger
 
     lines = [f"# lukv-bench report: {suite_name or out_dir.name}", ""]
     lines.append(f"- Model{'s' if len(models) > 1 else ''}: " + ", ".join(f"`{m}`" for m in models))
