@@ -71,12 +71,25 @@ def _hide_progress_bars() -> None:
 
 
 @main.command()
-@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("suite", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: results/<suite name>). Rerunning resumes.")
+@click.option("--policies", default=None,
+              help="Comma-separated policy names (see `lukv-bench policies`); FullKV always runs as the reference. "
+                   "Default without SUITE: snapkv,layer-uncertainty.")
+@click.option("--budgets", default=None,
+              help="Comma-separated KV budgets as ratios of the prompt in (0, 1], or tokens:128,256. Default without "
+                   "SUITE: 0.1,0.2.")
+@click.option("--task", default=None,
+              help="Comma-separated tasks: a built-in one (passkey; the offline families multikey, multivalue, "
+                   "vartrack, factqa, fewshot, config; LongBench-like subsets such as hotpotqa_like), a .jsonl file "
+                   "of {id, context, question, answers} rows, or an lm-eval task name. Default without SUITE: passkey.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task (overrides the suite).")
-@click.option("--model", default=None, help="Model override: embedded, a hub id, a folder or a .gguf file.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--model", default=None,
+              help="Model: embedded (the default without SUITE), a hub id, a folder or a .gguf file.")
+@click.option("--device", default=None, help="auto (the default), cpu, cuda or cuda:N.")
+@click.option("--dtype", default=None, help="float32 (the default), bfloat16 or float16.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars (lukv-bench's and the libraries').")
 @click.option("--new-run", is_flag=True,
               help="If --out holds results of other settings, write to a fresh sibling folder (OUT-2, ...).")
 @click.option("--add-settings", is_flag=True,
@@ -89,17 +102,26 @@ def _hide_progress_bars() -> None:
                    "cluster, else a new one on this machine. Needs --executor ray.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="With --executor ray: runs of a unit again after its worker died, at most this many times.")
-def run(suite: Path, out: Path | None, limit: int | None, model: str | None, no_progress: bool, new_run: bool,
-        add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
-    """Run SUITE (a YAML file) and write results.jsonl, report.md and plots to --out."""
+def run(suite: Path | None, out: Path | None, policies: str | None, budgets: str | None, task: str | None,
+        limit: int | None, model: str | None, device: str | None, dtype: str | None, no_progress: bool,
+        new_run: bool, add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
+    """Run SUITE (a YAML file), or without it the suite the options make, and write results.jsonl, report.md and
+    plots to --out.
+
+    Options given with SUITE replace its keys (--limit also every task's own limit). Without SUITE, e.g.
+    `lukv-bench run --policies snapkv,layer-uncertainty-plus --budgets 0.1,0.2 --task passkey --limit 4`.
+    """
     if no_progress:
         _hide_progress_bars()
-    from lukv_bench.config.suite import apply_overrides, load_suite
+    from lukv_bench.config.options import Overrides
+    from lukv_bench.config.suite import load_suite, suite_from_options
     from lukv_bench.report.render import render_report
     from lukv_bench.run.executors import make_executor
     from lukv_bench.run.runner import Runner
 
-    s = apply_overrides(load_suite(suite), limit=limit, model=model)
+    overrides = Overrides(policies=policies, budgets=budgets, task=task, limit=limit, model=model, device=device,
+                          dtype=dtype)
+    s = load_suite(suite, overrides) if suite is not None else suite_from_options(overrides)
     _check_out_folder(out or Path("results") / s.name, given=out is not None)
     out = out or Path("results") / s.name
     if new_run and add_settings:
@@ -141,6 +163,19 @@ def report(out: Path) -> None:
     if not (out / "results.jsonl").is_file():
         raise UserError(f"{out / 'results.jsonl'} not found; run a suite with --out {out} first")
     click.echo(str(render_report(out)))
+
+
+@main.command()
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Output folder for compare.md, compare.csv and plots/ (created if missing).")
+def compare(folders: tuple[Path, ...], out: Path) -> None:
+    """Compare two or more runs (result FOLDERS; the first is the baseline) on the tasks and samples they all
+    scored: one table per task and one Pareto plot (score retained vs KV memory). Prints compare.md's path."""
+    from lukv_bench.report.compare import write_comparison
+
+    _check_out_folder(out, given=True)
+    click.echo(str(write_comparison(list(folders), out)))
 
 
 @main.command()

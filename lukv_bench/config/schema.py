@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,25 @@ def line_for(lines: dict[str, int], key_path: str) -> int | None:
         path = path[:cut] if cut > 0 else ""
 
 
+def top_key(key_path: str) -> str:
+    """The top-level key of a key path: ``tasks`` for ``tasks[0].path``."""
+    return re.split(r"[.\[]", key_path, maxsplit=1)[0]
+
+
+def locate(key_path: str, file: str | None, lines: dict[str, int], options: dict[str, str],
+           line: int | None = None) -> str:
+    """Where ``key_path`` was set, for messages: ``--option: KEY.PATH`` when a command-line option set its
+    top-level key, else ``FILE:LINE: KEY.PATH`` (``line``: a known line; ``file`` None: the path alone)."""
+    shown = key_path or "<top level>"
+    option = options.get(top_key(key_path))
+    if option is not None:
+        return f"{option}: {shown}"
+    if file is None:
+        return shown
+    line = line or line_for(lines, key_path)
+    return f"{file}:{line}: {shown}" if line else f"{file}: {shown}"
+
+
 def join_path(parent: str, key: str | int) -> str:
     """``parent.key`` or ``parent[i]`` (``key`` alone at the top level)."""
     if isinstance(key, int):
@@ -63,21 +83,20 @@ def show(value: Any) -> str:
 class Checker:
     """Collects problems with file/line/key-path context (``file`` None: entries built in code)."""
 
-    def __init__(self, file: str | None, values: dict[str, int] | None = None, keys: dict[str, int] | None = None):
+    def __init__(self, file: str | None, values: dict[str, int] | None = None, keys: dict[str, int] | None = None,
+                 options: dict[str, str] | None = None):
+        """``options``: top-level keys given on the command line -> the option that set them (named instead of a
+        file and line)."""
         self.file = file
         self.values = values or {}
         self.keys = keys or {}
+        self.options = options or {}
         self.problems: list[str] = []
 
     def fail(self, path: str, msg: str, *, at_key: bool = False) -> None:
         """Record a problem at ``path`` (the key's own line when ``at_key``, else its value's)."""
-        if self.file is None:
-            self.problems.append(f"{path or '<top level>'}: {msg}")
-            return
         line = self.keys.get(path) if at_key else None
-        line = line or line_for(self.values, path)
-        loc = f"{self.file}:{line}" if line else self.file
-        self.problems.append(f"{loc}: {path or '<top level>'}: {msg}")
+        self.problems.append(f"{locate(path, self.file, self.values, self.options, line)}: {msg}")
 
     def is_int(self, path: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> bool:
         """Whether ``value`` is an integer (>= ``minimum``); records the problem if not."""

@@ -5,28 +5,33 @@ one :class:`~lukv_bench.errors.UserError` of the form ``FILE:LINE: KEY.PATH: pro
 line numbers come from the YAML node marks (``yaml.compose``). Relative paths (task data files, a
 model folder or ``.gguf`` file) resolve against the suite file's folder.
 
-Data files are read here too (JSONL tasks: every row, with file and line), so bad data stops the run
-before any model loads. Policy names are *not* checked here: the policy registry does that later and
-can cite the line with :meth:`Suite.where` (e.g. ``suite.where("policies[2]")``).
+Data files are read here too (JSONL tasks: every row, with file and line), and every policy is resolved
+(its name, its parameters, one entry per name), so bad input stops the run before any model loads.
+
+Command-line options (:class:`~lukv_bench.config.options.Overrides`) go through the same checks: laid over
+a file's keys (:func:`load_suite`) or over defaults (:func:`suite_from_options`); a problem with a key an
+option set names the option instead of a line (``--budgets: budgets[0]: ...``).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lukv_bench.config.schema import INVALID, TaskContext, check_task, check_value, resolve_path
+from lukv_bench.config.options import OPTION_OF, Overrides, check_option_tasks, default_data
+from lukv_bench.config.schema import INVALID, TaskContext, check_task, check_value, locate, resolve_path
 from lukv_bench.config.schema import Checker as _Checker
 from lukv_bench.config.schema import join_path as _join
-from lukv_bench.config.schema import line_for as _line_for
 from lukv_bench.config.schema import show as _show
 from lukv_bench.errors import UserError
-from lukv_bench.registry.catalog import catalog
+from lukv_bench.registry.catalog import catalog, resolve_policy
+from lukv_bench.registry.params import problems_of
+from lukv_bench.registry.policy import Policy
 from lukv_bench.registry.task_contract import Key
 from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
@@ -35,17 +40,19 @@ __all__ = [
     "Resources",
     "Suite",
     "SuiteError",
-    "apply_overrides",
     "load_suite",
+    "resolve_policies",
+    "suite_from_options",
 ]
 
 
 class SuiteError(UserError):
-    """One or more problems in a suite file; ``problems`` holds one formatted line per problem."""
+    """One or more problems in a suite (its file or the run's options); ``problems`` holds one formatted line per
+    problem."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], source: str = "suite file") -> None:
         self.problems = list(problems)
-        head = "invalid suite file" if len(problems) == 1 else f"{len(problems)} problems in suite file"
+        head = f"invalid {source}" if len(problems) == 1 else f"{len(problems)} problems in {source}"
         super().__init__(f"{head}:\n  " + "\n  ".join(problems))
 
 
@@ -97,6 +104,8 @@ class Suite:
     report: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)  #: per-worker resources under ``--executor ray``
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
+    #: top-level keys set by command-line options -> the option (named in messages instead of a line)
+    options: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def max_new_tokens(self) -> int:
@@ -114,10 +123,13 @@ class Suite:
         return self.path.parent if self.path is not None else Path.cwd()
 
     def where(self, key_path: str) -> str:
-        """``FILE:LINE: KEY.PATH`` for error messages raised after loading (e.g. unknown policy)."""
-        file = str(self.path) if self.path is not None else "<suite>"
-        line = _line_for(self.lines, key_path)
-        return f"{file}:{line}: {key_path}" if line else f"{file}: {key_path}"
+        """``FILE:LINE: KEY.PATH`` (``--option: KEY.PATH`` for a key an option set) for error messages raised
+        after loading (e.g. a device that is not there)."""
+        return locate(key_path, str(self.path) if self.path is not None else "<suite>", self.lines, self.options)
+
+    def checker(self) -> _Checker:
+        """A problem collector that cites this suite's file, lines and options."""
+        return _Checker(str(self.path) if self.path is not None else None, self.lines, options=self.options)
 
     def budget_warning(self, budget_tokens: int, context_tokens: int) -> str | None:
         """Why a resolved budget makes every policy alike (at or below the window), else None.
@@ -326,6 +338,7 @@ def _check_policies(c: _Checker, value: Any) -> list[str | dict[str, Any]]:
         )
         return []
     out: list[str | dict[str, Any]] = []
+    distinct: list[tuple[int, str | dict[str, Any]]] = []
     for i, p in enumerate(value):
         path = f"policies[{i}]"
         entry: str | dict[str, Any] | None = None
@@ -346,8 +359,44 @@ def _check_policies(c: _Checker, value: Any) -> list[str | dict[str, Any]]:
             continue
         if entry in out:
             c.fail(path, "duplicate policy entry")
+        else:
+            distinct.append((i, entry))
         out.append(entry)
+    _resolve(c, distinct)
     return out
+
+
+def _resolve(c: _Checker, entries: list[tuple[int, str | dict[str, Any]]]) -> list[Policy]:
+    """The policies of ``(index, entry)`` pairs resolved; every unknown name, bad parameter and second entry of one
+    name goes to ``c`` (results are keyed by policy name: a second entry of a name would be skipped silently)."""
+    out: list[Policy] = []
+    first: dict[str, int] = {}
+    for i, entry in entries:
+        path = f"policies[{i}]"
+        try:
+            policy = resolve_policy(entry)
+        except UserError as e:
+            for problem in problems_of(e):
+                c.fail(path, problem)
+            continue
+        if policy.name in first:
+            c.fail(path, f"policy name {policy.name!r} is already used by policies[{first[policy.name]}] (results are "
+                         f"keyed by name); give this variant its own name, e.g. "
+                         f"{{name: my-{policy.name}, scorer: ..., allocator: ..., <params>}}")
+            continue
+        first[policy.name] = i
+        out.append(policy)
+    return out
+
+
+def resolve_policies(suite: Suite) -> list[Policy]:
+    """Every policy of ``suite`` resolved, in order; a :class:`SuiteError` lists every problem (a loaded suite has
+    none left: :func:`load_suite` checks the same)."""
+    c = suite.checker()
+    policies = _resolve(c, list(enumerate(suite.policies)))
+    if c.problems:
+        raise SuiteError(c.problems, "suite file" if suite.path is not None else "suite")
+    return policies
 
 
 def _check_generation(c: _Checker, value: Any) -> GenerationConfig:
@@ -517,8 +566,9 @@ def _problem_line(problem: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file; raise :class:`UserError` listing every problem found."""
+def load_suite(path: str | Path, overrides: Overrides | None = None) -> Suite:
+    """Read and validate a suite file, with command-line ``overrides`` laid over its keys; raise
+    :class:`UserError` listing every problem found."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"suite file not found: {file.resolve()}")
@@ -533,28 +583,31 @@ def load_suite(path: str | Path) -> Suite:
         c.problems.append(f"{file}:{line}: {key_path}: duplicate key (YAML keeps only the last one)")
     if data is None:
         raise UserError(f"{file}: the suite file is empty; required keys: name, policies, budgets, tasks")
-    fields = _validate(data, c, file.parent)
+    return _build(data, c, file.parent, overrides or Overrides(), file, "suite file")
+
+
+def suite_from_options(overrides: Overrides) -> Suite:
+    """The suite of a run without a suite file: the options laid over :func:`~lukv_bench.config.options.default_data`;
+    raise :class:`UserError` listing every problem, each naming its option."""
+    return _build(default_data(overrides), _Checker(None), Path.cwd(), overrides, None, "run options")
+
+
+def _build(data: Any, c: _Checker, folder: Path, overrides: Overrides, file: Path | None, source: str) -> Suite:
+    """Validate ``data`` with the keys ``overrides`` set laid over it; the :class:`Suite`, or every problem raised."""
+    given = overrides.data()
+    if isinstance(data, dict) and given:
+        if "policies" in given:
+            data.pop("report", None)  # it names the file's policies; the default compares whatever runs
+        data = {**data, **given}
+        c.options = {key: OPTION_OF[key] for key in given}
+    fields = _validate(data, c, folder)
+    if "tasks" in given:
+        check_option_tasks(c, given["tasks"])
     if c.problems:
-        raise SuiteError(sorted(c.problems, key=_problem_line))
-    return Suite(path=file, lines=values, **fields)
-
-
-def apply_overrides(suite: Suite, limit: int | None = None, model: str | None = None) -> Suite:
-    """A copy of ``suite`` with CLI overrides: ``limit`` (every task) and ``model`` (paths: cwd-relative)."""
-    changes: dict[str, Any] = {}
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise UserError(f"--limit must be an integer >= 1 (got {limit!r})")
-        changes["limit"] = limit
-        changes["tasks"] = [{**t, "limit": limit} for t in suite.tasks]
-    if model is not None:
-        if not isinstance(model, str) or not model.strip():
-            raise UserError(f"--model must be a non-empty string (got {model!r})")
-        resolved = _resolve_model(model, Path.cwd())
-        if resolved is None:
-            raise UserError(f"--model: path not found: {resolve_path(Path.cwd(), model)}")
-        changes["model"] = resolved
-    return replace(suite, **changes)
+        raise SuiteError(sorted(c.problems, key=_problem_line), source)
+    if overrides.limit is not None and "tasks" in fields:
+        fields["tasks"] = [{**t, "limit": overrides.limit} for t in fields["tasks"]]  # over each entry's own limit
+    return Suite(path=file, lines=c.values, options=c.options, **fields)
 
 
 def _check_report(c, value: Any, policies: list[Any] | None) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lukv_bench.config.suite import apply_overrides, load_suite
+from lukv_bench.config.options import Overrides
+from lukv_bench.config.suite import load_suite
 from lukv_bench.errors import UserError
 from lukv_bench.profile.allocations import allocation_policies
 from lukv_bench.profile.options import DEFAULT_LIMIT, DEFAULT_WINDOW, ProfileSettings
@@ -96,7 +97,7 @@ def run_profile(
     s = None
     if suite is not None:
         try:
-            s = apply_overrides(load_suite(suite), limit=limit, model=model)
+            s = load_suite(suite, Overrides(limit=limit, model=model))
         except UserError as e:
             raise type(e)(f"--suite: {e}") from e
         settings.chat_template, settings.gqa_reduce, settings.truncate = s.chat_template, s.gqa_reduce, s.truncate

@@ -98,23 +98,48 @@ def coerce(value: Any, typ: Any, key: str, policy: str) -> Any:
     return value
 
 
+class ParamErrors(ConfigError):
+    """Every problem with one policy's parameters; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(problems))
+
+
+def problems_of(err: Exception) -> list[str]:
+    """The problems an error stands for: each of a :class:`ParamErrors`, else its message alone."""
+    return list(err.problems) if isinstance(err, ParamErrors) else [str(err)]
+
+
 def apply_params(
     table: dict[str, Param], values: dict[str, Any], overrides: dict[str, Any], policy: str, where: str = ""
 ) -> None:
-    """Check ``overrides`` against ``table`` and write them (coerced) into ``values``."""
+    """Check ``overrides`` against ``table`` and write them (coerced) into ``values``; :class:`ParamErrors` lists
+    every bad one."""
+    problems: list[str] = []
     for key, value in overrides.items():
-        name = key if key in table else None
-        if name is None and isinstance(key, str) and "." in key:
-            kind, _, bare = key.partition(".")
-            if bare in table and table[bare].target == kind:
-                name = bare  # an explicit prefix is always accepted
-        if name is None:
-            clashing = [k for k in (f"scorer.{key}", f"allocator.{key}") if k in table]
-            if clashing:
-                raise ConfigError(
-                    f"policy {policy!r}: parameter {key!r} is ambiguous{where}; write {' or '.join(clashing)}"
-                )
+        try:
+            _apply_one(table, values, key, value, policy, where)
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ParamErrors(problems)
+
+
+def _apply_one(table: dict[str, Param], values: dict[str, Any], key: Any, value: Any, policy: str, where: str) -> None:
+    """Check one parameter against ``table`` and write it (coerced) into ``values``."""
+    name = key if key in table else None
+    if name is None and isinstance(key, str) and "." in key:
+        kind, _, bare = key.partition(".")
+        if bare in table and table[bare].target == kind:
+            name = bare  # an explicit prefix is always accepted
+    if name is None:
+        clashing = [k for k in (f"scorer.{key}", f"allocator.{key}") if k in table]
+        if clashing:
             raise ConfigError(
-                f"policy {policy!r}: unknown parameter {key!r}{where}. Known parameters: {', '.join(table)}"
+                f"policy {policy!r}: parameter {key!r} is ambiguous{where}; write {' or '.join(clashing)}"
             )
-        values[name] = coerce(value, table[name].type, name, policy)
+        raise ConfigError(
+            f"policy {policy!r}: unknown parameter {key!r}{where}. Known parameters: {', '.join(table)}"
+        )
+    values[name] = coerce(value, table[name].type, name, policy)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lukv_bench.config.suite import Suite, SuiteError, apply_overrides, load_suite
+from lukv_bench.config.options import Overrides, builtin_tasks
+from lukv_bench.config.suite import Suite, SuiteError, load_suite, suite_from_options
 from lukv_bench.errors import UserError
 
 VALID = """\
@@ -212,19 +213,90 @@ def test_not_a_map_and_empty_file(tmp_path):
         load_suite(tmp_path / "nope.yaml")
 
 
-def test_apply_overrides(tmp_path, monkeypatch):
-    suite = load_suite(write(tmp_path, VALID))
+def test_overrides_replace_keys_of_a_suite_file(tmp_path, monkeypatch):
+    path = write(tmp_path, VALID)
     (tmp_path / "cwdmodel").mkdir()
     monkeypatch.chdir(tmp_path)
-    new = apply_overrides(suite, limit=3, model="cwdmodel")
+    new = load_suite(path, Overrides(limit=3, model="cwdmodel", policies="snapkv,h2o", budgets="0.3", device="cpu",
+                                     dtype="bfloat16", task="passkey"))
     assert new.limit == 3 and all(t["limit"] == 3 for t in new.tasks)
     assert new.model == str((tmp_path / "cwdmodel").resolve())
-    assert suite.limit == 20  # the original is untouched
-    assert apply_overrides(suite) == suite
-    with pytest.raises(UserError, match="--limit"):
-        apply_overrides(suite, limit=0)
-    with pytest.raises(UserError, match="--model: path not found"):
-        apply_overrides(suite, model="./nowhere")
+    assert (new.policies, new.budgets, new.device, new.dtype) == (["snapkv", "h2o"], [0.3], "cpu", "bfloat16")
+    assert [(t["name"], t["type"]) for t in new.tasks] == [("passkey", "needle")]
+    assert new.where("budgets[0]") == "--budgets: budgets[0]"  # later errors name the option too
+    assert new.where("window").startswith(f"{path}:")
+    assert load_suite(path) == load_suite(path, Overrides())
+    assert load_suite(path, Overrides(limit=3)).window == 32  # the file's other keys stay
+
+
+def test_a_bad_override_names_its_option_beside_the_files_problems(tmp_path):
+    path = write(tmp_path, VALID.replace("window: 32", "window: 0"))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, Overrides(budgets="0.1,2,x", model="./nowhere", dtype="float8"))
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert any(p.startswith("--budgets: budgets[1]: ratio must be in (0, 1], got 2") for p in problems)
+    assert any(p.startswith("--budgets: budgets[2]: expected a ratio in (0, 1], got 'x'") for p in problems)
+    assert any(p.startswith("--model: model: model path not found") and "nowhere" in p for p in problems)
+    assert any(p.startswith("--dtype: dtype: got 'float8'") for p in problems)
+    assert any(p.startswith(f"{path}:") and "window" in p for p in problems)
+
+
+def test_suite_from_options_defaults_and_checks():
+    suite = suite_from_options(Overrides(policies="snapkv,layer-uncertainty-plus", budgets="0.1,0.2", task="passkey",
+                                         limit=4))
+    assert suite.path is None and suite.name == "passkey" and suite.model == "embedded"
+    assert suite.policies == ["snapkv", "layer-uncertainty-plus"] and suite.budgets == [0.1, 0.2]
+    assert suite.tasks[0]["type"] == "needle" and suite.tasks[0]["limit"] == 4
+    default = suite_from_options(Overrides())
+    assert (default.policies, default.budgets, default.tasks[0]["name"]) == (["snapkv", "layer-uncertainty"],
+                                                                            [0.1, 0.2], "passkey")
+    assert suite_from_options(Overrides(budgets="tokens:64,128")).budgets == [{"tokens": 64}, {"tokens": 128}]
+    with pytest.raises(SuiteError, match="invalid run options") as info:
+        suite_from_options(Overrides(budgets="tokens:16"))
+    assert info.value.problems[0].startswith("--budgets: budgets.tokens[0]: budget 16 is not above")
+
+
+def test_every_builtin_task_name_makes_a_valid_entry():
+    names = ",".join(builtin_tasks())
+    suite = suite_from_options(Overrides(task=names))
+    assert [t["name"] for t in suite.tasks] == list(builtin_tasks())
+
+
+def test_task_option_takes_a_jsonl_file_and_refuses_unknown_names(tmp_path, monkeypatch):
+    write(tmp_path, VALID)
+    monkeypatch.chdir(tmp_path)
+    suite = suite_from_options(Overrides(task="data/niah.jsonl"))
+    assert suite.tasks[0]["path"] == str(tmp_path / "data" / "niah.jsonl") and suite.name == "niah"
+    with pytest.raises(SuiteError) as info:
+        suite_from_options(Overrides(task="paskey,nothing-like-this,,data/gone.jsonl"))
+    problems = info.value.problems
+    assert any(p.startswith("--task: tasks[0]: unknown task 'paskey'") and "did you mean 'passkey'" in p
+               for p in problems), problems
+    assert any(p.startswith("--task: tasks[1]: unknown task 'nothing-like-this'") for p in problems)
+    assert any(p.startswith("--task: tasks[2].name: expected a non-empty string") for p in problems)
+    assert any(p.startswith("--task: tasks[3].path: file not found") for p in problems)
+
+
+def test_policy_names_and_parameters_are_listed_with_the_other_problems(tmp_path):
+    text = VALID.replace(
+        "policies: [full, snapkv, {name: mixed, scorer: h2o, allocator: layer-uncertainty}]",
+        "policies: [full, snapkvv, {name: snapkv, kernel: x, nope: 1}, {name: x, scorer: h2o}, zigzag,\n"
+        "  layer-uncertainty]",
+    ).replace("window: 32", "window: 0")
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    problems = info.value.problems
+    assert len(problems) == 6, problems
+    at = {p.split(": ")[1]: p for p in problems if "policies[" in p}
+    assert "did you mean 'snapkv'" in at["policies[1]"] and f"{path}:3:" in at["policies[1]"]
+    assert sum("policies[2]" in p for p in problems) == 2  # both bad parameters of one entry
+    assert any("'kernel' must be an integer" in p for p in problems) and any("'nope'" in p for p in problems)
+    assert "needs both a 'scorer' and an 'allocator'" in at["policies[3]"]
+    assert at["policies[5]"].startswith(f"{path}:4: policies[5]: policy name 'layer-uncertainty' is already used by "
+                                        "policies[4]")
+    assert any("window" in p for p in problems)
 
 
 def test_shipped_suites_validate():
