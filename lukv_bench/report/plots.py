@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from lukv_bench.report.stats import finite, mean_ci
@@ -109,7 +108,7 @@ def _span(xs: Iterable[float], log: bool = False) -> float:
     return (max(vals) - min(vals)) or 1.0 if vals else 1.0
 
 
-def _outside_legend(fig: Figure, ax: Axes | None = None, title: str | None = None) -> None:
+def outside_legend(fig: Figure, ax: Axes | None = None, title: str | None = None) -> None:
     """One legend for the figure outside the data (constrained layout makes room for it): right of ``ax``, or
     with ``ax`` None the entries of every axes (each label once) below the panels, clear of the title."""
     source = ax if ax is not None else fig.axes[0]
@@ -121,8 +120,9 @@ def _outside_legend(fig: Figure, ax: Axes | None = None, title: str | None = Non
                 seen.setdefault(lab, h)
         handles, labels = list(seen.values()), list(seen)
     if handles:
-        where = {"loc": "outside right upper"} if ax is not None else {"loc": "outside lower center",
-                                                                      "ncol": min(4, len(handles))}
+        # below the panels: as many columns as the figure's width holds (about 2.8 inches per entry)
+        ncol = max(1, min(len(handles), int(fig.get_figwidth() / 2.8)))
+        where = {"loc": "outside right upper"} if ax is not None else {"loc": "outside lower center", "ncol": ncol}
         fig.legend(handles, labels, fontsize=8, title=title, title_fontsize=8, **where)
 
 
@@ -230,7 +230,7 @@ def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     ax.set_ylabel(f"mean score ({s.metric}), 95% interval")
     ax.set_title(model_title("score vs KV memory", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3)
-    _outside_legend(fig, ax)
+    outside_legend(fig, ax)
     return save_png(fig, path)
 
 
@@ -248,7 +248,7 @@ def kl_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     ax.set_ylabel("mean KL(FullKV ‖ policy), 95% interval, log")
     ax.set_title(model_title("fidelity vs KV memory (lower is better)", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    _outside_legend(fig, ax)
+    outside_legend(fig, ax)
     return save_png(fig, path)
 
 
@@ -345,7 +345,7 @@ def pareto_plot(s: TaskSummary, path: Path) -> Path | None:
     lines = [(({"label": "FullKV"} if p == FULL else policy_style(p, i, s.proposed)), pts)
              for i, (p, pts) in enumerate(series.items())]
     draw_pareto(ax, lines, model_title("score retained vs KV memory (up and left is better)", s.task, s.model))
-    _outside_legend(fig, ax)
+    outside_legend(fig, ax)
     return save_png(fig, path)
 
 
@@ -381,7 +381,7 @@ def layer_profiles(s: TaskSummary, path: Path) -> Path | None:
     ax.set_ylabel("tokens kept / mean over layers")
     ax.set_title(model_title(f"per-layer budget at budget {b.label}", s.task, s.model), fontsize=10)
     ax.grid(alpha=0.3)
-    _outside_legend(fig, ax)
+    outside_legend(fig, ax)
     return save_png(fig, path)
 
 
@@ -547,7 +547,7 @@ def _cost_figure(c: CostSummary, rows: list[tuple[str, float, str, str]], title:
     if not drawn:
         return None
     fig.suptitle(f"{c.task} — {c.model}\n{title}", fontsize=10)
-    _outside_legend(fig)
+    outside_legend(fig)
     return save_png(fig, path)
 
 
@@ -574,8 +574,3 @@ def cost_plots(c: CostSummary, plot_dir: Path, stem: str) -> dict[str, Path]:
         ("decode ms/token vs context length", cost_decode, "decode"),
         ("peak memory vs context length", cost_memory, "memory"),
     ), plot_dir, stem)
-
-
-def legend_handle(style: Mapping[str, Any]) -> Line2D:
-    """A legend entry drawn in ``style`` (for legends that explain styles rather than plotted lines)."""
-    return Line2D([], [], **{k: v for k, v in style.items() if k != "zorder"})
