@@ -1,8 +1,8 @@
 """Compute kernels of lukv-bench: a torch reference and a Triton kernel for each op, one dispatcher.
 
 * :func:`compact` gathers kept tokens into a flat ragged buffer;
-* :func:`window_stats` (plus :func:`group_reduce`, :func:`attention_mass_budget`) scores keys by the
-  attention of the last prompt queries (SnapKV family, CAKE);
+* :func:`window_stats` (plus :func:`window_max`, :func:`group_reduce`, :func:`attention_mass_budget`) scores
+  keys by the attention of the last prompt queries (SnapKV family, CAKE, DefensiveKV);
 * :func:`accumulated_attention` gives H2O's causal column sums in O(n) memory;
 * :func:`ragged_attention` attends over the ragged per-head cache;
 * :class:`RaggedStore`, :func:`append` and :func:`truncate` hold and grow that cache.
@@ -15,7 +15,7 @@ from .append import RaggedStore, append, reserve, truncate
 from .compact import compact
 from .dispatch import backend, interpreting
 from .ragged_attention import ragged_attention
-from .window_scores import attention_mass_budget, group_reduce, window_stats
+from .window_scores import attention_mass_budget, group_reduce, window_max, window_stats
 
 __all__ = [
     "RaggedStore",
@@ -29,5 +29,6 @@ __all__ = [
     "ragged_attention",
     "reserve",
     "truncate",
+    "window_max",
     "window_stats",
 ]

@@ -1,7 +1,8 @@
 """Window attention statistics for SnapKV-family scores and CAKE's layer preference.
 
 ``window_stats`` scores every prompt key by the softmax attention of the last ``w`` prompt queries
-(causal inside the window); ``group_reduce`` folds query heads onto their KV head;
+(causal inside the window); ``window_max`` gives the largest of those attentions per key (DefensiveKV's
+aggregation, computed only when a policy asks for it); ``group_reduce`` folds query heads onto their KV head;
 ``attention_mass_budget`` counts how many keys carry a given share of a score row.
 """
 
@@ -10,7 +11,14 @@ import torch
 from ._triton import HAS_TRITON, next_pow2, qk_tile, tl, triton
 from .dispatch import interpreting, resolve
 
-__all__ = ["attention_mass_budget", "group_reduce", "window_stats", "window_stats_torch"]
+__all__ = [
+    "attention_mass_budget",
+    "group_reduce",
+    "window_max",
+    "window_max_torch",
+    "window_stats",
+    "window_stats_torch",
+]
 
 _EPS = 1e-10  # CAKE's log(A + eps)
 
@@ -63,6 +71,33 @@ def window_stats(
     if resolve(backend, q_win, k) == "torch":
         return window_stats_torch(q_win, k, scaling, prefix_len)
     return _window_stats_triton(q_win, k, scaling, prefix_len)
+
+
+def window_max_torch(q_win: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Torch reference of :func:`window_max`: materialises one KV head's [G, w, T] window attention at a time."""
+    Hq, w, D = q_win.shape
+    S, T, _ = k.shape
+    G = Hq // S
+    qpos = torch.arange(T - w, T, device=k.device)[:, None]
+    future = torch.arange(T, device=k.device)[None, :] > qpos
+    out = torch.empty(Hq, T, dtype=torch.float32, device=k.device)
+    for s in range(S):
+        q = q_win[s * G : (s + 1) * G].float()
+        scores = torch.matmul(q, k[s].float().transpose(0, 1)).mul_(scaling)  # [G, w, T]
+        scores.masked_fill_(future, float("-inf"))
+        out[s * G : (s + 1) * G] = torch.softmax(scores, dim=-1).amax(dim=1)
+    return out
+
+
+def window_max(q_win: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Largest window attention each key receives: fp32 ``[Hq, T]``, ``max_i A[i, j]`` over the window queries.
+
+    Same inputs and causal layout as :func:`window_stats` (query head ``h`` reads KV head
+    ``h // (Hq // S)``; window query ``i`` sees keys ``0 .. T - w + i``). There is no Triton kernel: the
+    statistic is computed only for policies that ask for it, and the torch form runs on every device.
+    """
+    _check(q_win, k, 0)
+    return window_max_torch(q_win, k, scaling)
 
 
 def group_reduce(x: torch.Tensor, n_segments: int, mode: str = "mean") -> torch.Tensor:

@@ -11,30 +11,44 @@ from lukv_bench.runtime.contract import PolicySpec
 
 from .adakv import AdaKVAllocator
 from .cake import CakeAllocator, CakeScorer
+from .chunk import ChunkScorer
+from .critical import CriticalScorer
+from .defensive import DefensiveScorer
 from .full import FullAllocator
+from .global_topk import GlobalAllocator
 from .h2o import H2OScorer
+from .keydiff import KeyDiffScorer
 from .layer_uncertainty import LayerUncertaintyAllocator
 from .output_cosine import OutputCosineAllocator
+from .profiled import ProfiledAllocator
 from .pyramidkv import PyramidAllocator
 from .random_scores import RandomScorer
 from .redirected_uncertainty import RedirectedUncertaintyAllocator
 from .snapkv import SnapKVScorer
 from .streaming import RecencyScorer, streaming_rule
+from .tova import TOVAScorer
 from .uniform import UniformAllocator
 
 __all__ = [
     "AdaKVAllocator",
     "CakeAllocator",
     "CakeScorer",
+    "ChunkScorer",
+    "CriticalScorer",
+    "DefensiveScorer",
     "FullAllocator",
+    "GlobalAllocator",
     "H2OScorer",
+    "KeyDiffScorer",
     "LayerUncertaintyAllocator",
     "OutputCosineAllocator",
+    "ProfiledAllocator",
     "PyramidAllocator",
     "RandomScorer",
     "RecencyScorer",
     "RedirectedUncertaintyAllocator",
     "SnapKVScorer",
+    "TOVAScorer",
     "UniformAllocator",
     "streaming_rule",
     "register_allocators",
@@ -47,7 +61,18 @@ __all__ = [
 @hookimpl
 def register_scorers(register: Register) -> None:
     """The built-in scorers."""
-    for cls in (RandomScorer, RecencyScorer, H2OScorer, SnapKVScorer, CakeScorer):
+    for cls in (
+        RandomScorer,
+        RecencyScorer,
+        H2OScorer,
+        SnapKVScorer,
+        CakeScorer,
+        KeyDiffScorer,
+        TOVAScorer,
+        DefensiveScorer,
+        CriticalScorer,
+        ChunkScorer,
+    ):
         register(cls)
 
 
@@ -63,6 +88,8 @@ def register_allocators(register: Register) -> None:
         CakeAllocator,
         RedirectedUncertaintyAllocator,
         OutputCosineAllocator,
+        GlobalAllocator,
+        ProfiledAllocator,
     ):
         register(cls)
 
@@ -123,5 +150,57 @@ def register_policies(register: Register) -> None:
             "Layer uncertainty redirected (docs/study.md): budgets ~ 1/LMBA (sharp layers first), AdaKV head "
             "split inside each layer, SnapKV scores pooled over 15 tokens",
             params={"power": -1.0, "head_alpha": 0.2, "kernel": 15},
+        )
+    )
+    register(
+        PolicySpec(
+            "tova",
+            "tova",
+            "uniform",
+            "TOVA (Oren et al. 2024, prefill form): attention of the last prompt query, uniform budgets",
+        )
+    )
+    register(
+        PolicySpec(
+            "keydiff", "keydiff", "uniform", "KeyDiff (2025): keys least similar to the mean key, uniform budgets"
+        )
+    )
+    register(
+        PolicySpec(
+            "criticalkv",
+            "critical",
+            "adakv",
+            "CriticalKV (Feng et al. 2025): SnapKV scores x values' output norms ||W_o v||_1, AdaKV head budgets",
+            params={"inner": "snapkv"},
+        )
+    )
+    register(
+        PolicySpec(
+            "defensivekv",
+            "critical",
+            "adakv",
+            "DefensiveKV (Feng et al. 2025): max window aggregation with the mean clamp, x value output norms, "
+            "head-wise budgets by one top-k per layer",
+            params={"inner": "defensive", "alpha": 0.0, "normalize": False},
+        )
+    )
+    register(
+        PolicySpec(
+            "layer-defensivekv",
+            "critical",
+            "global",
+            "Layer-DefensiveKV (Feng et al. 2025): DefensiveKV's scores, budgets by one top-k across all layers "
+            "and heads",
+            params={"inner": "defensive"},
+        )
+    )
+    register(
+        PolicySpec(
+            "chunkkv",
+            "chunk",
+            "uniform",
+            "ChunkKV (Liu et al. 2025): SnapKV scores summed over chunks of 10 tokens, whole chunks kept, "
+            "uniform budgets",
+            params={"inner": "snapkv", "size": 10},
         )
     )

@@ -59,15 +59,25 @@ def attention_stats(
     prefix = win[:, :, : n - w]
     gen = torch.Generator().manual_seed(1000 + layer)
     keys = k if storage == "kv" else kq
+    values = torch.randn(keys.shape, generator=gen)
+    # the values' output norms through a random output projection W_o [2d, Hq * d] (CriticalKV)
+    w_o = torch.randn(2 * d, hq * d, generator=gen)
+    kv_values = values if storage == "kv" else values[::group]
+    value_norms = torch.stack(
+        [(kv_values[h // group] @ w_o[:, h * d : (h + 1) * d].T).abs().sum(-1) for h in range(hq)]
+    )
     return LayerStats(
         layer=layer,
         keys=keys.clone(),
-        values=torch.randn(keys.shape, generator=gen),
+        values=values,
         win_sum=win.sum(1),
         win_sumsq=(win * win).sum(1),
         win_entropy=-(prefix * torch.log(prefix + 1e-10)).sum((1, 2)),
         window=w,
         acc_attn=attn.sum(1),
+        last_attn=attn[:, n - 1],
+        win_max=win.amax(1),
+        value_norms=value_norms,
     )
 
 

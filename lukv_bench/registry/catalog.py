@@ -115,7 +115,9 @@ def catalog() -> Catalog:
     global _cache
     if _cache is None:
         pm = plugins.load_plugins()
-        cat = Catalog()
+        # visible while it fills, kind by kind: a policy checked at registration may build a scorer that
+        # looks up another one by name (the critical and chunk modifiers), and every scorer is in by then
+        cat = _cache = Catalog()
         checks = {
             "scorers": _check_class(Scorer, dataclass_needed=True),
             "allocators": _check_class(Allocator, dataclass_needed=True),
@@ -127,7 +129,6 @@ def catalog() -> Catalog:
         for kind, registry in cat.kinds().items():
             hook_name = f"register_{kind}"
             _collect(getattr(pm.hook, hook_name), registry, checks[kind], hook_name)
-        _cache = cat
     return _cache
 
 

@@ -25,6 +25,11 @@ FULL = "full"
 #: Statistics a scorer/allocator may ask the capture step for (``needs``).
 WINDOW = "window"  # window attention sums (always captured; cheap)
 ACCUMULATED = "accumulated"  # H2O column sums of the whole causal attention (O(n) memory per head)
+LAST_QUERY = "last_query"  # attention of the newest prompt query (TOVA)
+WINDOW_MAX = "window_max"  # largest attention over the window queries per key (DefensiveKV)
+VALUE_NORMS = "value_norms"  # L1 norm of each value's output contribution through o_proj (CriticalKV)
+#: the statistics captured only when a scorer or allocator asks for them (``needs``)
+OPTIONAL_NEEDS = frozenset({ACCUMULATED, LAST_QUERY, WINDOW_MAX, VALUE_NORMS})
 
 
 @dataclass
@@ -43,11 +48,22 @@ class LayerStats:
     win_entropy: torch.Tensor  #: [Hq] sum over window rows of -sum_{j < n-w} A log A (CAKE's dispersion)
     window: int  #: number of window queries actually used, min(w, n)
     acc_attn: torch.Tensor | None = None  #: [Hq, n] causal column sums (H2O), if a policy asked for them
+    last_attn: torch.Tensor | None = None  #: [Hq, n] softmax attention of the last prompt query (LAST_QUERY)
+    win_max: torch.Tensor | None = None  #: [Hq, n] max over the window queries of their attention (WINDOW_MAX)
+    #: [Hq, n] ``||W_o^h v_j||_1``: what value j adds to the layer output through query head h (VALUE_NORMS)
+    value_norms: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
         """Prompt length seen by this layer."""
         return self.keys.shape[1]
+
+    def require(self, name: str, need: str, owner: str) -> torch.Tensor:
+        """The optional statistic ``name`` (a field of this class), or a ValueError naming the missing ``need``."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{owner} needs the {need!r} statistic, which this prefill did not capture")
+        return value
 
     @property
     def win_mean(self) -> torch.Tensor:

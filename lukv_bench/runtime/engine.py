@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from lukv_bench.runtime import capture as capture_mod
 from lukv_bench.runtime.cache import RaggedCache
-from lukv_bench.runtime.contract import ACCUMULATED, Budget, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import OPTIONAL_NEEDS, Budget, LayerStats, PrefillStats
 from lukv_bench.runtime.fidelity import greedy_agreement, kl_divergence
 from lukv_bench.runtime.memory import PeakMemory
 from lukv_bench.runtime.selection import KeepSet
@@ -108,12 +108,12 @@ class Engine:
     # -- prefill ---------------------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, needs: Sequence[str] = ()) -> Prefill:
-        """One forward pass over the prompt with capture; ``needs`` may include ``"accumulated"``."""
+        """One forward pass over the prompt with capture; ``needs`` names the optional statistics to capture."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError("a prefill takes one prompt: pass input_ids of shape [1, n]")
         input_ids = input_ids.to(self.device)
         cap = capture_mod.Capture(
-            window=self.settings.window, accumulated=ACCUMULATED in needs, block=self.settings.h2o_block
+            window=self.settings.window, needs=OPTIONAL_NEEDS & frozenset(needs), block=self.settings.h2o_block
         )
         cache = DynamicCache(config=self.model.config)
         with PeakMemory(self.device) as mem:
@@ -135,7 +135,7 @@ class Engine:
                     win_sumsq=rec["win_sumsq"],
                     win_entropy=rec["win_entropy"],
                     window=int(rec["window"]),
-                    acc_attn=rec.get("acc_attn"),
+                    **cap.optional_stats(i),
                 )
             )
         stats = PrefillStats(

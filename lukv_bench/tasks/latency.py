@@ -52,7 +52,7 @@ import torch
 
 from lukv_bench.data.corpus import CORPUS_VERSION, SOURCE, reference_text_ids
 from lukv_bench.registry.task_contract import REQUIRED, Key
-from lukv_bench.runtime.contract import ACCUMULATED, Budget
+from lukv_bench.runtime.contract import OPTIONAL_NEEDS, Budget
 from lukv_bench.runtime.engine import evicts_while_decoding
 from lukv_bench.runtime.memory import AllocationPeak
 from lukv_bench.runtime.prompts import model_max_positions
@@ -296,9 +296,10 @@ def _measure_length(task: LatencyTaskConfig, unit: Unit, ctx: UnitContext, lengt
     ids = torch.tensor([task.text_ids(engine.tokenizer)[:length]])
 
     # one prefill measurement per kind of capture, FullKV's first (it is every ratio's reference); the
-    # capture always records the window statistics, only H2O's accumulated attention changes the prefill
+    # capture always records the window statistics, only the optional ones (H2O's accumulated attention, ...)
+    # change the prefill
     def capture(policy) -> frozenset[str]:
-        return frozenset(policy.needs) & {ACCUMULATED}
+        return frozenset(policy.needs) & OPTIONAL_NEEDS
 
     groups: dict[frozenset[str], list[tuple[object, Any]]] = {capture(full): []}
     for p, b in cells:
