@@ -3,8 +3,10 @@
 Latency records (metric ``latency``, see :mod:`lukv_bench.tasks.latency`) are grouped per (model,
 task) into one :class:`CostSeries` per (policy, budget), its points ordered by context length. For
 each series a power law ``y = A * n^k`` is fitted by least squares on ``log y`` vs ``log n`` (decode
-ms/token, peak memory while decoding, prefill seconds), and the memory fit gives the longest context
-whose decoding fits in the task's ``memory_limit_gb`` — beyond the lengths measured that is an
+ms/token, peak memory while decoding, prefill seconds) when it was measured at three lengths or more (two
+points always lie on a line: no exponent, no spread), with the exponent's standard error and 95%
+interval (``scipy.stats.linregress``, Student's t with n - 2 degrees of freedom), and the memory fit gives
+the longest context whose decoding fits in the task's ``memory_limit_gb`` — beyond the lengths measured that is an
 extrapolation with the fitted exponent, and the report says so.
 """
 
@@ -16,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scipy import stats
+
 from lukv_bench.report.summary import budget_key, budget_label, order_policies
 from lukv_bench.runtime.contract import FULL
 
 METRIC = "latency"  #: the metric of latency records (lukv_bench.tasks.latency.METRIC)
 GIB = 2**30
 DEFAULT_MEMORY_LIMIT_GB = 1.0
+MIN_FIT_LENGTHS = 3  #: distinct lengths a growth exponent needs (two points always lie on a line)
 
 
 def is_cost_record(rec: dict[str, Any]) -> bool:
@@ -78,6 +83,8 @@ class Fit:
     log_a: float
     n_points: int
     r2: float  #: share of the variance of log y the fit explains (1: a straight line on log-log)
+    k_se: float  #: standard error of ``k``
+    k_ci: tuple[float, float]  #: 95% interval of ``k`` (Student's t, ``n_points - 2`` degrees of freedom)
 
     def solve(self, y: float) -> float | None:
         """The ``n`` at which the fit reaches ``y`` (None when it never grows)."""
@@ -87,17 +94,18 @@ class Fit:
 
 
 def fit_power(xs: Sequence[float], ys: Sequence[float]) -> Fit | None:
-    """Least-squares fit of ``log y = log_a + k log x``; None with fewer than two distinct positive x."""
+    """Least-squares fit of ``log y = log_a + k log x`` with the spread of ``k``; None with fewer than
+    :data:`MIN_FIT_LENGTHS` distinct positive x."""
     pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
-    if len({x for x, _ in pts}) < 2:
+    if len({x for x, _ in pts}) < MIN_FIT_LENGTHS:
         return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    k = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    log_a = my - k * mx
-    total = sum((y - my) ** 2 for _, y in pts)
-    residual = sum((y - log_a - k * x) ** 2 for x, y in pts)
-    return Fit(k=k, log_a=log_a, n_points=len(pts), r2=1.0 - residual / total if total > 0 else 1.0)
+    lx, ly = [x for x, _ in pts], [y for _, y in pts]
+    if len(set(ly)) == 1:  # a flat series: linregress leaves r undefined, the fit is exact
+        return Fit(k=0.0, log_a=ly[0], n_points=len(pts), r2=1.0, k_se=0.0, k_ci=(0.0, 0.0))
+    res = stats.linregress(lx, ly)
+    half = float(stats.t.ppf(0.975, len(pts) - 2)) * res.stderr
+    return Fit(k=float(res.slope), log_a=float(res.intercept), n_points=len(pts), r2=float(res.rvalue) ** 2,
+               k_se=float(res.stderr), k_ci=(float(res.slope - half), float(res.slope + half)))
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Turn ``OUT/results.jsonl`` into ``OUT/report.md`` and PNG plots under ``OUT/plots/``.
+"""Turn ``OUT/results.jsonl`` into ``OUT/report.md``, PNG plots under ``OUT/plots/``, the same report as one
+self-contained ``OUT/report.html`` (:mod:`lukv_bench.report.html`) and its numbers as ``OUT/summary.csv``,
+``OUT/summary.json`` and, with latency tasks, ``OUT/cost.csv`` (:mod:`lukv_bench.report.tables`).
 
 One section per (model, task): mean score with its 95% interval (Wilson for binary scores, BCa bootstrap
 otherwise), the paired difference of every policy to FullKV and, when the suite names one
@@ -9,7 +11,8 @@ then findings computed from those numbers, then plots. The numbers come from the
 (:mod:`lukv_bench.report.summary`). The data source of every task is stated at the top of the report,
 because a score on offline generated data and a score on a hub dataset are not the same claim.
 Latency tasks get a cost section each (:mod:`lukv_bench.report.cost`): their figures per context length,
-fitted growth exponents and the longest context that fits a memory limit, with plots.
+fitted growth exponents (from three lengths or more, with their 95% interval) and the longest context that
+fits a memory limit, with plots. Every table column has a fixed number of decimals.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lukv_bench.errors import UserError
-from lukv_bench.report.cost import CostSummary, is_cost_record, summarize_cost
+from lukv_bench.report.cost import MIN_FIT_LENGTHS, CostSummary, is_cost_record, summarize_cost
+from lukv_bench.report.html import write_html
 from lukv_bench.report.stats import ALPHA
 from lukv_bench.report.summary import (
     FULL,
@@ -31,12 +36,14 @@ from lukv_bench.report.summary import (
     findings,
     fmt3,
     fmt_diff,
+    fmt_fixed,
     fmt_p,
-    fmt_sig,
     load_results,
     order_policies,
+    plural,
     summarize,
 )
+from lukv_bench.report.tables import write_tables
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +66,11 @@ def _slug(text: str) -> str:
 
 
 def _ci(c) -> str:
-    return f" [{c.score_ci[0]:.2f}, {c.score_ci[1]:.2f}]" if c.score_ci else ""
+    return f" [{fmt3(c.score_ci[0])}, {fmt3(c.score_ci[1])}]" if c.score_ci else ""
 
 
 def _paired(pair) -> str:
-    """``+0.583 (7–0; p 0.016, adj 0.44)``, with ``*`` when the adjusted p is below 0.05."""
+    """``+0.583 (7–0; p 0.016, adj 0.440)``, with ``*`` when the adjusted p is below 0.05."""
     if pair is None:
         return ""
     mark = "*" if pair.significant else ""
@@ -83,6 +90,18 @@ def _read_run(out_dir: Path) -> dict[str, Any]:
         log.warning("%s is unreadable; the report header will lack the suite details", path)
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _wall_time(run: dict[str, Any]) -> str:
+    """The header line on the run's wall time, from run.json's ``started``/``finished`` (UTC, ISO 8601)."""
+    try:
+        start, end = (datetime.fromisoformat(str(run[k])) for k in ("started", "finished"))
+    except (KeyError, ValueError):
+        return ("- Wall time: not recorded (run.json has no start and end time: the run was interrupted, or an "
+                "older lukv-bench wrote it)")
+    seconds = (end - start).total_seconds()
+    took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    return f"- Wall time: {took} (the last `lukv-bench run` into this folder, {run['started']} to {run['finished']})"
 
 
 def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path], out_dir: Path) -> list[str]:
@@ -141,7 +160,7 @@ def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path]
 
     # fidelity
     lines += ["### Fidelity to FullKV (mean KL ↓ / greedy agreement ↑)", ""]
-    lines += _table(heads, _policy_rows(s, budgets, lambda c: f"{fmt_sig(c.kl)} / {fmt3(c.agreement)}")) + [""]
+    lines += _table(heads, _policy_rows(s, budgets, lambda c: f"{fmt3(c.kl)} / {fmt3(c.agreement)}")) + [""]
 
     # cost
     lines += ["### Cost relative to FullKV (KV memory / latency)", ""]
@@ -184,8 +203,9 @@ def _safe_plots(draw, summary, plot_dir: Path, stem: str, what: str) -> dict[str
 
 
 def render_report(out_dir: str | Path) -> Path:
-    """Read ``out_dir/results.jsonl`` (and ``run.json`` if present); write ``out_dir/report.md`` and
-    PNGs under ``out_dir/plots/``. Returns the report path.
+    """Read ``out_dir/results.jsonl`` (and ``run.json`` if present); write ``out_dir/report.md``, PNGs under
+    ``out_dir/plots/``, ``report.html``, ``summary.csv``, ``summary.json`` (and ``cost.csv`` with latency
+    tasks). Returns the path of report.md.
 
     Raises :class:`~lukv_bench.errors.UserError` if there is no readable result.
     """
@@ -228,6 +248,7 @@ def render_report(out_dir: str | Path) -> Path:
             + "; ".join(f"{p} `{json.dumps(shown[p], sort_keys=True)}`" for p in order_policies(shown))
         )
     lines.append(f"- Records: {len(records)}")
+    lines.append(_wall_time(run))
     if skipped:
         lines.append(f"- Skipped {skipped} unreadable line(s) in results.jsonl (e.g. a torn last line).")
     if versions:
@@ -246,7 +267,10 @@ def render_report(out_dir: str | Path) -> Path:
     lines += _cost_sections(costs, out_dir, plot_dir)
 
     report = out_dir / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    markdown = "\n".join(lines).rstrip() + "\n"
+    report.write_text(markdown, encoding="utf-8")
+    write_html(out_dir, markdown, f"lukv-bench report: {suite_name or out_dir.name}")
+    write_tables(out_dir, summaries, costs)
     return report
 
 
@@ -263,6 +287,13 @@ def _times(r: float | None) -> str:
 
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
+
+
+def _growth(f) -> str:
+    """``0.93 [0.90, 0.96], R² 1.00``: a growth exponent with its 95% interval and the fit's R² (— without a fit)."""
+    if f is None:
+        return "—"
+    return f"{fmt_fixed(f.k, 2)} [{fmt_fixed(f.k_ci[0], 2)}, {fmt_fixed(f.k_ci[1], 2)}], R² {fmt_fixed(f.r2, 2)}"
 
 
 def _reach(r) -> str:
@@ -311,10 +342,12 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
             ] + [_fmt(p.decode_cpu_ms) + _times(p.decode_cpu_ratio)] * cpu)
     lines += _table(head, rows) + [""]
     lines += ["### Growth with context length", ""]
-    lines += [
-        "k = fitted exponent of y ∝ n^k (least squares on log y vs log n over the lengths measured), with the "
-        "fit's R² in brackets: a low R² means the figure does not follow a power of n (noise, or a constant part "
-        "that dominates). Longest "
+    intro = [
+        f"k = fitted exponent of y ∝ n^k (least squares on log y vs log n over the lengths measured; only from "
+        f"{MIN_FIT_LENGTHS} lengths or more, — otherwise), with its 95% interval in brackets (the fit's standard "
+        "error, Student's t with lengths − 2 degrees of freedom: few lengths give a wide interval) and the fit's "
+        "R²: a low R² means the figure does not follow a power of n (noise, or a constant part that dominates). "
+        "Longest "
         f"context = where the fitted memory reaches the limit of **{c.memory_limit_gb:g} GiB** (task setting "
         "`memory_limit_gb`): ~ marks an **extrapolation** with the fitted exponent beyond the lengths measured. "
         "Decoding: the cache plus one decode step. Prefill: compression happens after the prefill, so every "
@@ -331,11 +364,15 @@ def _cost_section(c: CostSummary, plot_links: dict[str, Path], out_dir: Path) ->
     max_pos = m.get("max_positions")
     for s in c.series:
         fits = [s.fit(f) for f in figures]
-        rows.append([s.label] + [f"{f.k:.2f} ({f.r2:.2f})" if f else "—" for f in fits] + [
+        rows.append([s.label] + [_growth(f) for f in fits] + [
             _reach(s.reach("peak_mem_bytes", c.limit_bytes, max_pos)),
             _reach(s.reach("prefill_peak_bytes", c.limit_bytes, max_pos)),
         ])
-    lines += _table(head, rows) + [""]
+    if any(cell != "—" for row in rows for cell in row[1:]):
+        lines += intro + _table(head, rows) + [""]
+    else:
+        lines += [f"No growth exponent and no longest context: the task measured {plural(len(c.lengths), 'length')}, "
+                  f"a fit needs {MIN_FIT_LENGTHS} or more.", ""]
     full, longest = c.full, (c.lengths[-1] if c.lengths else None)
     ref = full.at(longest) if full is not None and longest is not None else None
     if ref is not None:

@@ -369,18 +369,23 @@ def summarize(records: Sequence[dict[str, Any]], proposed: str | None = None,
 # -- formatting ------------------------------------------------------------------------------------
 
 
-def fmt3(x: float | None) -> str:
-    """Three decimals, or an em dash for missing values."""
-    return "—" if x is None else f"{x:.3f}"
-
-
-def fmt_sig(x: float | None, digits: int = 4) -> str:
-    """``digits`` significant digits (for KL, which spans orders of magnitude)."""
+def fmt_fixed(x: float | None, decimals: int = 3) -> str:
+    """``x`` with a fixed number of decimals (one per table column), or an em dash for missing values; a value
+    that rounds to zero prints unsigned (never ``-0.000``)."""
     if x is None:
         return "—"
-    if x == 0:
-        return "0"
-    return f"{x:.{digits}g}"
+    text = f"{x:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def fmt3(x: float | None) -> str:
+    """Three decimals (scores, KL, agreement, ratios), or an em dash for missing values."""
+    return fmt_fixed(x, 3)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 sample``, ``2 samples`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 def _and(items: Sequence[str]) -> str:
@@ -401,12 +406,10 @@ def fmt_diff(x: float) -> str:
 
 
 def fmt_p(p: float | None) -> str:
-    """A p-value for text: two significant digits, ``< 0.001`` below that, ``1`` at 1."""
+    """A p-value with three decimals, ``< 0.001`` below that, an em dash when missing."""
     if p is None:
         return "—"
-    if p >= 0.9995:
-        return "1"
-    return "< 0.001" if p < 0.001 else f"{p:.2g}" if p < 0.01 else f"{p:.3f}".rstrip("0")
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def p_text(p: float | None, label: str = "p") -> str:
@@ -415,7 +418,7 @@ def p_text(p: float | None, label: str = "p") -> str:
 
 
 def fmt_test(pair: Paired, flip: bool = False) -> str:
-    """``7–1 samples, p = 0.07, Holm-adjusted p = 0.84``: the evidence behind a paired verdict
+    """``7–1 samples, p = 0.070, Holm-adjusted p = 0.840``: the evidence behind a paired verdict
     (``flip``: wins and losses from the other policy's side)."""
     w, lo = (pair.losses, pair.wins) if flip else (pair.wins, pair.losses)
     return f"{w}–{lo} samples, {p_text(pair.p)}, {p_text(pair.p_adj, 'Holm-adjusted p')}"
@@ -458,12 +461,16 @@ def findings(s: TaskSummary) -> list[str]:
         out.append(f"**Budget {_and(warned)} is at or below the observation window** on some samples: every "
                    "policy keeps the same newest tokens there, so policies cannot differ (see meta.budget_warning).")
     ns = sorted({c.n for c in s.cells.values()})
-    if ns and ns[0] < 20:
+    if ns and ns[0] == 1:
+        out.append(f"Some cells hold a single sample: they get no interval, no paired test and no place in the "
+                   f"findings below (cells hold {ns[0]}" + (f"–{ns[-1]}" if ns[-1] != ns[0] else "") + " samples).")
+    elif ns and ns[0] < 20:
+        held = plural(ns[0], "sample") if ns[-1] == ns[0] else f"{ns[0]}–{ns[-1]} samples"
         out.append(
-            f"Cells hold {ns[0]}" + (f"–{ns[-1]}" if ns[-1] != ns[0] else "") + " samples; a single sample "
-            f"moves a mean score by up to {1 / ns[0]:.3f}, so small differences are noise."
-            + (f" With {ns[-1]} pairs no paired test can give p below {min_attainable_p(ns[-1]):.3g}, so no "
-               "difference can be significant." if min_attainable_p(ns[-1]) >= ALPHA else "")
+            f"Cells hold {held}; a single sample moves a mean score by up to {fmt3(1 / ns[0])}, so small "
+            "differences are noise."
+            + (f" With {plural(ns[-1], 'pair')} no paired test can give p below {min_attainable_p(ns[-1]):.3g}, "
+               "so no difference can be significant." if min_attainable_p(ns[-1]) >= ALPHA else "")
         )
     # highest mean per budget (a ranking of means, not a test); ties are ties; nothing from one sample
     top_lines = []
@@ -490,7 +497,7 @@ def findings(s: TaskSummary) -> list[str]:
         if kls:
             low = min(v for _, v in kls)
             tied = [p for p, v in kls if v - low <= 1e-9 * max(1.0, abs(low))]
-            kl_lines.append(f"{b.label}: {_and(tied)}" + (" (tied)" if len(tied) > 1 else "") + f" ({fmt_sig(low)})")
+            kl_lines.append(f"{b.label}: {_and(tied)}" + (" (tied)" if len(tied) > 1 else "") + f" ({fmt3(low)})")
     if kl_lines:
         out.append("Lowest mean KL to FullKV per budget — " + "; ".join(kl_lines) + ".")
     # significance against FullKV (Holm within the table's family)
@@ -538,7 +545,8 @@ def findings(s: TaskSummary) -> list[str]:
             if not details:
                 continue
             head = (f"{s.proposed} vs {rival} (paired on the same samples; family: {s.family(s.proposed)}): "
-                    f"{len(wins)} significant win(s), {len(losses)} significant loss(es), {len(ties)} budget(s) "
-                    "without a significant difference")
+                    f"{plural(len(wins), 'significant win')}, "
+                    f"{plural(len(losses), 'significant loss', 'significant losses')}, "
+                    f"{plural(len(ties), 'budget')} without a significant difference")
             out.append(head + ": " + "; ".join(details) + ".")
     return out

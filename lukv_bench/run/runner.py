@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,10 +109,12 @@ class Runner:
                 return []
         return []
 
-    def _write_run_json(self, model_name: str, executor: dict[str, Any] | None = None) -> None:
+    def _write_run_json(self, model_name: str, executor: dict[str, Any] | None = None,
+                        started: str | None = None, finished: str | None = None) -> None:
+        # started/finished (UTC, ISO 8601) time this invocation; the report shows the wall time from them
         info = {"suite": self.suite.to_dict(), "model": model_name, "policies": self.descriptions,
                 "fingerprint": self.policies.fingerprint, "versions": versions(), "argv": sys.argv,
-                "executor": executor or {"kind": "local"}}
+                "executor": executor or {"kind": "local"}, "started": started, "finished": finished}
         if self.history:
             info["history"] = self.history  # earlier settings whose records stay in results.jsonl
         (self.out_dir / RUN_FILE).write_text(json.dumps(info, indent=2, default=str))
@@ -136,13 +139,14 @@ class Runner:
 
     def run(self, executor: Executor) -> Path:
         """Evaluate everything not yet in results.jsonl with ``executor``; returns the results path."""
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
             inventory = executor.start(self.suite)
             if inventory.device != self.policies.fingerprint["device"]:
                 # units run elsewhere (a Ray worker with a GPU): their device is part of every record's key
                 self.policies = SuitePolicies(self.suite, device=inventory.device)
                 self._previous_runs(self._on_change)  # refuses a folder made on another device type
-            self._write_run_json(inventory.model, executor.describe())
+            self._write_run_json(inventory.model, executor.describe(), started)
             units, total, done = self.plan(inventory)
             bar = tqdm(total=total, desc="overall", unit="record", disable=not self.progress, position=0)
             bar.update(done)
@@ -151,6 +155,8 @@ class Runner:
                     self.writer.append(rec)
                     bar.update(1)
             bar.close()
+            self._write_run_json(inventory.model, executor.describe(), started,
+                                 datetime.now(timezone.utc).isoformat(timespec="seconds"))
         finally:
             executor.close()
         return self.writer.path

@@ -153,7 +153,7 @@ def test_score_table_means_by_hand(rendered):
     # binary scores (needle): Wilson intervals; FullKV is 1.0 on all 6 samples
     needle = md[md.index("## Task `needle`") :]
     assert "Wilson score interval" in needle
-    assert _row(needle, "### Mean score", "**FullKV (reference)**")[0] == "1.000 [0.61, 1.00]"
+    assert _row(needle, "### Mean score", "**FullKV (reference)**")[0] == "1.000 [0.610, 1.000]"
     assert "| policy | 0.1 | 0.2 | 0.4 |" in qa
 
 
@@ -161,8 +161,8 @@ def test_fidelity_and_cost_tables(rendered):
     _, md = rendered
     qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
     # KL for layer-uncertainty at 0.1 = 0.9 * 0.5 = 0.45 ; agreement = 0.6
-    assert _row(qa, "### Fidelity", "layer-uncertainty")[0] == "0.45 / 0.600"
-    assert _row(qa, "### Fidelity", "snapkv")[2] == "0.6 / 0.900"
+    assert _row(qa, "### Fidelity", "layer-uncertainty")[0] == "0.450 / 0.600"
+    assert _row(qa, "### Fidelity", "snapkv")[2] == "0.600 / 0.900"
     # memory ratio = budget ; latency = (0.01 + 0.1) / 0.2 = 0.55
     assert _row(qa, "### Cost", "pyramidkv") == ["0.100 / 0.550", "0.200 / 0.550", "0.400 / 0.550"]
 
@@ -173,10 +173,10 @@ def test_findings_state_loss_tie_and_win(rendered):
     findings = qa[qa.index("### Findings") :]
     line = next(ln for ln in findings.splitlines() if "layer-uncertainty vs snapkv" in ln)
     assert "family: task `qa`, every policy × budget vs layer-uncertainty" in line
-    assert "1 significant win(s), 1 significant loss(es), 1 budget(s) without a significant difference" in line
+    assert "1 significant win, 1 significant loss, 1 budget without a significant difference" in line
     # 8 of 8 samples the same way: exact p = 2/256; Holm over the 6 tests of the table, 5 of them 8-0
-    assert "**loses** at 0.1 (0.300 vs 0.650, -0.350, 0–8 samples, p = 0.0078, Holm-adjusted p = 0.047)" in line
-    assert "no significant difference at 0.2 (+0.000, 0–0 samples, p = 1, Holm-adjusted p = 1)" in line
+    assert "**loses** at 0.1 (0.300 vs 0.650, -0.350, 0–8 samples, p = 0.008, Holm-adjusted p = 0.047)" in line
+    assert "no significant difference at 0.2 (+0.000, 0–0 samples, p = 1.000, Holm-adjusted p = 1.000)" in line
     assert "wins at 0.4 (0.800 vs 0.600, +0.200, 8–0 samples" in line
     # highest mean per budget: snapkv at 0.1, a tie at 0.2 (called a tie), pyramidkv at 0.4
     assert "Highest mean score per budget" in findings and "Best" not in findings
@@ -243,14 +243,14 @@ def test_paired_differences_mark_significance(rendered):
     # layer-uncertainty - snapkv per sample at 0.4: +0.2 on all 8 samples: exact sign-flip p = 2/2**8,
     # Holm over the 6 tests of the table (5 of them 8-0 or 0-8) -> 6 * 0.0078 = 0.047: significant
     row = _row(qa, "### Paired difference to layer-uncertainty", "snapkv")
-    assert row[2] == "-0.200 (0–8; p 0.0078, adj 0.047)*"
-    assert row[1] == "+0.000 (0–0; p 1, adj 1)"
+    assert row[2] == "-0.200 (0–8; p 0.008, adj 0.047)*"
+    assert row[1] == "+0.000 (0–0; p 1.000, adj 1.000)"
     assert "the 6 tests of this table (task `qa`, every policy × budget vs layer-uncertainty)" in qa
     # vs FullKV: pyramidkv at 0.4 is 0.9 on every sample vs FullKV (1, 1, .5, 1, ...): 2-6, not significant
     full_row = _row(qa, "### Paired difference to FullKV", "pyramidkv")
     assert full_row[2].startswith("+0.025 (2–6;") and not full_row[2].endswith("*")
     # 0.1 vs FullKV: below on all 8 samples (p = 0.0078), but 9 tests of that p in the table: 9 * p = 0.07
-    assert full_row[0] == "-0.675 (0–8; p 0.0078, adj 0.07)"
+    assert full_row[0] == "-0.675 (0–8; p 0.008, adj 0.070)"
     assert "the 9 tests of this table (task `qa`, every policy × budget vs FullKV)" in qa
 
 
