@@ -139,7 +139,8 @@ def _full_row(task: str, ss: list[TaskSummary]) -> Row | None:
     cells = []
     for f in fulls:
         sc = {k: f[k] for k in shared}
-        cells.append(ArmCell(score=sum(sc.values()) / len(sc), kv=1.0, point=plots.pareto_point("FullKV", sc, sc, 1.0)))
+        point = plots.pareto_point("FullKV", sc, sc, dict.fromkeys(sc, 1.0))
+        cells.append(ArmCell(score=sum(sc.values()) / len(sc), kv=1.0, point=point))
     return Row(task, FULL, "—", "", shared, cells)
 
 
@@ -155,7 +156,7 @@ def _cell_row(task: str, ss: list[TaskSummary], policy: str, bkey: str, label: s
         kvs = plots.cell_values(s, policy, bkey, plots.kv_ratio)
         kv = _mean([kvs[k] for k in shared if k in kvs])
         full = s.full.scores if s.full else {}
-        out.append(ArmCell(score=sum(sc.values()) / len(sc), kv=kv, point=plots.pareto_point(label, sc, full, kv)))
+        out.append(ArmCell(score=sum(sc.values()) / len(sc), kv=kv, point=plots.pareto_point(label, sc, full, kvs)))
     return Row(task, policy, label, bkey, shared, out)
 
 

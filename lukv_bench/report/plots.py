@@ -265,37 +265,32 @@ class ParetoPoint:
     n: int  #: samples the ratio is taken over
 
 
-def retained_score(scores: Mapping[str, float], full: Mapping[str, float]) -> tuple[float, int] | None:
-    """(score retained, samples): the policy's mean score / FullKV's mean score over the samples both were
-    scored on; None when they share none or FullKV scores 0 on all of them (nothing to retain)."""
-    common = [k for k in scores if k in full]
+def pareto_point(label: str, scores: Mapping[str, float], full: Mapping[str, float],
+                 kvs: Mapping[str, float]) -> ParetoPoint | None:
+    """The point of one cell over the samples where it has a score (``scores``), FullKV a score (``full``) and
+    it a KV ratio (``kvs``; {sample id: value} each): score retained = sum of its scores / sum of FullKV's
+    (the ratio of the means), KV = the mean ratio. None when they share no sample or FullKV scores 0 on all
+    of them (nothing to retain)."""
+    common = [k for k in scores if k in full and k in kvs]
     den = sum(full[k] for k in common)
     if not common or den <= 0:
         return None
-    return sum(scores[k] for k in common) / den, len(common)
-
-
-def pareto_point(label: str, scores: Mapping[str, float], full: Mapping[str, float],
-                 kv: float | None) -> ParetoPoint | None:
-    """The point of one cell: ``scores`` and ``full`` ({sample id: score}) give the score retained, ``kv``
-    the mean KV bytes relative to FullKV; None when either is undefined."""
-    ret = retained_score(scores, full)
-    if ret is None or kv is None:
-        return None
-    return ParetoPoint(label, kv, ret[0], ret[1])
+    return ParetoPoint(label, sum(kvs[k] for k in common) / len(common), sum(scores[k] for k in common) / den,
+                       len(common))
 
 
 def pareto_series(s: TaskSummary) -> dict[str, list[ParetoPoint]]:
     """{policy: its points over the budgets, ascending in KV bytes} for one task, FullKV (key ``FULL``) as the
     single point (1, 1); empty when FullKV has no positive score (nothing to be retained)."""
-    if s.full is None or retained_score(s.full.scores, s.full.scores) is None:
+    if s.full is None or sum(s.full.scores.values()) <= 0:
         return {}
     out = {FULL: [ParetoPoint("FullKV", 1.0, 1.0, len(s.full.scores))]}
     for p in s.policies:
         pts = []
         for b in s.budgets:
             c = s.cell(p, b)
-            if c is not None and (pt := pareto_point(b.label, c.scores, s.full.scores, c.mem_ratio)):
+            if c is not None and (pt := pareto_point(b.label, c.scores, s.full.scores,
+                                                     cell_values(s, p, b.key, kv_ratio))):
                 pts.append(pt)
         if pts:
             out[p] = sorted(pts, key=lambda q: q.kv)
