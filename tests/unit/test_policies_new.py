@@ -337,3 +337,17 @@ def _bare() -> torch.nn.Module:
     module = torch.nn.Module()
     module.layer_idx = 0  # type: ignore[assignment]
     return module
+
+
+def test_a_suite_with_a_missing_profile_is_bad_input(tmp_path: Path) -> None:
+    from lukv_bench.config.suite import SuiteError, load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: x\nmodel: embedded\nbudgets: [0.5]\n"
+        "policies: [{name: p, scorer: snapkv, allocator: profiled, profile: missing/profile.json}]\n"
+        "tasks:\n  - {name: passkey, type: needle, lengths: [500], depths: [0.5]}\n"
+    )
+    with pytest.raises(SuiteError, match=r"policies\[0\].*missing/profile.json.*lukv-bench profile") as err:
+        load_suite(suite)
+    assert err.value.exit_code == 2
