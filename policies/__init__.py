@@ -162,7 +162,10 @@ def register_policies(register: Register) -> None:
     )
     register(
         PolicySpec(
-            "keydiff", "keydiff", "uniform", "KeyDiff (Park et al. 2025): keys least similar to the mean key, uniform budgets"
+            "keydiff",
+            "keydiff",
+            "uniform",
+            "KeyDiff (Park et al. 2025): keys least similar to the mean key, uniform budgets",
         )
     )
     register(
