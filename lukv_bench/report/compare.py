@@ -175,18 +175,19 @@ def compare(arms: Sequence[Arm]) -> Comparison:
     for task in shared_tasks:
         ss = [a.tasks[task] for a in arms]
         rows = [r for r in [_full_row(task, ss)] if r is not None]
-        s0 = ss[0]
-        for p in s0.policies:
-            for b in s0.budgets:
-                if (p, b.key) not in s0.cells:
-                    continue
-                missing = [a.label for a, s in zip(arms, ss, strict=True) if (p, b.key) not in s.cells]
-                row = None if missing else _cell_row(task, ss, p, b.key, b.label)
-                if row is not None:
-                    rows.append(row)
-                else:
-                    why = f"not run by {', '.join(missing)}" if missing else "no sample scored by every run"
-                    result.not_compared.append(f"`{task}` {p} @ {b.label}: {why}")
+        # every arm's cells (the baseline's first), grouped by policy
+        cells = list(dict.fromkeys((p, b.key, b.label) for s in ss for p in s.policies for b in s.budgets
+                                   if (p, b.key) in s.cells))
+        order = list(dict.fromkeys(p for p, _, _ in cells))
+        cells.sort(key=lambda c: order.index(c[0]))
+        for p, bkey, label in cells:
+            missing = [a.label for a, s in zip(arms, ss, strict=True) if (p, bkey) not in s.cells]
+            row = None if missing else _cell_row(task, ss, p, bkey, label)
+            if row is not None:
+                rows.append(row)
+            else:
+                why = f"not run by {', '.join(missing)}" if missing else "no sample scored by every run"
+                result.not_compared.append(f"`{task}` {p} @ {label}: {why}")
         binary = all(s.binary for s in ss)
         pairs = []
         for row in rows:
