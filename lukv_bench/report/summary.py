@@ -462,8 +462,9 @@ def findings(s: TaskSummary) -> list[str]:
                    "policy keeps the same newest tokens there, so policies cannot differ (see meta.budget_warning).")
     ns = sorted({c.n for c in s.cells.values()})
     if ns and ns[0] == 1:
+        held = "every cell holds 1" if ns[-1] == 1 else f"cells hold {ns[0]}–{ns[-1]} samples"
         out.append(f"Some cells hold a single sample: they get no interval, no paired test and no place in the "
-                   f"findings below (cells hold {ns[0]}" + (f"–{ns[-1]}" if ns[-1] != ns[0] else "") + " samples).")
+                   f"findings below ({held}).")
     elif ns and ns[0] < 20:
         held = plural(ns[0], "sample") if ns[-1] == ns[0] else f"{ns[0]}–{ns[-1]} samples"
         out.append(
@@ -501,7 +502,7 @@ def findings(s: TaskSummary) -> list[str]:
     if kl_lines:
         out.append("Lowest mean KL to FullKV per budget — " + "; ".join(kl_lines) + ".")
     # significance against FullKV (Holm within the table's family)
-    if s.full is not None and s.cells:
+    if s.full is not None and any(c.vs_full and c.vs_full.n >= 2 for c in s.cells.values()):
         below, not_below = [], []
         for b in s.budgets:
             sig = [p for p in s.policies if (c := s.cell(p, b)) and c.vs_full and c.vs_full.significant

@@ -320,3 +320,149 @@ def test_each_policy_pairs_with_the_fullkv_of_its_own_run_setting() -> None:
     diffs = {p: s.cell(p, s.budgets[0]).vs_full for p in s.policies}
     assert set(diffs) == {"snapkv@sa", "snapkv@sb"}
     assert all(d.diff == 0 and d.wins == 0 and d.losses == 0 for d in diffs.values()), diffs
+
+
+# -- summary.csv / summary.json / cost.csv ---------------------------------------------------------------------
+
+
+def test_summary_csv_and_json_hold_every_cell(rendered):
+    import csv
+
+    from lukv_bench.report.tables import CELL_COLUMNS
+
+    out, _ = rendered
+    with (out / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(CELL_COLUMNS)
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["columns"]["cells"] == CELL_COLUMNS and len(doc["cells"]) == len(rows)
+    # qa: the FullKV reference and 3 policies x 3 budgets; needle: the same
+    assert [(r["task"], r["role"]) for r in rows].count(("qa", "policy")) == 9
+    ref = next(r for r in doc["cells"] if r["task"] == "qa" and r["role"] == "reference")
+    assert ref["policy"] == "full" and ref["n"] == 8 and ref["mean_score"] == pytest.approx(0.875)
+    assert ref["diff_vs_full"] is None and ref["latency_ratio"] is None
+    cell = next(r for r in doc["cells"] if (r["task"], r["policy"], r["budget"]) == ("qa", "snapkv", "0.1"))
+    assert cell["mean_score"] == pytest.approx(0.65) and cell["ci_method"] == "bca"
+    assert cell["ci_low"] < 0.65 < cell["ci_high"]
+    # the same numbers as the report's paired tables (vs FullKV: 2-6; vs layer-uncertainty: 8-0)
+    md = (out / "report.md").read_text()
+    qa = md[md.index("## Task `qa`") : md.index("## Task `needle`")]
+    diff, wins, losses, p, adj = re.match(r"(\S+) \((\d+)–(\d+); p (\S+), adj (\S+)\)",
+                                          _row(qa, "### Paired difference to FullKV", "snapkv")[0]).groups()
+    counts = (cell["wins_vs_full"], cell["losses_vs_full"], cell["ties_vs_full"])
+    assert counts == (int(wins), int(losses), 0) == (2, 6, 0)
+    assert f"{cell['diff_vs_full']:+.3f}" == diff and cell["diff_vs_full"] == pytest.approx(0.65 - 0.875)
+    assert (f"{cell['p_vs_full']:.3f}", f"{cell['p_holm_vs_full']:.3f}") == (p, adj)
+    assert cell["p_holm_vs_full"] >= cell["p_vs_full"] and cell["significant_vs_full"] is False
+    assert cell["proposed"] == "layer-uncertainty" and cell["diff_vs_proposed"] == pytest.approx(0.35)
+    assert cell["significant_vs_proposed"] is True
+    assert cell["kv_bytes_ratio"] == pytest.approx(0.1) and cell["latency_ratio"] == pytest.approx(0.55)
+    assert cell["kl_mean"] == pytest.approx(0.9)
+    same = next(r for r in rows if (r["task"], r["policy"], r["budget"]) == ("qa", "snapkv", "0.1"))
+    assert float(same["p_holm_vs_full"]) == pytest.approx(cell["p_holm_vs_full"])
+    assert same["significant_vs_full"] == "false" and same["significant_vs_proposed"] == "true"
+    needle = next(r for r in rows if r["task"] == "needle" and r["role"] == "reference")
+    assert needle["ci_method"] == "wilson" and needle["diff_vs_full"] == ""
+    assert not (out / "cost.csv").exists()  # no latency task
+
+
+def _latency_record(length: int, policy: str, budget, scale: float) -> dict:
+    kv = 1000.0 * length * (1.0 if policy == "full" else budget)
+    return {"model": "tiny", "task": "cost", "sample_id": f"len-{length}", "policy": policy, "budget": budget,
+            "metric": "latency", "context_tokens": length, "kv_bytes": kv, "peak_mem_bytes": 2 * kv,
+            "prefill_peak_mem_bytes": 3.0 * length, "prefill_s": 1e-4 * length, "compress_s": 0.001,
+            "decode_s": 0.1, "new_tokens": 4, "data_source": "synthetic",
+            "meta": {"decode_ms_per_token": scale * length ** 0.5, "tokens_per_s": 10.0, "vs_full": {},
+                     "device": "cpu", "threads": 1, "repeats": 1, "warmup": 0}}
+
+
+def test_growth_exponents_need_three_lengths_and_carry_their_interval(tmp_path):
+    lengths = [100, 200, 400, 800]
+    recs = [_latency_record(n, "full", 1.0, 1.0) for n in lengths]
+    recs += [_latency_record(n, "snapkv", 0.5, 1.0 + 0.1 * (i % 2)) for i, n in enumerate(lengths)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    md = render_report(tmp_path).read_text()
+    growth = md[md.index("### Growth with context length"):]
+    assert _row(growth, "| setting", "FullKV")[0] == "0.50 [0.50, 0.50], R² 1.00"  # exact: no spread
+    noisy = _row(growth, "| setting", "snapkv @ 0.5")[0]
+    k, lo, hi = map(float, re.match(r"(\S+) \[(\S+), (\S+)\]", noisy).groups())
+    assert lo < 0.5 < hi and k - lo == pytest.approx(hi - k, abs=0.011)
+    growth_rows = json.loads((tmp_path / "summary.json").read_text())["growth"]
+    fit = next(g for g in growth_rows if g["setting"] == "snapkv @ 0.5" and g["figure"] == "decode_ms")
+    assert fit["lengths"] == lengths and fit["k_ci_low"] < fit["k"] < fit["k_ci_high"] and fit["k_se"] > 0
+    cost = (tmp_path / "cost.csv").read_text().splitlines()
+    assert cost[0].startswith("model,task,policy,budget,setting,context_tokens") and len(cost) == 1 + 8
+    # two lengths: no exponent, no extrapolated context, and the report says why
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs if r["context_tokens"] <= 200))
+    md = render_report(tmp_path).read_text()
+    assert "No growth exponent and no longest context: the task measured 2 lengths, a fit needs 3 or more." in md
+    assert json.loads((tmp_path / "summary.json").read_text())["growth"] == []
+
+
+def test_fit_power_spread_shrinks_with_more_lengths():
+    from lukv_bench.report.cost import fit_power
+
+    noise = [1.1, 0.9, 1.05, 0.95, 1.1, 0.9]
+    ns = [100 * 2**i for i in range(6)]
+    few = fit_power(ns[:3], [n * e for n, e in zip(ns, noise[:3])])
+    many = fit_power(ns, [n * e for n, e in zip(ns, noise)])
+    assert fit_power(ns[:2], [1.0, 2.0]) is None and fit_power([100, 100, 200], [1.0, 2.0, 3.0]) is None
+    assert few.k_ci[0] < 1.0 < few.k_ci[1] and many.k_ci[0] < 1.0 < many.k_ci[1]
+    assert many.k_ci[1] - many.k_ci[0] < few.k_ci[1] - few.k_ci[0]
+    assert fit_power(ns[:3], [5.0, 5.0, 5.0]).k == 0.0
+
+
+# -- findings at small n, formatting, wall time ----------------------------------------------------------------
+
+
+def test_no_claims_from_a_single_sample_and_ties_are_ties(tmp_path):
+    recs = [_record("one", "s0", "full", None, 1.0)]
+    recs += [_record("one", "s0", p, 0.2, 0.0) for p in ("snapkv", "pyramidkv", "layer-uncertainty")]
+    recs += [_record("two", f"s{i}", "full", None, 1.0) for i in range(3)]
+    recs += [_record("two", f"s{i}", p, 0.2, 0.0) for i in range(3) for p in ("snapkv", "pyramidkv", "streaming")]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    md = render_report(tmp_path).read_text()
+    one = md[md.index("## Task `one`"):md.index("## Task `two`")]
+    found = one[one.index("### Findings"):]
+    assert "Some cells hold a single sample" in found and "(every cell holds 1)" in found
+    for claim in ("Highest mean", "Lowest mean KL", "below FullKV", "vs snapkv", "samples;"):
+        assert claim not in found, claim
+    assert "1 samples" not in md and "Samples per cell: 1 (every cell)." in one
+    two = md[md.index("## Task `two`"):]
+    assert "0.2: all tied at 0.000, 0% of FullKV" in two and "Cells hold 3 samples" in two
+    assert "With 3 pairs no paired test can give p below 0.25" in two
+
+
+def test_numbers_have_fixed_decimals_and_no_negative_zero():
+    from lukv_bench.report.summary import fmt3, fmt_diff, fmt_fixed, fmt_p, plural
+
+    assert fmt3(-0.0001) == "0.000" and fmt_fixed(-0.004, 2) == "0.00" and fmt_fixed(-0.006, 2) == "-0.01"
+    assert fmt3(0.45) == "0.450" and fmt3(None) == "—" and fmt_diff(-0.0004) == "+0.000"
+    assert [fmt_p(p) for p in (1.0, 0.0078, 0.25, 0.0004, None)] == ["1.000", "0.008", "0.250", "< 0.001", "—"]
+    assert plural(1, "sample") == "1 sample" and plural(0, "sample") == "0 samples"
+    assert plural(2, "significant loss", "significant losses") == "2 significant losses"
+
+
+def test_wall_time_from_run_json(tmp_path):
+    _write_results(tmp_path)
+    md = render_report(tmp_path).read_text()
+    assert "- Wall time: not recorded (run.json has no start and end time" in md
+    run = json.loads((tmp_path / "run.json").read_text())
+    run |= {"started": "2026-01-02T10:00:00+00:00", "finished": "2026-01-02T10:07:12+00:00"}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    md = render_report(tmp_path).read_text()
+    assert "- Wall time: 7.2 min (the last `lukv-bench run` into this folder, 2026-01-02T10:00:00+00:00 to" in md
+
+
+def test_markdown_to_html_keeps_structure_and_escapes():
+    from lukv_bench.report.html import markdown_to_html
+
+    md = ("# Title <x>\n\n- top **bold**\n  - nested `code`\n- next\n\n## Task `t`\n\n### Mean score\n\n"
+          "| policy | 0.1 |\n|---|---:|\n| a & b | 0.5 |\n\n![missing plot](plots/none.png)\n\nline one\nline two\n")
+    html = markdown_to_html(md, Path("/nonexistent"))
+    assert "<h1>Title &lt;x&gt;</h1>" in html
+    assert "<ul><li>top <strong>bold</strong><ul><li>nested <code>code</code></li></ul></li><li>next</li></ul>" in html
+    assert '<table class="sortable" data-section="Task t / Mean score">' in html
+    assert '<th class="num" scope="col">0.1</th>' in html and '<td class="">a &amp; b</td>' in html
+    assert "missing plot (plot file plots/none.png missing)" in html
+    assert "<p>line one line two</p>" in html
