@@ -44,6 +44,7 @@ _MARKERS = "osD^v<>phX*"
 _COLORS = ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")  #: no red: red is the proposed method
 _LINESTYLES = ("-", "--", "-.", ":")
 DODGE = 0.01  #: sideways shift between neighbouring series, as a share of the x span (log decades on log axes)
+MAX_SPREAD = 0.06  #: the most the outermost series lie apart, as a share of the x span (many series: smaller steps)
 #: the file suffixes of the plots the report draws (``<stem>_<kind>.png``): the files :func:`clear_plots` owns
 PLOT_KINDS = ("score", "kl", "pareto", "layers", "heatmap", "decode", "memory")
 _FULL_STYLE: dict[str, Any] = {"color": "black", "marker": "*", "markersize": 12, "linestyle": "none", "zorder": 7}
@@ -96,9 +97,11 @@ def clear_plots(plot_dir: Path) -> list[Path]:
 
 
 def dodged(xs: Sequence[float], j: int, n_series: int, span: float, log: bool = False) -> list[float]:
-    """``xs`` of series ``j`` of ``n_series`` shifted sideways by ``DODGE * span`` per step, centred on the
-    true values; on a log axis the shift is multiplicative (``span`` in decades)."""
-    step = (j - (n_series - 1) / 2) * DODGE * span
+    """``xs`` of series ``j`` of ``n_series`` shifted sideways by ``DODGE * span`` per step (less when the
+    outermost would lie more than ``MAX_SPREAD * span`` apart), centred on the true values; on a log axis the
+    shift is multiplicative (``span`` in decades)."""
+    share = min(DODGE, MAX_SPREAD / max(1, n_series - 1))
+    step = (j - (n_series - 1) / 2) * share * span
     return [x * 10**step for x in xs] if log else [x + step for x in xs]
 
 

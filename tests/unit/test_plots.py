@@ -145,6 +145,9 @@ def test_dodge_is_centred_and_multiplicative_on_log_axes():
     assert plots.dodged([1.0], 1, 3, 10.0) == [1.0]
     (x,) = plots.dodged([1000.0], 2, 3, 1.0, log=True)
     assert x == pytest.approx(1000.0 * 10**plots.DODGE)
+    many = [plots.dodged([0.0], j, 20, 1.0)[0] for j in range(20)]
+    assert max(many) - min(many) == pytest.approx(plots.MAX_SPREAD)
+    assert sum(many) == pytest.approx(0.0)
 
 
 def _cost(policies: list[str], budgets: list[float]) -> CostSummary:
