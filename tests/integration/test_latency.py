@@ -146,7 +146,8 @@ def test_report_has_the_cost_section(latency_run):
     report = (latency_run / "report.md").read_text()
     assert "## Cost: task `cost`" in report
     assert "### Growth with context length" in report and "### Closing note" in report
-    assert "k decode CPU ms/token" in report
+    assert "| tokens/s | decode CPU ms/token |" in report
+    assert "the task measured 2 lengths, a fit needs 3 or more" in report  # no growth exponent from two points
     assert f"Skipped: {TOO_LONG} prompt tokens" in report
     assert "## Task `cost`" not in report  # no quality section for latency records
     for png in ("decode", "memory"):
