@@ -59,10 +59,13 @@ def _check_out_folder(out: Path, given: bool) -> None:
 
 
 def _hide_progress_bars() -> None:
-    """Silence the progress bars of the libraries a run drives (transformers, the hub, datasets)."""
+    """Silence the progress bars of the libraries a run drives (transformers, the hub, datasets, lm-eval's tqdm)."""
     import os
 
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # tqdm reads TQDM_* defaults when it is first imported (below, by transformers): lm-eval's bars pass no
+    # `disable` and would show otherwise
+    os.environ["TQDM_DISABLE"] = "1"
     import datasets
     import transformers
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from lukv_bench.errors import UserError
 from lukv_bench.records import Record
-from lukv_bench.run.session import Inventory, Session
+from lukv_bench.run.session import Inventory, Session, SuiteUnits
 from lukv_bench.units import Unit
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,24 @@ EXECUTORS = ("local", "ray")
 RAY_INSTALL = 'pip install "lukv-bench[ray]"'
 DEFAULT_MAX_RETRIES = 3
 
+#: called with each unit as its evaluation starts (the progress bar names it)
+Started = Callable[[Unit], None]
+
+
+def _ignore(unit: Unit) -> None:
+    """The default :data:`Started`: nobody is told."""
+
 
 class Executor(Protocol):
     """Evaluates units for a :class:`~lukv_bench.run.runner.Runner`, which writes what it yields."""
 
-    def start(self, suite: Any) -> Inventory:
-        """Load the model wherever units will run; return what it makes of the suite."""
+    def start(self, suite: Any, units: SuiteUnits | None = None) -> Inventory:
+        """Load the model wherever units will run; return what it makes of the suite. ``units``: the suite's units
+        as the driver listed them (an executor that runs units in this process may use them)."""
         ...
 
-    def execute(self, units: list[Unit]) -> Iterator[Record]:
-        """Evaluate ``units``; yield each record as soon as it is back in this process."""
+    def execute(self, units: list[Unit], started: Started = _ignore) -> Iterator[Record]:
+        """Evaluate ``units``, calling ``started`` as each starts; yield each record as soon as it is back here."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -65,15 +73,16 @@ class LocalExecutor:
     def __init__(self) -> None:
         self.session: Session | None = None
 
-    def start(self, suite: Any) -> Inventory:
-        """Load the suite's model here."""
-        self.session = Session(suite)
+    def start(self, suite: Any, units: SuiteUnits | None = None) -> Inventory:
+        """Load the suite's model here (its units: ``units`` when the driver listed them already)."""
+        self.session = Session(suite, units)
         return self.session.inventory()
 
-    def execute(self, units: list[Unit]) -> Iterator[Record]:
+    def execute(self, units: list[Unit], started: Started = _ignore) -> Iterator[Record]:
         """Evaluate units in order; records stream out batch by batch."""
         assert self.session is not None, "start() first"
         for unit in units:
+            started(unit)
             yield from self.session.evaluate(unit)
 
     def describe(self) -> dict[str, Any]:
@@ -148,8 +157,9 @@ class RayExecutor:
         self._setup_failures = 0
 
     # -- starting -------------------------------------------------------------------------------
-    def start(self, suite: Any) -> Inventory:
-        """Connect to (or start) the cluster, start the workers, wait for the first to load the model."""
+    def start(self, suite: Any, units: SuiteUnits | None = None) -> Inventory:
+        """Connect to (or start) the cluster, start the workers, wait for the first to load the model (workers list
+        the suite's units themselves: ``units`` is not used)."""
         self._suite = suite
         res = suite.resources
         self.cpus = float(res.cpus_per_worker or suite.threads or 1)
@@ -202,8 +212,9 @@ class RayExecutor:
         self._add_worker()
 
     # -- running --------------------------------------------------------------------------------
-    def execute(self, units: list[Unit]) -> Iterator[Record]:
-        """Dispatch units to idle workers; yield each finished unit's records; retry units of dead workers.
+    def execute(self, units: list[Unit], started: Started = _ignore) -> Iterator[Record]:
+        """Dispatch units to idle workers (``started`` told of each); yield each finished unit's records; retry units
+        of dead workers.
 
         A unit that must run ``alone`` waits until no unit is in flight, and nothing else starts while it runs.
         """
@@ -220,6 +231,7 @@ class RayExecutor:
                 unit = queue.popleft()
                 self._pending[actor.run.remote(unit)] = (actor, unit)
                 running.append(unit)
+                started(unit)
             if not self._pending:  # every worker is either idle or busy, so this cannot happen with units left
                 raise RuntimeError(f"{len(queue)} units left but no Ray worker to run them")
             records: list[Record] = []

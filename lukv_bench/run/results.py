@@ -58,8 +58,7 @@ class ResultsWriter:
     """Appends records to ``OUT/results.jsonl`` with fsync, and knows which keys are done."""
 
     def __init__(self, out_dir: Path):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = Path(out_dir)  # made by the first append: a run that fails before it leaves no folder
         self.path = self.out_dir / RESULTS_FILE
         self._repair()
         self.done = {record_key(r) for r in read_records(self.path)}
@@ -88,6 +87,7 @@ class ResultsWriter:
         if key in self.done:
             return
         line = json.dumps(rec, sort_keys=True, default=_json_default) + "\n"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as f:
             f.write(line.encode())
             f.flush()

@@ -5,9 +5,12 @@ This is the one run loop, whatever the task types: every task entry yields units
 ``OUT/results.jsonl`` (see :mod:`lukv_bench.run.results`), an executor (:mod:`lukv_bench.run.executors`:
 in this process, or on a Ray cluster) evaluates them in a :class:`~lukv_bench.run.session.Session`, and
 the runner appends each record as it comes back: it is the only writer, so a rerun of the same command
-resumes. Before any model loads, a folder whose ``run.json`` holds other record-changing settings is
-refused (``on_change="error"``), unless the new settings go beside the old ones (``"add"``: their
-records have other keys) or into a fresh folder (``"new"``).
+resumes. The plan needs the model's tokenizer, not its weights: a rerun with nothing left loads no model.
+The folder and ``run.json`` are written with the first record, so a run that fails before it leaves no
+folder behind (and a folder that existed stays as it was). Before any model loads, a folder whose
+``run.json`` holds other record-changing settings is refused (``on_change="error"``), unless the new
+settings go beside the old ones (``"add"``: their records have other keys) or into a fresh folder
+(``"new"``).
 """
 
 from __future__ import annotations
@@ -16,17 +19,17 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from lukv_bench.errors import UserError
 from lukv_bench.records import suite_differences
 from lukv_bench.run.fingerprint import differences as fingerprint_differences
+from lukv_bench.run.progress import RunProgress, describe_plan
 from lukv_bench.run.results import RESULTS_FILE, RUN_FILE, ResultsWriter
-from lukv_bench.run.session import Inventory, SuitePolicies, versions
+from lukv_bench.run.session import Inventory, SuitePolicies, SuiteUnits, versions
 from lukv_bench.units import Unit
 
 if TYPE_CHECKING:
@@ -48,13 +51,16 @@ def _fresh_folder(out: Path) -> Path:
 class Runner:
     """Executes a validated suite: plans its units, has an executor evaluate them, writes the records."""
 
-    def __init__(self, suite, out_dir: Path, progress: bool = True, on_change: str = "error"):
+    def __init__(self, suite, out_dir: Path, progress: bool = True, on_change: str = "error",
+                 say: Callable[[str], None] | None = None):
+        """``say`` gets the run's status lines (records done and to run; default: standard error)."""
         if on_change not in ON_CHANGE:
             raise ValueError(f"on_change must be one of {ON_CHANGE}")
         self.suite = suite
         self.policies = SuitePolicies(suite)
         self.descriptions = self.policies.descriptions
         self.progress = progress
+        self._say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self._on_change = on_change
         self.out_dir = self._choose_folder(Path(out_dir), on_change)
         self.history: list[dict[str, Any]] = self._previous_runs(on_change)
@@ -117,6 +123,7 @@ class Runner:
                 "executor": executor or {"kind": "local"}, "started": started, "finished": finished}
         if self.history:
             info["history"] = self.history  # earlier settings whose records stay in results.jsonl
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / RUN_FILE).write_text(json.dumps(info, indent=2, default=str))
 
     # -- the run loop ---------------------------------------------------------------------------------
@@ -141,22 +148,40 @@ class Runner:
         """Evaluate everything not yet in results.jsonl with ``executor``; returns the results path."""
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
-            inventory = executor.start(self.suite)
-            if inventory.device != self.policies.fingerprint["device"]:
-                # units run elsewhere (a Ray worker with a GPU): their device is part of every record's key
-                self.policies = SuitePolicies(self.suite, device=inventory.device)
-                self._previous_runs(self._on_change)  # refuses a folder made on another device type
-            self._write_run_json(inventory.model, executor.describe(), started)
+            listed = SuiteUnits(self.suite)  # the tokenizer alone: planning loads no weights
+            inventory = listed.inventory(self.policies.fingerprint["device"])
             units, total, done = self.plan(inventory)
-            bar = tqdm(total=total, desc="overall", unit="record", disable=not self.progress, position=0)
-            bar.update(done)
-            for rec in executor.execute(units):
-                if not self.writer.is_done(rec.key()):
-                    self.writer.append(rec)
-                    bar.update(1)
-            bar.close()
+            self._say(describe_plan(total, done, units, self.writer.path))
+            if not units:
+                if not (self.out_dir / RUN_FILE).exists():
+                    self._write_run_json(inventory.model, executor.describe(), started)
+                return self.writer.path
+            there = executor.start(self.suite, listed)
+            if there != inventory:  # units run elsewhere (a Ray worker with a GPU): its view decides
+                if there.device != self.policies.fingerprint["device"]:  # the device is part of every record's key
+                    self.policies = SuitePolicies(self.suite, device=there.device)
+                    self._previous_runs(self._on_change)  # refuses a folder made on another device type
+                inventory = there
+                units, total, done = self.plan(inventory)
+            self._evaluate(executor, units, inventory.model, started)
             self._write_run_json(inventory.model, executor.describe(), started,
                                  datetime.now(timezone.utc).isoformat(timespec="seconds"))
         finally:
             executor.close()
         return self.writer.path
+
+    def _evaluate(self, executor: Executor, units: list[Unit], model: str, started: str) -> None:
+        """Have ``executor`` evaluate ``units``, writing run.json with the first new record and each record as it
+        comes back."""
+        progress = RunProgress(units, enabled=self.progress)
+        described = False
+        try:
+            for rec in executor.execute(units, progress.started):
+                progress.record(rec.task, rec.sample_id)
+                if not self.writer.is_done(rec.key()):
+                    if not described:
+                        self._write_run_json(model, executor.describe(), started)
+                        described = True
+                    self.writer.append(rec)
+        finally:
+            progress.close()

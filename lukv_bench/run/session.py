@@ -1,8 +1,11 @@
-"""The two sides of a run that both need the suite: its cells and records (:class:`SuitePolicies`), and a
-loaded model that evaluates units (:class:`Session`).
+"""The sides of a run that need the suite: its cells and records (:class:`SuitePolicies`), its units
+(:class:`SuiteUnits`, built with the model's tokenizer alone), and a loaded model that evaluates units
+(:class:`Session`).
 
-The driver builds a :class:`SuitePolicies` to plan (which record keys each unit would write); every
-executor's worker builds a :class:`Session` from the suite alone and evaluates the units sent to it.
+The driver builds a :class:`SuitePolicies` and a :class:`SuiteUnits` to plan (which record keys each unit
+would write) without loading the model's weights, so a finished run is seen as such in seconds; every
+executor's worker builds a :class:`Session` from the suite alone (the local one reuses the driver's units)
+and evaluates the units sent to it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from typing import Any
 
 import torch
 
-from lukv_bench.errors import UserError
+from lukv_bench.config.suite import resolve_policies
 from lukv_bench.records import Record, RecordKey, run_digest, run_settings, setting_digest
 from lukv_bench.registry import resolve_policy
 from lukv_bench.run.fingerprint import data_fingerprint, device_identity, model_identity
 from lukv_bench.runtime.contract import FULL
 from lukv_bench.runtime.engine import Engine, EngineSettings
-from lukv_bench.runtime.models import load_model, resolve_device
+from lukv_bench.runtime.models import load_model, load_tokenizer, model_name, resolve_device
 from lukv_bench.runtime.prompts import use_chat_template
 from lukv_bench.tasks import unit_sources
 from lukv_bench.units import Unit, UnitSource
@@ -58,21 +61,7 @@ class SuitePolicies:
 
     def __init__(self, suite: Any, device: str | None = None) -> None:
         self.suite = suite
-        self.policies = []
-        for i, spec in enumerate(suite.policies):
-            try:
-                self.policies.append(resolve_policy(spec))
-            except UserError as e:
-                raise type(e)(f"{suite.where(f'policies[{i}]')}: {e}") from e
-            # records are keyed by policy name: a second entry with the same name would be skipped
-            name = self.policies[-1].name
-            first = next(j for j, p in enumerate(self.policies) if p.name == name)
-            if first != i:
-                raise UserError(
-                    f"{suite.where(f'policies[{i}]')}: policy name {name!r} is already used by policies[{first}] "
-                    f"(results are keyed by name); give this variant its own name, e.g. "
-                    f"{{name: my-{name}, scorer: ..., allocator: ..., <params>}}"
-                )
+        self.policies = resolve_policies(suite)
         if not any(p.name == FULL for p in self.policies):
             self.policies.insert(0, resolve_policy(FULL))
         self.full = self.by_name(FULL)
@@ -141,13 +130,40 @@ class Inventory:
     units: list[Unit]
 
 
+class SuiteUnits:
+    """A suite's unit sources and their units, in suite order; built with the model's tokenizer, not its weights."""
+
+    def __init__(self, suite: Any, tokenizer: Any = None) -> None:
+        """``tokenizer``: the loaded model's (default: the suite model's tokenizer, loaded alone)."""
+        self.model = model_name(suite.model)  #: the model name records carry
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(suite.model)
+        self.sources = [src for entry in suite.tasks for src in unit_sources(entry, suite, self.tokenizer)]
+        self._units: dict[str, tuple[UnitSource, list[Unit]]] | None = None
+
+    def by_task(self) -> dict[str, tuple[UnitSource, list[Unit]]]:
+        """{record task name: (its source, its units)}, listed once."""
+        if self._units is None:
+            self._units = {}
+            for src in self.sources:
+                for unit in src.units():
+                    self._units.setdefault(unit.task, (src, []))[1].append(unit)
+        return self._units
+
+    def inventory(self, device: str) -> Inventory:
+        """The model name and every unit of every task, for units that run on ``device`` (a device type)."""
+        units = [u for _, units in self.by_task().values() for u in units]
+        return Inventory(model=self.model, device=device, units=units)
+
+
 class Session:
     """The suite's model loaded in this process, its engine and unit sources: evaluates units.
 
     It is the :class:`~lukv_bench.units.UnitContext` every unit's evaluation gets.
     """
 
-    def __init__(self, suite: Any) -> None:
+    def __init__(self, suite: Any, units: SuiteUnits | None = None) -> None:
+        """``units``: the suite's units already listed in this process (default: listed here with the model's
+        tokenizer)."""
         if suite.threads:
             torch.set_num_threads(int(suite.threads))
         torch.manual_seed(suite.seed)
@@ -161,27 +177,15 @@ class Session:
         )
         self.engine = Engine(self.lm.model, self.lm.tokenizer, settings)
         self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)
-        self.sources = [src for entry in suite.tasks for src in unit_sources(entry, suite, self.lm.tokenizer)]
-
-        self._units: dict[str, tuple[UnitSource, list[Unit]]] | None = None
-
-    def _by_task(self) -> dict[str, tuple[UnitSource, list[Unit]]]:
-        """{record task name: (its source, its units)}, listed once."""
-        if self._units is None:
-            self._units = {}
-            for src in self.sources:
-                for unit in src.units():
-                    self._units.setdefault(unit.task, (src, []))[1].append(unit)
-        return self._units
+        self.units = units if units is not None else SuiteUnits(suite, self.lm.tokenizer)
 
     def inventory(self) -> Inventory:
         """The model name and every unit of every task, in suite order."""
-        units = [u for _, units in self._by_task().values() for u in units]
-        return Inventory(model=self.lm.name, device=self.policies.fingerprint["device"], units=units)
+        return self.units.inventory(self.policies.fingerprint["device"])
 
     def evaluate(self, unit: Unit) -> Iterator[Record]:
         """The records of ``unit``'s cells, batch by batch."""
-        yield from self._by_task()[unit.task][0].evaluate(unit, self)
+        yield from self.units.by_task()[unit.task][0].evaluate(unit, self)
 
     # -- the UnitContext a unit's evaluation gets ---------------------------------------------------------
     def cells(self, unit: Unit) -> list[tuple[Any, Any]]:

@@ -125,6 +125,32 @@ def resolve_model_path(spec: str) -> tuple[str, str]:
     return spec, f"hub:{spec}"
 
 
+def model_name(spec: str) -> str:
+    """The name records carry for model ``spec``."""
+    return EMBEDDED_NAME if spec == "embedded" else spec
+
+
+def _cannot_load(spec: str, source: str, err: OSError) -> UserError:
+    hint = ""
+    if source.startswith("hub:"):
+        hint = (
+            " (the model hub may be unreachable: download the model on a connected machine and pass "
+            "its folder, or use model: embedded)"
+        )
+    return UserError(f"cannot load model {spec!r}: {err.__class__.__name__}: {str(err)[:300]}{hint}")
+
+
+def load_tokenizer(spec: str) -> object:
+    """The tokenizer of model ``spec`` alone, without its weights (enough to list a suite's samples)."""
+    from transformers import AutoTokenizer
+
+    path, source = resolve_model_path(spec)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise _cannot_load(spec, source, e) from e
+
+
 def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> LoadedModel:
     """Load a causal LM and tokenizer: ``embedded``, a hub id, a local folder, or a ``.gguf`` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,16 +161,9 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "c
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
-        hint = ""
-        if source.startswith("hub:"):
-            hint = (
-                " (the model hub may be unreachable: download the model on a connected machine and pass "
-                "its folder, or use model: embedded)"
-            )
-        raise UserError(f"cannot load model {spec!r}: {e.__class__.__name__}: {str(e)[:300]}{hint}") from e
+        raise _cannot_load(spec, source, e) from e
     model.to(device).eval()
-    name = EMBEDDED_NAME if spec == "embedded" else spec
-    return LoadedModel(model=model, tokenizer=tok, name=name, source=source)
+    return LoadedModel(model=model, tokenizer=tok, name=model_name(spec), source=source)
 
 
 def config_max_positions(spec: str) -> int | None:
