@@ -70,7 +70,6 @@ def policy_style(policy: str, i: int, proposed: str | None = None) -> dict[str, 
     style: dict[str, Any] = {
         "marker": _MARKERS[k % len(_MARKERS)],
         "linestyle": _LINESTYLES[k % len(_LINESTYLES)],
-        "markersize": 5,
         "label": policy,
         "color": _COLORS[k % len(_COLORS)],
     }
