@@ -240,3 +240,98 @@ def test_real_exit_codes_from_subprocess(workdir: Path) -> None:
     assert res.stderr.startswith("lukv-bench: error:") and str(bad) in res.stderr
     assert "Traceback" not in res.stderr and "did you mean 'h2o'" in res.stderr
     assert not (workdir / "o").exists()
+
+
+# ------------------------------------------------------------------- suite options on the command line
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _cells(records: list[dict]) -> set[tuple[str, str, float]]:
+    return {(r["task"], r["policy"], r["budget"]) for r in records}
+
+
+def test_run_without_a_suite_file_then_a_rerun_that_loads_no_model(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", TINY, "--policies", "snapkv", "--budgets", "0.5", "--task", "passkey", "--limit", "2",
+            "--device", "cpu", "--out", "o"]
+    res = _invoke(args)
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    records = _records(tmp_path / "o")
+    assert _cells(records) == {("passkey", "full", 1.0), ("passkey", "snapkv", 0.5),
+                               ("passkey:no-context", "full", 1.0)}
+    assert len({r["sample_id"] for r in records}) == 2
+    err = _stderr(res)
+    assert f"0 records already done, {len(records)} to run (4 samples of 2 tasks)" in err
+    assert "now passkey: passkey-L" in err and "ETA" in err  # the bar names the sample in flight
+    suite = json.loads((tmp_path / "o" / "run.json").read_text())["suite"]
+    assert (suite["name"], suite["file"], suite["policies"], suite["device"]) == ("passkey", None, ["snapkv"], "cpu")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run loaded the model")
+
+    monkeypatch.setattr("lukv_bench.run.session.load_model", no_model)
+    again = _invoke(args)
+    assert again.exit_code == 0, (again.output, repr(again.exception))
+    assert f"all {len(records)} records are already in" in _stderr(again)
+    assert _records(tmp_path / "o") == records
+
+
+def test_options_replace_the_keys_of_a_suite_file(workdir: Path) -> None:
+    suite = _suite(workdir)
+    out = workdir / "o"
+    res = _invoke(["run", str(suite), "--policies", "h2o", "--budgets", "0.6,0.8", "--device", "cpu", "--out",
+                   str(out), "--no-progress"])
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    assert _cells(_records(out)) == {("d", "full", 1.0), ("d", "h2o", 0.6), ("d", "h2o", 0.8)}
+    assert json.loads((out / "run.json").read_text())["suite"]["file"] == str(suite)
+
+
+def test_bad_options_are_listed_with_the_files_problems_each_naming_its_option(workdir: Path) -> None:
+    err = _expect_usage_error(
+        ["run", "--policies", "snapkvv,h2o,{name: x}", "--budgets", "0,0.2", "--dtype", "float8", "--out",
+         str(workdir / "o")],
+        "4 problems in run options", "--policies: policies[0]: unknown policy 'snapkvv'; did you mean 'snapkv'",
+        "--policies: policies[2]: unknown policy '{name: x}'", "--budgets: budgets[0]: ratio must be in (0, 1]",
+        "--dtype: dtype: got 'float8'",
+    )
+    assert "Traceback" not in err and not (workdir / "o").exists()
+    suite = _suite(workdir, policies="policies: [full, snapkvv, {name: snapkv, kernel: x, nope: 1}]")
+    _expect_usage_error(["run", str(suite), "--budgets", "1.5", "--out", str(workdir / "o")],
+                        "4 problems in suite file", "--budgets: budgets[0]", f"{suite}:3: policies[1]",
+                        f"{suite}:3: policies[2]: policy 'snapkv': parameter 'kernel' must be an integer",
+                        f"{suite}:3: policies[2]: policy 'snapkv': unknown parameter 'nope'")
+
+
+def test_a_run_that_fails_before_its_first_record_leaves_no_folder(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's tokenizer loads (planning needs it) but its weights do not."""
+    broken = tmp_path / "broken"
+    shutil.copytree(TINY, broken)
+    weights = list(broken.glob("*.safetensors"))
+    assert weights
+    for file in weights:
+        file.write_bytes(b"not weights")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--model", str(broken), "--policies", "snapkv", "--budgets", "0.5", "--limit", "1", "--device",
+            "cpu", "--no-progress"]
+    res = _invoke([*args, "--out", "new/run"])
+    assert res.exit_code == 1, (res.output, repr(res.exception))
+    assert "0 records already done" in _stderr(res) and not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    res = _invoke([*args, "--out", str(kept)])
+    assert res.exit_code == 1
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+def test_no_progress_silences_the_tqdm_bars_of_every_library(tmp_path: Path) -> None:
+    """lm-eval's bars pass no ``disable``: tqdm's default must say so before any library imports it (a process)."""
+    check = ("from lukv_bench.cli import _hide_progress_bars; _hide_progress_bars(); import tqdm, tqdm.auto; "
+             "import sys; sys.exit(0 if tqdm.tqdm(range(2)).disable and tqdm.auto.tqdm(range(2)).disable else 3)")
+    res = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
