@@ -9,7 +9,7 @@ relative to its own FullKV, and the paired difference to the baseline on those s
 :mod:`lukv_bench.report.stats`, Holm-adjusted within each task). Latency records are not compared.
 
 Writes ``OUT/compare.md`` (the table per task and the plot), ``OUT/compare.csv`` (the same numbers, one row
-per cell and arm) and ``OUT/plots/compare_pareto.png`` (one Pareto panel per task, every arm's FullKV at
+per cell and arm) and ``OUT/plots/compare-pareto.png`` (one Pareto panel per task, every arm's FullKV at
 (1, 1)).
 """
 
@@ -38,7 +38,7 @@ from lukv_bench.report.summary import (
 )
 from lukv_bench.runtime.contract import FULL
 
-PARETO_PNG = "compare_pareto.png"  #: the plot's file name under OUT/plots/
+PARETO_PNG = "compare-pareto.png"  #: under OUT/plots/; not a name the report owns (plots.PLOT_KINDS)
 _ARM_LINES = ("-", "--", ":", "-.")
 
 

@@ -13,6 +13,7 @@ from support import TINY
 
 from lukv_bench.cli import main
 from lukv_bench.errors import UserError
+from lukv_bench.report import plots
 from lukv_bench.report.compare import PARETO_PNG, compare, load_arms, pareto_lines
 from lukv_bench.report.plots import ParetoPoint
 from lukv_bench.runtime.contract import FULL
@@ -122,6 +123,7 @@ def test_compare_writes_the_pareto_png(hand, tmp_path):
     png = tmp_path / "o" / "plots" / PARETO_PNG
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert f"](plots/{PARETO_PNG})" in (tmp_path / "o" / "compare.md").read_text()
+    assert plots.owned_plots(png.parent) == []  # a report rendered into the same folder leaves it alone
 
 
 def test_bad_input_exits_2_naming_the_folder(hand, tmp_path):
