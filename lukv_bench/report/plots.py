@@ -201,7 +201,7 @@ def _draw_series(ax: Axes, series: list[tuple[dict[str, Any], list[Point]]], log
     for j, (style, pts) in enumerate(series):
         xs = dodged([x for x, _, _ in pts], j, len(series), span, log_x)
         ys = [y for _, y, _ in pts]
-        # an interval that does not contain its mean (BCa can do that on tiny samples) draws as no bar there
+        # a side of an interval that lies beyond its mean (BCa can do that on tiny samples) draws as no bar
         lo = [max(0.0, y - ci[0]) if ci else 0.0 for _, y, ci in pts]
         hi = [max(0.0, ci[1] - y) if ci else 0.0 for _, y, ci in pts]
         if log_y:
@@ -217,16 +217,15 @@ def score_vs_memory(s: TaskSummary, path: Path) -> Path | None:
     """(a) Mean score (95% interval) vs measured KV memory (kv_bytes / kv_bytes_full), one line per policy;
     FullKV as a horizontal line with its interval as a band."""
     series = _memory_series(s, lambda p, bk, c: (c.score, c.score_ci))
-    has_full = s.full is not None and s.full.score is not None
-    if not series and not has_full:
+    full = s.full if s.full is not None and s.full.score is not None else None
+    if not series and full is None:
         return None
     fig = new_figure(8.4, 4.6)
     ax = fig.add_subplot()
-    if has_full:
-        assert s.full is not None and s.full.score is not None
-        ax.axhline(s.full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
-        if s.full.score_ci:
-            ax.axhspan(*s.full.score_ci, color="black", alpha=0.08, linewidth=0, label="FullKV 95% interval")
+    if full is not None:
+        ax.axhline(full.score, color="black", linestyle="--", linewidth=1.2, label="FullKV")
+        if full.score_ci:
+            ax.axhspan(*full.score_ci, color="black", alpha=0.08, linewidth=0, label="FullKV 95% interval")
     _draw_series(ax, [(policy_style(p, i, s.proposed), pts) for i, (p, pts) in enumerate(series)])
     ax.set_xlabel("KV memory / FullKV (measured)" + _dodge_note(len(series)), fontsize=9)
     ax.set_ylabel(f"mean score ({s.metric}), 95% interval")
