@@ -27,8 +27,8 @@ _ITEM = re.compile(r"^(?P<indent> *)- (?P<text>.*)$")
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ccc;padding:.25em .6em}td.num,th.num{text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-variant-numeric:tabular-nums;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25em .6em}td.num,th.num{text-align:right;white-space:nowrap}
 th{background:#f3f3f3;cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 code{background:#f3f3f3;padding:0 .2em}figure{margin:1em 0}img{max-width:100%}
