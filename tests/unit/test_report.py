@@ -268,6 +268,9 @@ def test_paired_section_only_when_the_suite_names_a_proposed_policy(tmp_path):
     md = render_report(tmp_path).read_text()
     assert "### Paired difference to FullKV" in md
     assert "### Paired difference to layer-uncertainty" not in md and "layer-uncertainty vs" not in md
+    cells = json.loads((tmp_path / "summary.json").read_text())["cells"]
+    assert all(c["proposed"] is None and c["diff_vs_proposed"] is None for c in cells)
+    assert any(c["diff_vs_full"] is not None for c in cells)
 
 
 def test_report_setting_picks_proposed_and_rivals(tmp_path):
