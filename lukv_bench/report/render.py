@@ -101,7 +101,8 @@ def _wall_time(run: dict[str, Any]) -> str:
                 "older lukv-bench wrote it)")
     seconds = (end - start).total_seconds()
     took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-    return f"- Wall time: {took} (the last `lukv-bench run` into this folder, {run['started']} to {run['finished']})"
+    return (f"- Wall time: {took} (of the last `lukv-bench run` that added records here, {run['started']} to "
+            f"{run['finished']})")
 
 
 def _task_section(s: TaskSummary, multi_model: bool, plot_links: dict[str, Path], out_dir: Path) -> list[str]:

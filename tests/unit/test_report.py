@@ -454,7 +454,8 @@ def test_wall_time_from_run_json(tmp_path):
     run |= {"started": "2026-01-02T10:00:00+00:00", "finished": "2026-01-02T10:07:12+00:00"}
     (tmp_path / "run.json").write_text(json.dumps(run))
     md = render_report(tmp_path).read_text()
-    assert "- Wall time: 7.2 min (the last `lukv-bench run` into this folder, 2026-01-02T10:00:00+00:00 to" in md
+    assert ("- Wall time: 7.2 min (of the last `lukv-bench run` that added records here, 2026-01-02T10:00:00+00:00 "
+            "to 2026-01-02T10:07:12+00:00)") in md
 
 
 def test_markdown_to_html_keeps_structure_and_escapes():
