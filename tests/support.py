@@ -76,7 +76,7 @@ def attention_stats(
         window=w,
         acc_attn=attn.sum(1),
         last_attn=attn[:, n - 1],
-        win_max=win.amax(1),
+        win_max=win.amax(1) if w else torch.zeros(hq, n),
         value_norms=value_norms,
     )
 
