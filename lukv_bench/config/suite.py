@@ -277,6 +277,7 @@ SUITE_KEYS: dict[str, Key] = {
     "batch_settings": Key("int", minimum=1, nullable=True),
 }
 _TOKENS_HINT = "for token counts write budgets: {tokens: [...]}"
+_TOKENS_OPTION_HINT = "for token counts write --budgets tokens:128,256"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -298,6 +299,7 @@ def _resolve_model(value: str, folder: Path) -> str | None:
 
 def _check_budgets(c: _Checker, value: Any) -> list[float | dict[str, int]]:
     allowed = "a non-empty list of ratios in (0, 1] (e.g. [0.1, 0.2]) or {tokens: [128, 256]}"
+    hint = _TOKENS_OPTION_HINT if "budgets" in c.options else _TOKENS_HINT
     out: list[float | dict[str, int]] = []
     if isinstance(value, dict):
         c.unknown_keys("budgets", value, ("tokens",))
@@ -319,10 +321,10 @@ def _check_budgets(c: _Checker, value: Any) -> list[float | dict[str, int]]:
         if isinstance(r, bool) or not isinstance(r, (int, float)):
             c.fail(
                 path,
-                f"expected a ratio in (0, 1], got {_show(r)}; {_TOKENS_HINT}",
+                f"expected a ratio in (0, 1], got {_show(r)}; {hint}",
             )
         elif not 0 < r <= 1:
-            c.fail(path, f"ratio must be in (0, 1], got {r}; {_TOKENS_HINT}")
+            c.fail(path, f"ratio must be in (0, 1], got {r}; {hint}")
         elif float(r) in out:
             c.fail(path, f"duplicate budget {r}")
         else:

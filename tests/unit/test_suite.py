@@ -235,7 +235,8 @@ def test_a_bad_override_names_its_option_beside_the_files_problems(tmp_path):
         load_suite(path, Overrides(budgets="0.1,2,x", model="./nowhere", dtype="float8"))
     problems = info.value.problems
     assert len(problems) == 5, problems
-    assert any(p.startswith("--budgets: budgets[1]: ratio must be in (0, 1], got 2") for p in problems)
+    assert "--budgets: budgets[1]: ratio must be in (0, 1], got 2; for token counts write --budgets tokens:128,256" \
+        in problems
     assert any(p.startswith("--budgets: budgets[2]: expected a ratio in (0, 1], got 'x'") for p in problems)
     assert any(p.startswith("--model: model: model path not found") and "nowhere" in p for p in problems)
     assert any(p.startswith("--dtype: dtype: got 'float8'") for p in problems)
