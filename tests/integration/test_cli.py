@@ -32,6 +32,12 @@ BUILTINS = {
     "layer-uncertainty": ("snapkv", "layer-uncertainty", {"tau": 0.9, "floor_ratio": 0.2}),
     "cake": ("cake", "cake", {"gamma": 200, "tau1": 1, "tau2": 1}),
     "layer-uncertainty-plus": ("snapkv", "redirected-uncertainty", {"power": -1.0, "head_alpha": 0.2, "kernel": 15}),
+    "tova": ("tova", "uniform", {}),
+    "keydiff": ("keydiff", "uniform", {}),
+    "criticalkv": ("critical", "adakv", {"inner": "snapkv", "alpha": 0.2}),
+    "defensivekv": ("critical", "adakv", {"inner": "defensive", "alpha": 0.0, "normalize": False}),
+    "layer-defensivekv": ("critical", "global", {"inner": "defensive", "min_share": 0.0}),
+    "chunkkv": ("chunk", "uniform", {"inner": "snapkv", "size": 10}),
 }
 
 DATA_ROW = {"id": "a", "context": "The fox lives in a den. " * 4, "question": "Where?", "answers": ["den"]}
