@@ -135,7 +135,8 @@ def run(suite: Path | None, out: Path | None, policies: str | None, budgets: str
     out = runner.out_dir
     runner.run(chosen)
     report = render_report(out)
-    click.echo(f"results: {out / 'results.jsonl'}\nreport:  {report}")
+    click.echo(f"results: {out / 'results.jsonl'}\nreport:  {report}\n         {report.with_suffix('.html')} "
+               f"(plots embedded), {out / 'summary.csv'}")
 
 
 @main.command()
@@ -165,7 +166,8 @@ def report(out: Path) -> None:
 
     if not (out / "results.jsonl").is_file():
         raise UserError(f"{out / 'results.jsonl'} not found; run a suite with --out {out} first")
-    click.echo(str(render_report(out)))
+    report_md = render_report(out)
+    click.echo(f"{report_md}\n{report_md.with_suffix('.html')}")
 
 
 @main.command()

@@ -23,5 +23,6 @@ def test_run_json_times_the_run_and_the_report_shows_it(tmp_path):
     assert started.utcoffset() is not None and started <= finished
     res = CliRunner().invoke(main, ["report", str(out)])
     assert res.exit_code == 0, (res.output, res.exception)
+    assert res.output.split() == [str(out / "report.md"), str(out / "report.html")]
     assert "- Wall time: " in (out / "report.md").read_text()
     assert f"{run['started']} to {run['finished']})" in (out / "report.md").read_text()
