@@ -1,4 +1,4 @@
-"""ChunkKV (docs/policies.md §18): keep whole chunks of consecutive tokens instead of single tokens.
+"""ChunkKV (docs/policies.md §17): keep whole chunks of consecutive tokens instead of single tokens.
 
 The prefix ``j < n - w`` is cut into chunks of ``size`` tokens from position 0 (the last chunk may be
 shorter); every token gets its chunk's summed inner score, plus a tie-breaker far below any gap

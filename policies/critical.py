@@ -1,4 +1,4 @@
-"""CriticalKV (docs/policies.md §17): weight any scorer by how much each value moves the layer output.
+"""CriticalKV (docs/policies.md §16): weight any scorer by how much each value moves the layer output.
 
 ``s'_s(j) = (s_s(j) + eps) * nu_s(j)`` where ``s`` are the inner scorer's storage-head scores and
 ``nu_s(j)`` the output norm of value j: per query head ``||W_o^h v_{g(h), j}||_1`` (captured only when

@@ -1,4 +1,4 @@
-"""DefensiveKV's aggregation (docs/policies.md §16): the worst case over the window instead of the sum.
+"""DefensiveKV's aggregation (docs/policies.md §15): the worst case over the window instead of the sum.
 
 ``m_h(j) = max_{i in W} A_h[i, j]``, pooled along the prefix like SnapKV's votes, reduced to storage
 heads, then the *mean clamp*: ``s(j) = max(m(j), mean_{j' < n-w} m(j'))`` per storage head, so every

@@ -1,4 +1,4 @@
-"""One top-k across all layers and heads (docs/policies.md §19): Layer-DefensiveKV's budget allocation.
+"""One top-k across all layers and heads (docs/policies.md §18): Layer-DefensiveKV's budget allocation.
 
 Scores of every (layer, storage head) are made comparable as probabilities over the head's prefix;
 each head first gets a minimum share of the selectable budget, then the best remaining entries of the

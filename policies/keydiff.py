@@ -1,4 +1,4 @@
-"""KeyDiff (docs/policies.md §14): keep the keys least similar to the layer's mean key; no attention needed.
+"""KeyDiff (docs/policies.md §13): keep the keys least similar to the layer's mean key; no attention needed.
 
 ``s_h(j) = -cos(k_{h,j}, m_h)`` with the anchor ``m_h = mean_j k_{h,j} / ||k_{h,j}||`` over the head's
 ``n`` stored keys, so the tokens whose keys point away from the common direction score highest.

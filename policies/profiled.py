@@ -1,4 +1,4 @@
-"""Budgets from an offline profile (docs/policies.md §20): ``lukv-bench profile`` output becomes a policy.
+"""Budgets from an offline profile (docs/policies.md §19): ``lukv-bench profile`` output becomes a policy.
 
 The profile's ``profile.json`` holds, per measure (``lmba``, ``lmbo``, ``ablation``), parameter, layer and
 KV head, the mean over the profiled samples. Layer ``l`` gets ``B_l = B_min + (L * B - L * B_min) * u_l``

@@ -1,8 +1,8 @@
-"""TOVA (docs/policies.md §15): keep the tokens the newest prompt query attends to most.
+"""TOVA (docs/policies.md §14): keep the tokens the newest prompt query attends to most.
 
 ``s_h(j) = softmax(q_{n-1} K_h^T / sqrt(d))_j``, the attention row of the last prompt token per query
 head, reduced to storage heads (``stats.to_storage``). This is TOVA's eviction at the end of the
-prompt (its prefill form); its eviction at every decoding step is not implemented (§15).
+prompt (its prefill form); its eviction at every decoding step is not implemented (§14).
 """
 
 from __future__ import annotations
