@@ -92,6 +92,9 @@ def _hide_progress_bars() -> None:
               help="Model: embedded (the default without SUITE), a hub id, a folder or a .gguf file.")
 @click.option("--device", default=None, help="auto (the default), cpu, cuda or cuda:N.")
 @click.option("--dtype", default=None, help="float32 (the default), bfloat16 or float16.")
+@click.option("--compress", default=None,
+              help="prompt (the default: context and question compressed together) or context (the context is "
+                   "compressed before the question is seen, kvpress's protocol).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (lukv-bench's and the libraries').")
 @click.option("--new-run", is_flag=True,
               help="If --out holds results of other settings, write to a fresh sibling folder (OUT-2, ...).")
@@ -106,8 +109,9 @@ def _hide_progress_bars() -> None:
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="With --executor ray: runs of a unit again after its worker died, at most this many times.")
 def run(suite: Path | None, out: Path | None, policies: str | None, budgets: str | None, task: str | None,
-        limit: int | None, model: str | None, device: str | None, dtype: str | None, no_progress: bool,
-        new_run: bool, add_settings: bool, executor: str, address: str | None, max_retries: int) -> None:
+        limit: int | None, model: str | None, device: str | None, dtype: str | None, compress: str | None,
+        no_progress: bool, new_run: bool, add_settings: bool, executor: str, address: str | None,
+        max_retries: int) -> None:
     """Run SUITE (a YAML file), or without it the suite the options make, and write results.jsonl, report.md and
     plots to --out.
 
@@ -123,7 +127,7 @@ def run(suite: Path | None, out: Path | None, policies: str | None, budgets: str
     from lukv_bench.run.runner import Runner
 
     overrides = Overrides(policies=policies, budgets=budgets, task=task, limit=limit, model=model, device=device,
-                          dtype=dtype)
+                          dtype=dtype, compress=compress)
     s = load_suite(suite, overrides) if suite is not None else suite_from_options(overrides)
     _check_out_folder(out or Path("results") / s.name, given=out is not None)
     out = out or Path("results") / s.name

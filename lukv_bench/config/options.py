@@ -35,6 +35,7 @@ OPTION_OF = {
     "model": "--model",
     "device": "--device",
     "dtype": "--dtype",
+    "compress": "--compress",
 }
 DEFAULT_POLICIES = "snapkv,layer-uncertainty"  #: FullKV runs in every run anyway, as the reference
 DEFAULT_BUDGETS = "0.1,0.2"
@@ -112,6 +113,7 @@ class Overrides:
     model: str | None = None  #: embedded, a hub id, or a folder / .gguf file relative to the working directory
     device: str | None = None
     dtype: str | None = None
+    compress: str | None = None  #: prompt (context + question compressed together) or context (question unseen)
 
     def data(self) -> dict[str, Any]:
         """The suite keys these options set, as a suite file would write them (not yet checked)."""
@@ -134,6 +136,8 @@ class Overrides:
             out["device"] = self.device
         if self.dtype is not None:
             out["dtype"] = self.dtype
+        if self.compress is not None:
+            out["compress"] = self.compress
         return out
 
 

@@ -258,6 +258,13 @@ def test_suite_from_options_defaults_and_checks():
     assert info.value.problems[0].startswith("--budgets: budgets.tokens[0]: budget 16 is not above")
 
 
+def test_compress_option_sets_the_protocol_and_is_checked_like_the_key():
+    assert suite_from_options(Overrides(task="multikey", compress="context")).compress == "context"
+    with pytest.raises(SuiteError) as info:
+        suite_from_options(Overrides(task="multikey", compress="question"))
+    assert any(p.startswith("--compress: compress:") and "question" in p for p in info.value.problems)
+
+
 def test_every_builtin_task_name_makes_a_valid_entry():
     names = ",".join(builtin_tasks())
     suite = suite_from_options(Overrides(task=names))
