@@ -40,10 +40,21 @@ from lukv_bench.runtime.memory import PeakMemory  # noqa: E402
 def make_press(policy: str, ratio: float):
     """The kvpress press that implements lukv-bench policy ``policy`` at compression ratio ``ratio``.
 
-    Hyper-parameters are kvpress 0.5.5's defaults, spelled out; benchmarks/peers/kvpress_suite.yaml
-    sets lukv-bench's side to the same values.
+    Hyper-parameters are kvpress 0.5.5's defaults, spelled out; benchmarks/peers/kvpress_suite.yaml and
+    kvpress_agreement.yaml set lukv-bench's side to the same values. ``criticalkv`` maps to
+    ``CriticalAdaKVPress`` because lukv-bench's preset uses AdaKV's head-wise budgets.
     """
-    from kvpress import AdaKVPress, ObservedAttentionPress, PyramidKVPress, SnapKVPress, StreamingLLMPress
+    from kvpress import (
+        AdaKVPress,
+        ChunkKVPress,
+        CriticalAdaKVPress,
+        KeyDiffPress,
+        ObservedAttentionPress,
+        PyramidKVPress,
+        SnapKVPress,
+        StreamingLLMPress,
+        TOVAPress,
+    )
 
     if policy == "streaming":
         return StreamingLLMPress(compression_ratio=ratio, n_sink=4)
@@ -55,6 +66,15 @@ def make_press(policy: str, ratio: float):
         return AdaKVPress(SnapKVPress(compression_ratio=ratio, window_size=64, kernel_size=5), alpha_safeguard=0.2)
     if policy == "h2o":
         return ObservedAttentionPress(compression_ratio=ratio)
+    if policy == "tova":
+        return TOVAPress(compression_ratio=ratio)
+    if policy == "keydiff":
+        return KeyDiffPress(compression_ratio=ratio)
+    if policy == "criticalkv":
+        return CriticalAdaKVPress(SnapKVPress(compression_ratio=ratio, window_size=64, kernel_size=5),
+                                  alpha_safeguard=0.2, epsilon=1e-4, first_stage_ratio=0.5)
+    if policy == "chunkkv":
+        return ChunkKVPress(SnapKVPress(compression_ratio=ratio, window_size=64, kernel_size=5), chunk_length=20)
     raise SystemExit(f"kvpress_side: no kvpress press is mapped to policy {policy!r}")
 
 
