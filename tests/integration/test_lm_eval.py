@@ -300,3 +300,135 @@ def test_suite_settings_lm_eval_does_not_apply_are_refused(tasks_dir: Path, tmp_
     assert f"{suite}:11: truncate: 'error' does not apply to tasks[0] (lm_eval task 'local')" in res.output
     suite.write_text(suite.read_text().replace("compress: prompt\ntruncate: error\n", "compress: context\n"))
     assert CliRunner().invoke(main, ["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress"]).exit_code == 0
+
+
+#: RULER-shaped documents (lm-eval's ``tasks/ruler`` fields): instruction, haystack, question on the input's last line
+RULER_DOCS = [
+    {"index": i, "max_length": 4096, "length": 60, "outputs": [key],
+     "input": "Some special magic numbers are hidden within the following text.\n"
+              + "The grass is green. The sky is blue. " * 3 + f"One of the special magic numbers for {name} is: {key}. "
+              + "The sun is yellow. " * 3
+              + f"\nWhat are all the special magic numbers for {name} mentioned in the text?",
+     "gen_prefix": f"The special magic number for {name} mentioned in the text is"}
+    for i, (name, key) in enumerate((("lucky-cat", "4821"), ("blue-owl", "7730")))
+]
+RULER_YAML = """task: lukv_ruler
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: generate_until
+description: "Read and answer.\n"
+doc_to_text: "{{{{input}}}}"
+doc_to_target: "{{{{outputs[0]}}}}"
+gen_prefix: "{{{{gen_prefix}}}}"
+target_delimiter: " "
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 4
+  do_sample: false
+metric_list:
+  - metric: exact_match
+metadata:
+  version: 1.0
+"""
+
+
+def _ruler_request(doc: dict[str, Any], d: int) -> tuple[Instance, str]:
+    """A generate request rendered the way lm-eval renders a RULER document under a ChatML-like template."""
+    context = f"<|im_start|>user\n{doc['input']}<|im_end|>\n<|im_start|>assistant\n{doc['gen_prefix']}"
+    return Instance("generate_until", doc, (context, {"until": ["\n"], "max_gen_toks": 3}), 0,
+                    metadata=("ruler_like", d, 1)), context
+
+
+def test_generate_until_cuts_at_the_question(engine: Engine, prefills: list[int],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The compressed part ends where the question starts; the question and answer prefix are fed after it."""
+    settings, full = _settings(budget=0.5)
+    tok = engine.tokenizer
+    lm = LukvEvalLM(engine, settings, full, chat=False, tail=8)
+    req, context = _ruler_request(RULER_DOCS[0], 0)
+    lm.use(1).generate_until([req])
+    at = context.index("What are all the special magic numbers")
+    head = len(tok(context[:at])["input_ids"])
+    total = len(tok(context)["input_ids"])
+    assert prefills == [head]  # one prefill: the context before the question, shared by every cell
+    answers = lm.doc_answers("ruler_like", 0)
+    assert answers is not None
+    for a in answers:
+        assert a.extra["split"] == "ruler: the input's last line"
+        assert (a.extra["compressed_tokens"], a.extra["uncompressed_tail"]) == (head, total - head)
+        assert a.pre.tail == total - head
+    # a document without a question: the last `tail` tokens, with a warning naming the task
+    doc = {"prompt": "no question field here, only a long enough prompt to cut"}
+    other = Instance("generate_until", doc, (doc["prompt"], {"until": ["\n"], "max_gen_toks": 2}), 0,
+                     metadata=("plain", 0, 1))
+    with caplog.at_level("WARNING"):
+        lm.generate_until([other])
+    assert "task 'plain': a request's question was not found" in caplog.text
+    plain = lm.doc_answers("plain", 0)
+    assert plain is not None and plain[0].extra["split"] == "tail: the last 8 tokens (question not found)"
+    assert plain[0].extra["uncompressed_tail"] == 8 and prefills[-1] == len(tok(doc["prompt"])["input_ids"]) - 8
+    # split: tail ignores the question
+    by_tail = LukvEvalLM(engine, settings, full, chat=False, tail=8, split="tail")
+    by_tail.generate_until([req])
+    assert by_tail.doc_answers("ruler_like", 0)[0].extra["split"] == "tail: the last 8 tokens"
+    assert prefills[-1] == total - 8
+
+
+def test_no_context_control_drops_the_haystack(engine: Engine, prefills: list[int]) -> None:
+    """The control answers the request without the document's text before its question, under FullKV."""
+    from lukv_bench.errors import UserError
+
+    full = resolve_policy("full")
+    tok = engine.tokenizer
+    lm = LukvEvalLM(engine, [(full, 1.0)], full, chat=False, doc_text=lambda doc: doc["input"])
+    req, context = _ruler_request(RULER_DOCS[0], 0)
+    lm.generate_until([req])
+    question = RULER_DOCS[0]["input"].rsplit("\n", 1)[1]
+    control = context.replace(RULER_DOCS[0]["input"], question)
+    assert "4821" not in control
+    answers = lm.doc_answers("ruler_like", 0)
+    assert answers is not None
+    assert prefills == [len(tok("<|im_start|>user\n")["input_ids"])]
+    assert answers[0].pre.n + answers[0].pre.tail == len(tok(control)["input_ids"])
+    # a task whose documents name no question cannot have a control: a clear error naming the fix
+    doc = {"prompt": "no question"}
+    bad = Instance("generate_until", doc, (doc["prompt"], {"max_gen_toks": 2}), 0, metadata=("plain", 0, 1))
+    with pytest.raises(UserError, match="task 'plain': the no-context control needs .* set `control: false`"):
+        lm.generate_until([bad])
+
+
+def test_lm_eval_control_units_and_split_meta(tmp_path: Path) -> None:
+    """`control: true` adds `<entry>/<task>:no-context` (FullKV only); every record says where its request was cut."""
+    d = tmp_path / "tasks"
+    d.mkdir()
+    data = d / "ruler.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in RULER_DOCS))
+    (d / "ruler.yaml").write_text(RULER_YAML.format(path=json.dumps(str(data.resolve()))))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"name: lm\nmodel: {TINY}\npolicies: [full, snapkv]\nbudgets: [0.4]\ncompress: context\n"
+        "tasks:\n  - {name: r, type: lm_eval, tasks: [lukv_ruler], control: true, "
+        f"include_path: {json.dumps(str(d))}}}\n"
+        "chat_template: false\nwindow: 8\ndevice: cpu\n"
+    )
+    out = tmp_path / "out"
+    _run(suite, out)
+    recs = list(read_records(out / "results.jsonl"))
+    keys = {(r["task"], r["sample_id"], r["policy"]) for r in recs}
+    want = {("r/lukv_ruler", str(i), p) for i in range(len(RULER_DOCS)) for p in ("full", "snapkv")}
+    want |= {("r/lukv_ruler:no-context", str(i), "full") for i in range(len(RULER_DOCS))}
+    assert keys == want and len(recs) == len(want)
+    by_key = {(r["task"], r["sample_id"], r["policy"]): r for r in recs}
+    for i, doc in enumerate(RULER_DOCS):
+        task = by_key[("r/lukv_ruler", str(i), "full")]
+        control = by_key[("r/lukv_ruler:no-context", str(i), "full")]
+        assert task["meta"]["split"] == control["meta"]["split"] == "ruler: the input's last line"
+        assert control["meta"]["control"] == "no-context" and "control" not in task["meta"]
+        assert "no-context control" in control["data_source"] and control["answers"] == doc["outputs"]
+        # the control drops the instruction and the haystack; the description, question and answer prefix stay
+        assert control["context_tokens"] == task["meta"]["uncompressed_tail"] + control["meta"]["compressed_tokens"]
+        assert control["context_tokens"] < task["context_tokens"]
+        assert task["meta"]["compressed_tokens"] + task["meta"]["uncompressed_tail"] == task["context_tokens"]

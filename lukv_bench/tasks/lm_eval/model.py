@@ -6,10 +6,15 @@ into one batched cache and answered together (:func:`~lukv_bench.runtime.engine.
 all cells are cached; :meth:`LukvEvalLM.use` selects which cell lm-eval's ``evaluate`` sees,
 so each cell is one ordinary lm-eval evaluation with its own metrics.
 
-Protocol: the request context is compressed *except its last* ``tail`` *tokens* (the question and
-answer prompt, typically), which are fed after compression; the answer is then generated or
-scored. Without such a tail the first continuation token would be scored from the uncompressed
-prefill, and a single-token multiple-choice answer would never feel the compression.
+Protocol (``compress: context``): the request is cut where its document's question starts
+(:mod:`~lukv_bench.tasks.lm_eval.question`; ``split: question``); what comes before is prefilled and
+compressed, the question and the answer prompt are fed after compression; the answer is then
+generated or scored. When the question is not found (or with ``split: tail``) the last ``tail``
+tokens are fed after compression instead, with a warning. Without an uncompressed tail the first
+continuation token would be scored from the uncompressed prefill, and a single-token
+multiple-choice answer would never feel the compression. Each answer records where the cut was
+and how it was found. With ``doc_text`` set the model answers the no-context control: the
+document's text before its question is removed from every request.
 ``loglikelihood_rolling`` (perplexity) is computed without compression, and says so.
 
 Tokenisation follows lm-eval's ``HFLM``: trailing spaces of a context move to the continuation,
@@ -23,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +36,20 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from lukv_bench.errors import UserError
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, Generation, Outcome, sweep
 from lukv_bench.runtime.memory import PeakMemory
+from lukv_bench.tasks.lm_eval.question import locate, token_cut, without_context
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TAIL", "LukvEvalLM"]
+__all__ = ["DEFAULT_TAIL", "SPLITS", "LukvEvalLM"]
 
-#: context tokens an lm-eval request leaves uncompressed and feeds after compression
+#: context tokens an lm-eval request leaves uncompressed and feeds after compression when its question is not found
 DEFAULT_TAIL = 32
+#: where a request is cut: at its document's question (falling back to ``tail`` tokens), or ``tail`` tokens always
+SPLITS = ("question", "tail")
 
 
 Cell = tuple[Any, Any]  #: (policy, budget spec)
@@ -82,18 +91,27 @@ class LukvEvalLM(LM):
             the rendered text carries its own special tokens).
         max_length: context window; longer inputs are left-truncated (default: the model's
             ``max_position_embeddings``).
-        tail: context tokens left uncompressed and fed after compression.
+        tail: context tokens left uncompressed and fed after compression when the question is not
+            found (``split: question``) or always (``split: tail``).
         batch_settings: cells decoded together (None: all).
+        split: ``question`` (cut each request where its document's question starts) or ``tail``.
+        doc_text: the task's ``doc_to_text``; when given, every request is answered without the
+            document's text before its question (the no-context control).
     """
 
     def __init__(self, engine: Engine, cells: Sequence[Cell], full_policy: Any, chat: bool = True,
-                 max_length: int | None = None, tail: int = DEFAULT_TAIL, batch_settings: int | None = None) -> None:
+                 max_length: int | None = None, tail: int = DEFAULT_TAIL, batch_settings: int | None = None,
+                 split: str = "question", doc_text: Callable[[Any], str] | None = None) -> None:
         super().__init__()
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.engine = engine
         self.cells = list(cells)
         self.full_policy = full_policy
         self.chat = chat
         self.tail = tail
+        self.split = split
+        self.doc_text = doc_text
         self.batch_settings = batch_settings
         cfg = engine.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 8192
@@ -173,10 +191,43 @@ class LukvEvalLM(LM):
             return ids[-keep:]
         return ids
 
-    def _split(self, ids: list[int]) -> tuple[list[int], list[int]]:
-        """(compressed head, uncompressed tail); the head keeps at least one token."""
-        cut = max(1, len(ids) - self.tail)
-        return ids[:cut], ids[cut:]
+    def _context(self, req: Any, context: str) -> str:
+        """The request's context as answered: unchanged, or without its document's text for the control."""
+        if self.doc_text is None:
+            return context
+        doc = getattr(req, "doc", None)
+        span = locate(context, doc)
+        control = without_context(context, self.doc_text(doc), span) if span is not None else None
+        if control is None:
+            raise UserError(
+                f"lm_eval task {getattr(req, 'task_name', '?')!r}: the no-context control needs each request's "
+                "question (a RULER document, or a `question`/`query` field whose text is in the request) and the "
+                "document's text around it; this task's documents have none: set `control: false` in its entry")
+        return control
+
+    def _split(self, req: Any, context: str, room: int) -> tuple[list[int], list[int], dict[str, Any]]:
+        """(compressed head, uncompressed tail, where the cut is and how it was found) of a request's context.
+
+        ``context`` is the text whose tokens the request uses (left-truncated here so that ``room`` more
+        tokens fit); the head keeps at least one token.
+        """
+        ids = self._encode(context) or [self._prefix_token()]
+        kept = self._truncate(ids, room)
+        span = locate(context, getattr(req, "doc", None)) if self.split == "question" and context else None
+        before = token_cut(self.engine.tokenizer, context, span.start, not self.chat) if span is not None else 0
+        cut = before - (len(ids) - len(kept))  # left truncation drops tokens before the cut
+        if span is not None and cut >= 1:
+            method = span.method
+        else:
+            if self.split == "question":
+                why = ("was not found (no RULER document, no `question`/`query` field whose text is in the request)"
+                       if span is None else "starts the request (nothing before it to compress)" if before < 1
+                       else "was left-truncated")
+                self._warn_once("split", f"task {getattr(req, 'task_name', '?')!r}: a request's question {why}; its "
+                                         f"last {self.tail} tokens are fed after compression instead (meta.split)")
+            cut = max(1, len(kept) - self.tail)
+            method = f"tail: the last {self.tail} tokens" + (" (question not found)" * (self.split == "question"))
+        return kept[:cut], kept[cut:], {"split": method, "compressed_tokens": cut, "uncompressed_tail": len(kept) - cut}
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     @staticmethod
@@ -220,7 +271,8 @@ class LukvEvalLM(LM):
         one batched compression for all cells, then every continuation is scored for all
         cells in one forward (tail + continuation, teacher-forced).
         """
-        groups: dict[tuple[int, ...], list[tuple[tuple, list[int]]]] = defaultdict(list)
+        groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[tuple[tuple, list[int]]]] = defaultdict(list)
+        splits: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
         seen: set[tuple] = set()
         for r in requests:
             self._note(r)
@@ -228,19 +280,23 @@ class LukvEvalLM(LM):
             if key in self._answers or key in seen:
                 continue
             seen.add(key)
-            ctx, cont = self._encode_pair(*r.args)
+            context, continuation = r.args
+            context = self._context(r, context)
+            _, cont = self._encode_pair(context, continuation)
             if not cont:
                 self._warn_once("empty", "a loglikelihood request has an empty continuation (scored 0.0)")
-            ctx = self._truncate(ctx, len(cont))
-            groups[tuple(ctx)].append((key, cont))
-        for ctx, items in groups.items():
-            self._score_group(list(ctx), items)
+            # _encode_pair moves a context's trailing spaces to the continuation
+            head, tail, split = self._split(r, context.rstrip(), len(cont))
+            groups[(tuple(head), tuple(tail))].append((key, cont))
+            splits[(tuple(head), tuple(tail))] = split
+        for (head, tail), items in groups.items():
+            self._score_group(list(head), list(tail), items, splits[(head, tail)])
         return [self._answers[self._req_key(r)][self.active].value for r in requests]
 
     @torch.no_grad()
-    def _score_group(self, ctx_ids: list[int], items: list[tuple[tuple, list[int]]]) -> None:
+    def _score_group(self, head: list[int], tail: list[int], items: list[tuple[tuple, list[int]]],
+                     split: dict[str, Any]) -> None:
         eng = self.engine
-        head, tail = self._split(ctx_ids)
         needs = set().union(*(p.needs for p, _ in self.cells))
         pre = eng.prefill(torch.tensor([head]), needs)
         figures = _figures(pre, len(tail))
@@ -274,7 +330,7 @@ class LukvEvalLM(LM):
                             value = (0.0, True)
                         gen = Generation(tokens=list(cont), logits=torch.empty(0), decode_s=share)
                         out = Outcome(policy, spec, budget, dataclasses.replace(comp, keep=[]), gen, 0, len(chunk))
-                        answers[key].append(Answer(value, figures, out, {"continuation_tokens": len(cont),
+                        answers[key].append(Answer(value, figures, out, {**split, "continuation_tokens": len(cont),
                                                                          "group_size": len(items)}))
             for key, _ in items:
                 for a in answers[key][lo:]:
@@ -287,8 +343,8 @@ class LukvEvalLM(LM):
         """Greedy generation under each cell until EOS, a stop string, or ``max_gen_toks``.
 
         ``do_sample``/``temperature`` are ignored (always greedy: compression is compared on the
-        same decoding rule). One prefill per request serves every cell; the context's tail is
-        fed after compression (``compress: context``) and all cells decode together.
+        same decoding rule). One prefill per request serves every cell; the context from its
+        question on is fed after compression (``compress: context``) and all cells decode together.
         """
         for r in requests:
             self._note(r)
@@ -302,8 +358,7 @@ class LukvEvalLM(LM):
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else [u for u in until if u]
             max_toks = int(gen_kwargs.get("max_gen_toks", gen_kwargs.get("max_new_tokens", 256)))
-            ctx_ids = self._encode(context) or [self._prefix_token()]
-            head, tail = self._split(self._truncate(ctx_ids, max_toks))
+            head, tail, split = self._split(r, self._context(r, context), max_toks)
             by_setting: dict[tuple[str, str], Answer] = {}
             for pre, out in sweep(self.engine, head, tail, self.cells, self.full_policy, compress="context",
                                   max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until,
@@ -311,7 +366,7 @@ class LukvEvalLM(LM):
                 out.compressed = dataclasses.replace(out.compressed, keep=[])
                 out.generation.logits = torch.empty(0)
                 by_setting[(out.policy.name, repr(out.budget_spec))] = Answer(
-                    out.generation.text, _figures(pre, len(tail)), out, {"stopped": out.generation.stopped})
+                    out.generation.text, _figures(pre, len(tail)), out, {**split, "stopped": out.generation.stopped})
             self._answers[key] = [by_setting[(p.name, repr(s))] for p, s in self.cells]
         return [self._answers[self._req_key(r)][self.active].value for r in requests]
 

@@ -3,6 +3,9 @@
 :class:`LmEvalTaskType` declares the keys (checked by :mod:`lukv_bench.config.schema`) and builds an
 :class:`LmEvalTaskConfig`, whose units are its lm-eval tasks; evaluating one answers its requests with
 :class:`~lukv_bench.tasks.lm_eval.model.LukvEvalLM` and scores each cell with lm-eval's own ``evaluate``.
+With ``control: true`` each lm-eval task also gets its no-context control (``<entry>/<task>:no-context``):
+FullKV on the same requests without the document's text before its question (for RULER: the question
+without the instructions and the haystack), scored by lm-eval like the task.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lukv_bench.registry.task_contract import REQUIRED, Key
 from lukv_bench.tasks.base import BaseTaskType, task_limit
+from lukv_bench.tasks.control import control_key, control_name, is_control
 from lukv_bench.tasks.lm_eval.loading import load_tasks, quiet_lm_eval_logs
 from lukv_bench.tasks.lm_eval.logged import answers_of, data_source, metric_label, prediction_of, sample_score
-from lukv_bench.tasks.lm_eval.model import DEFAULT_TAIL, LukvEvalLM
+from lukv_bench.tasks.lm_eval.model import DEFAULT_TAIL, SPLITS, LukvEvalLM
 from lukv_bench.units import Unit, UnitContext
 
 if TYPE_CHECKING:
@@ -39,8 +43,11 @@ class LmEvalTaskConfig:
     limit: int | None = None  #: samples per lm-eval task (None: the suite's limit, or all)
     include_path: str | None = None  #: folder of extra task YAMLs (absolute)
     metadata: dict[str, Any] = field(default_factory=dict)  #: extra lm-eval task metadata
-    #: context tokens left uncompressed and fed after compression (the question and answer prompt)
+    #: where requests are cut: ``question`` (at the document's question, else the last ``tail`` tokens) or ``tail``
+    split: str = "question"
+    #: context tokens left uncompressed and fed after compression when the question is not used
     tail: int = DEFAULT_TAIL
+    control: bool = False  #: add each lm-eval task's no-context control
     tokenizer_path: str = ""  #: the model's tokenizer folder (RULER generates its data with it)
     _tasks: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
@@ -57,13 +64,17 @@ class LmEvalTaskConfig:
         return self._tasks
 
     def units(self) -> list[Unit]:
-        """One unit per lm-eval task (its records: ``<entry>/<lm-eval task>``, one per document)."""
+        """One unit per lm-eval task (its records: ``<entry>/<lm-eval task>``, one per document), each followed by
+        its no-context control (FullKV only) when the entry sets ``control``."""
         out = []
         for task_name, task in self.lm_tasks().items():
             n_docs = len(task.eval_docs)
             n = min(n_docs, int(self.limit)) if self.limit else n_docs
-            out.append(Unit(task=f"{self.name}/{task_name}", entry=self.name, id=task_name,
-                            samples=tuple(str(d) for d in range(n))))
+            samples = tuple(str(d) for d in range(n))
+            out.append(Unit(task=f"{self.name}/{task_name}", entry=self.name, id=task_name, samples=samples))
+            if self.control:
+                out.append(Unit(task=control_name(f"{self.name}/{task_name}"), entry=self.name, id=task_name,
+                                samples=samples, reference_only=True))
         return out
 
     def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
@@ -74,9 +85,12 @@ class LmEvalTaskConfig:
 
         task_name, task = unit.id, self.lm_tasks()[unit.id]
         cells = ctx.cells(unit)
-        lm = LukvEvalLM(ctx.engine, cells, ctx.full, chat=ctx.chat, tail=self.tail,
-                        batch_settings=ctx.suite.batch_settings)
+        control = is_control(unit.task)
+        lm = LukvEvalLM(ctx.engine, cells, ctx.full, chat=ctx.chat, tail=self.tail, split=self.split,
+                        batch_settings=ctx.suite.batch_settings, doc_text=task.doc_to_text if control else None)
         source = data_source(task_name, task, self.lm_eval_metadata())
+        if control:
+            source += " (no-context control: the requests without the document's text before its question)"
         with quiet_lm_eval_logs():
             for i, (policy, spec) in enumerate(cells):
                 res = evaluate(lm.use(i), {task_name: task}, limit=self.limit, log_samples=True, bootstrap_iters=0,
@@ -96,7 +110,9 @@ class LmEvalTaskConfig:
         doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
         metric, value = sample_score(s)
         meta = {"lm_eval_task": unit.id, "lm_eval_metric": metric, "lm_eval_filter": s.get("filter"),
-                "uncompressed_tail": self.tail, **({"max_length": doc["max_length"]} if "max_length" in doc else {})}
+                **({"max_length": doc["max_length"]} if "max_length" in doc else {})}
+        if is_control(unit.task):
+            meta["control"] = "no-context"
         rec = ctx.record(
             unit, doc_id, policy, spec, score=value, metric=metric_label(metric, doc),
             prediction=prediction_of(task, s.get("doc"), s.get("filtered_resps")),
@@ -135,8 +151,9 @@ class LmEvalTaskType(BaseTaskType):
     #: suite-level settings this type does not apply, with the value it behaves as (None: no value does) and why;
     #: a suite that sets one to another value is refused
     ignored_settings: ClassVar[dict[str, tuple[str | None, str]]] = {
-        "compress": ("context", "always compresses a request's context except its last `tail` tokens, which are "
-                                "fed after compression (the `compress: context` protocol)"),
+        "compress": ("context", "always compresses a request's context before its question (or its last `tail` "
+                                "tokens, see `split`) and feeds the rest after compression (the `compress: context` "
+                                "protocol)"),
         "truncate": (None, "left-truncates requests longer than the model's positions, as lm-eval does"),
     }
     keys = {
@@ -145,7 +162,9 @@ class LmEvalTaskType(BaseTaskType):
         "num_fewshot": Key("int", minimum=0, nullable=True),
         "include_path": Key("folder"),
         "metadata": Key("map"),
+        "split": Key("str", "question", choices=SPLITS),
         "tail": Key("int", DEFAULT_TAIL, minimum=0),
+        "control": control_key(False),  # lm-eval tasks: only where the question is found (RULER, question fields)
     }
 
     def build(self, task: dict[str, Any], suite: Suite | None, tokenizer: Any = None) -> LmEvalTaskConfig:
@@ -158,6 +177,8 @@ class LmEvalTaskType(BaseTaskType):
             limit=task_limit(task, suite),
             include_path=task.get("include_path"),
             metadata=dict(task.get("metadata") or {}),
+            split=task["split"],
             tail=task["tail"],
+            control=bool(task["control"]),
             tokenizer_path=str(getattr(tokenizer, "name_or_path", "") or ""),
         )
