@@ -12,9 +12,10 @@ What it does:
 3. lukv-bench's side, in this process: one prefill of the context per sample and
    :func:`lukv_bench.runtime.engine.sweep` with ``compress: context`` (kvpress's pipeline protocol: the
    context is compressed, the question fed afterwards); the kept positions are the engine's
-   compression plan (``Compressed.keep``), the answer is the greedy decoding. For presets whose press
-   forces fewer tokens than lukv-bench's observation window (``WINDOW_MATCHED``), the plan is also made
-   with kvpress's forced tokens instead of the window (a ``window=w`` row, no decoding of its own).
+   compression plan (``Compressed.keep``), the answer is the greedy decoding ("as run"). A second
+   plan of the same prefill ("matched", no decoding of its own) takes kvpress's token count (kvpress
+   rounds the budget down, lukv-bench up) and keeps only the newest tokens the press itself forces
+   (``FORCED_BY_PRESS``) instead of the observation window: what differs then is scoring and allocation.
 4. kvpress's side: ``kvpress_kept.py`` in kvpress's environment runs every press at ratio ``1 - budget``
    and records the positions it kept (freed) or would have kept (masked).
 5. Writes ``OUT/agreement.md`` (the table and every known difference) and ``OUT/agreement.json``
@@ -54,8 +55,16 @@ PRESSES = {
     "criticalkv": "CriticalAdaKVPress(SnapKVPress)",
     "chunkkv": "ChunkKVPress(SnapKVPress)",
 }
-#: presets whose press forces fewer tokens than a window: how many newest tokens it always keeps
-WINDOW_MATCHED = {"tova": 1, "keydiff": 0, "h2o": 0}
+#: presets whose press forces fewer newest tokens than the observation window: how many it always keeps
+#: (the SnapKV family's presses keep their ``window_size`` = 64, the suite's window)
+FORCED_BY_PRESS = {"tova": 1, "keydiff": 0, "h2o": 0}
+AS_RUN, MATCHED = "as run", "matched"  #: the two comparisons of every preset (see ``run_lukv``)
+
+
+def kvpress_kept_tokens(n: int, ratio: float) -> int:
+    """Tokens per head a kvpress press keeps of ``n`` at compression ratio ``ratio`` (kvpress's
+    ``compute_n_kept``: rounded down, at least 1); lukv-bench rounds ``(1 - ratio) * n`` up."""
+    return max(1, int(n * (1 - ratio)))
 #: lukv-bench presets kvpress 0.5.5 has no press for (said so in the report)
 NO_COUNTERPART = {
     "defensivekv": "kvpress 0.5.5 has no DefensiveKV press (the release ships its own kvpress fork)",
@@ -116,13 +125,13 @@ def run_lukv(suite) -> tuple[list[dict], dict[tuple, dict], dict[str, str], floa
                 if out.policy is session.full:
                     full[str(sample.id)] = out.generation.text
                     continue
-                key = (out.policy.name, "", float(out.budget_spec), str(sample.id))
-                sides[key] = {"kept": kept_sets(out.compressed.keep), "answer": out.generation.text}
-                w = WINDOW_MATCHED.get(out.policy.name)
-                if w is not None:
-                    plan = out.policy.plan(pre.stats, Budget.resolve(out.budget_spec, pre.n), window=w)
-                    sides[(out.policy.name, f"window={w}", float(out.budget_spec), str(sample.id))] = {
-                        "kept": kept_sets(plan.keep), "answer": None}
+                name, budget = out.policy.name, float(out.budget_spec)
+                sides[(name, AS_RUN, budget, str(sample.id))] = {
+                    "kept": kept_sets(out.compressed.keep), "answer": out.generation.text}
+                tokens = kvpress_kept_tokens(pre.n, round(1 - budget, 6))
+                plan = out.policy.plan(pre.stats, Budget.resolve({"tokens": tokens}, pre.n),
+                                       window=FORCED_BY_PRESS.get(name, suite.window))
+                sides[(name, MATCHED, budget, str(sample.id))] = {"kept": kept_sets(plan.keep), "answer": None}
             print(f"agreement: lukv-bench's side, sample {sample.id}: {len(ids.context)} context tokens", flush=True)
     return samples, sides, full, time.perf_counter() - t0
 
@@ -142,7 +151,7 @@ def pair_up(suite, sides: dict[tuple, dict], kv_runs: list[dict]) -> list[dict]:
             "answers": None if ours["answer"] is None else [run["answer"], ours["answer"]],
         })
     order = {name: i for i, name in enumerate(PRESSES)}
-    pairs.sort(key=lambda p: (order[p["preset"]], p["variant"], -p["budget"]))
+    pairs.sort(key=lambda p: (order[p["preset"]], -p["budget"], p["variant"] != AS_RUN))
     return pairs
 
 

@@ -158,14 +158,14 @@ def _run_side(cmd: list[str], what: str, env: dict) -> float:
 
 
 def run_lukv(suite_path: Path, work: Path, env: dict) -> tuple[float, list[dict]]:
-    """lukv-bench's side through its CLI; (process wall seconds, records)."""
+    """lukv-bench's side through its CLI; (process wall seconds, its records without no-context controls)."""
     from lukv_bench.run.results import read_records
 
     out = work / "lukv"
     cli = Path(sys.executable).parent / "lukv-bench"  # the console script of the environment running this file
     cmd = [str(cli), "run", str(suite_path), "--out", str(out), "--no-progress"]
     wall = _run_side(cmd, "lukv-bench's side", env)
-    return wall, list(read_records(out / "results.jsonl"))
+    return wall, compared_records(list(read_records(out / "results.jsonl")))
 
 
 def run_kvpress(python: Path, job: dict, work: Path, env: dict) -> tuple[float, dict]:
@@ -187,6 +187,17 @@ def _lukv_setting_s(rec: dict) -> float:
     """
     own = (rec["compress_s"] or 0.0) + (rec["decode_s"] or 0.0)
     return own + (rec["prefill_s"] or 0.0) if rec["policy"] == "full" else own
+
+
+def compared_records(lukv_recs: list[dict]) -> list[dict]:
+    """lukv-bench's records that have a kvpress counterpart: without the no-context controls.
+
+    A needle task runs its no-context control by default (``<task>:no-context``, FullKV only, same sample
+    ids); kvpress runs no such thing, and counting those records as FullKV runs doubled FullKV's row.
+    """
+    from lukv_bench.tasks.control import is_control
+
+    return [r for r in lukv_recs if not is_control(r["task"])]
 
 
 def summarize(job: dict, pairs: list, lukv_recs: list[dict], kv: dict) -> list[dict]:
