@@ -14,10 +14,12 @@ from .cake import CakeAllocator, CakeScorer
 from .chunk import ChunkScorer
 from .critical import CriticalScorer
 from .defensive import DefensiveScorer
+from .expected_attention import ExpectedAttentionScorer
 from .full import FullAllocator
 from .global_topk import GlobalAllocator
 from .h2o import H2OScorer
 from .keydiff import KeyDiffScorer
+from .kvzip import KVzipScorer
 from .layer_uncertainty import LayerUncertaintyAllocator
 from .output_cosine import OutputCosineAllocator
 from .profiled import ProfiledAllocator
@@ -36,10 +38,12 @@ __all__ = [
     "ChunkScorer",
     "CriticalScorer",
     "DefensiveScorer",
+    "ExpectedAttentionScorer",
     "FullAllocator",
     "GlobalAllocator",
     "H2OScorer",
     "KeyDiffScorer",
+    "KVzipScorer",
     "LayerUncertaintyAllocator",
     "OutputCosineAllocator",
     "ProfiledAllocator",
@@ -72,6 +76,8 @@ def register_scorers(register: Register) -> None:
         DefensiveScorer,
         CriticalScorer,
         ChunkScorer,
+        ExpectedAttentionScorer,
+        KVzipScorer,
     ):
         register(cls)
 
@@ -205,5 +211,23 @@ def register_policies(register: Register) -> None:
             "ChunkKV (Liu et al. 2025): SnapKV scores summed over chunks of 10 tokens, whole chunks kept, "
             "uniform budgets",
             params={"inner": "snapkv", "size": 10},
+        )
+    )
+    register(
+        PolicySpec(
+            "expected-attention",
+            "expected-attention",
+            "uniform",
+            "Expected Attention (Devoto, Jeblick, Jegou 2025): attention expected from future queries (Gaussian "
+            "prompt queries, RoPE averaged over the next 512 positions) x value norms, uniform budgets",
+        )
+    )
+    register(
+        PolicySpec(
+            "kvzip",
+            "kvzip",
+            "uniform",
+            "KVzip (Kim et al. 2025): max attention from a teacher-forced repeat of the prompt (a second pass, "
+            "timed in compress_s), uniform budgets",
         )
     )

@@ -78,7 +78,23 @@ def attention_stats(
         last_attn=attn[:, n - 1],
         win_max=win.amax(1) if w else torch.zeros(hq, n),
         value_norms=value_norms,
+        queries=q.clone(),
+        rotary=rope(d),
+        # a stand-in for KVzip's repeat pass at its default chunk: the largest attention from any prompt query
+        repeat_max={2048: attn.amax(1)},
     )
+
+
+def rope(dim: int, base: float = 10000.0):
+    """positions -> (cos, sin) [m, dim] of plain RoPE (rotate-half layout), like a model's ``rotary_emb``."""
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2).float() / dim)
+
+    def cos_sin(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    return cos_sin
 
 
 def make_stats(

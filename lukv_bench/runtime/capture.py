@@ -15,14 +15,15 @@ Without a ``lukv=`` keyword the function falls back to plain SDPA, so the model 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from lukv_bench.errors import UserError
 from lukv_bench.kernels.ops import accumulated_attention, window_max, window_stats
-from lukv_bench.runtime.contract import ACCUMULATED, LAST_QUERY, VALUE_NORMS, WINDOW_MAX
+from lukv_bench.runtime.contract import ACCUMULATED, LAST_QUERY, QUERIES, VALUE_NORMS, WINDOW_MAX
 
 ATTN_IMPLEMENTATION = "lukv"
 
@@ -35,6 +36,8 @@ class Capture:
     #: optional statistics to compute besides the window sums (names in ``runtime.contract.OPTIONAL_NEEDS``)
     needs: Collection[str] = frozenset()
     block: int = 256  #: query block size for the accumulated sums
+    #: positions -> (cos, sin) of the model's RoPE (:func:`rotary_map`); needed for the QUERIES statistic
+    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     layers: dict[int, dict[str, torch.Tensor | int]] = field(default_factory=dict)
 
     def optional_stats(self, layer: int) -> dict[str, torch.Tensor | None]:
@@ -72,12 +75,140 @@ class Capture:
             rec[_FIELDS[WINDOW_MAX]] = window_max(q[:, n - w :], k, scaling)
         if VALUE_NORMS in self.needs:
             rec[_FIELDS[VALUE_NORMS]] = output_value_norms(module, value[0], query.shape[1])
+        if QUERIES in self.needs:
+            if self.rotary is None:
+                raise ValueError("the queries statistic needs the model's rotary map (Capture.rotary)")
+            rec[_FIELDS[QUERIES]] = unrotate(q, *self.rotary(torch.arange(n, device=q.device)))
         self.layers[module.layer_idx] = rec
         return out.transpose(1, 2)
 
 
 #: the LayerStats field that holds each optional statistic
-_FIELDS = {ACCUMULATED: "acc_attn", LAST_QUERY: "last_attn", WINDOW_MAX: "win_max", VALUE_NORMS: "value_norms"}
+_FIELDS = {ACCUMULATED: "acc_attn", LAST_QUERY: "last_attn", WINDOW_MAX: "win_max", VALUE_NORMS: "value_norms",
+           QUERIES: "queries"}
+
+
+def rotary_map(model: torch.nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """positions [m] -> fp32 (cos, sin) [m, R] of the model's rotary embedding (its ``rotary_emb`` module).
+
+    R is the number of rotated dimensions (the head size, or less with partial rotary). A model without
+    a ``rotary_emb`` module is refused with a UserError: the Expected Attention statistics need RoPE.
+    """
+    rope = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "rotary_emb"), None)
+    if rope is None:
+        raise UserError(
+            f"{type(model).__name__} has no rotary embedding module ('rotary_emb'): the expected-attention "
+            "scorer models future queries through RoPE; use another scorer for this model"
+        )
+
+    def cos_sin(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = torch.zeros(1, dtype=torch.float32, device=positions.device)  # only its dtype and device count
+        cos, sin = rope(probe, positions.view(1, -1))
+        return cos[0].float(), sin[0].float()
+
+    return cos_sin
+
+
+def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Undo RoPE on ``x`` [..., m, D] rotated with (cos, sin) [m, R] (transformers' rotate-half layout).
+
+    RoPE maps each pair (i, i + R/2) of the first R dimensions by a rotation times the rope's attention
+    scaling s (cos^2 + sin^2 = s^2); the inverse rotates back and divides by s^2. Returns float32.
+    """
+    r = cos.shape[-1]
+    y = x.float()
+    rot, rest = y[..., :r], y[..., r:]
+    half = r // 2
+    swapped = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    back = (rot * cos - swapped * sin) / (cos * cos + sin * sin)
+    return torch.cat((back, rest), dim=-1)
+
+
+#: KVzip's instructions: the first chunk's, and a later chunk's (followed by the previous chunk's last tokens)
+REPEAT_FIRST = "\n\nRepeat the previous context exactly."
+REPEAT_LATER = "\n\nRepeat the part of the previous context exactly, starting with"
+REPEAT_OVERLAP = 8  #: tokens of the previous chunk quoted after ``REPEAT_LATER``
+
+
+def repeat_inputs(tokenizer, ids: list[int], chunk: int) -> list[list[int]]:
+    """The token ids of each chunk's repeat request: instruction, end of the user turn, then the chunk itself.
+
+    KVzip's form: ``REPEAT_FIRST`` (later chunks: ``REPEAT_LATER`` and the previous chunk's last
+    ``REPEAT_OVERLAP`` tokens), the chat template's end of a user turn and start of the answer (a newline
+    without a template), then the chunk's tokens, which the model reads as its own answer.
+    """
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if getattr(tokenizer, "chat_template", None):
+        dummy = "dummy context"
+        cut = "\n" + "#" * len(dummy)
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": dummy + cut}], add_generation_prompt=True,
+                                             tokenize=False)
+        suffix = encode(turn.split(cut, 1)[1])
+    else:
+        suffix = encode("\n")
+    out = []
+    for lo in range(0, len(ids), chunk):
+        head = encode(REPEAT_FIRST) if lo == 0 else encode(REPEAT_LATER) + ids[max(0, lo - REPEAT_OVERLAP) : lo]
+        out.append(head + suffix + ids[lo : lo + chunk])
+    return out
+
+
+@dataclass
+class RepeatCapture:
+    """The ``lukv=`` handler of KVzip's repeat pass: records, per layer, the largest attention each prompt
+    token receives from the repeat request's queries (over every chunk run through it)."""
+
+    n: int  #: prompt tokens in the cache the repeat requests read
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)  #: layer -> fp32 [Hq, n]
+
+    def attention(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        """Causal attention of the repeat tokens over the prompt and themselves -> [1, m, Hq, D]."""
+        m, total = query.shape[2], key.shape[2]
+        if query.shape[0] != 1 or total != self.n + m:
+            raise ValueError("the repeat pass reads one prompt's cache plus its own tokens (batch size 1)")
+        if sliding_window is not None and sliding_window < total:
+            raise UserError(
+                f"layer {module.layer_idx} attends through a sliding window ({sliding_window} tokens), shorter than "
+                "the prompt and its repeat: the kvzip scorer does not support it; use another scorer for this model"
+            )
+        positions = torch.arange(total, device=key.device)
+        allowed = positions[None, :] <= positions[self.n :, None]
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+        )
+        # the repeat tokens are the last m of the keys: exactly a window of m queries
+        seen = window_max(query[0], key[0], scaling)[:, : self.n]
+        before = self.layers.get(module.layer_idx)
+        self.layers[module.layer_idx] = seen if before is None else torch.maximum(before, seen)
+        return out.transpose(1, 2)
+
+
+def repeat_attention(
+    model: torch.nn.Module, tokenizer, cache, input_ids: torch.Tensor, chunk: int
+) -> list[torch.Tensor]:
+    """KVzip's repeat pass over a prefilled ``cache`` of ``input_ids`` [1, n]: per layer, fp32 [Hq, n].
+
+    Each chunk of ``chunk`` prompt tokens is one teacher-forced repeat request (:func:`repeat_inputs`) that
+    reads the prompt's cache and its own tokens; the cache is cut back to the prompt after each one.
+    Entry j of a layer is the largest attention prompt token j receives from any repeat query.
+    """
+    n = input_ids.shape[1]
+    cap = RepeatCapture(n)
+    for ids in repeat_inputs(tokenizer, input_ids[0].tolist(), chunk):
+        model(input_ids=torch.tensor([ids], device=input_ids.device), cache=cache, use_cache=True, lukv=cap,
+              logits_to_keep=1)
+        cache.crop(-len(ids))  # a negative count removes the newest tokens
+    return [cap.layers[i] for i in sorted(cap.layers)]
 
 
 def output_value_norms(module: torch.nn.Module, values: torch.Tensor, n_q_heads: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ Budgets are *mean tokens per layer, including the always-kept window* (see docs/
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,8 +28,28 @@ ACCUMULATED = "accumulated"  # H2O column sums of the whole causal attention (O(
 LAST_QUERY = "last_query"  # attention of the newest prompt query (TOVA)
 WINDOW_MAX = "window_max"  # largest attention over the window queries per key (DefensiveKV)
 VALUE_NORMS = "value_norms"  # L1 norm of each value's output contribution through o_proj (CriticalKV)
+QUERIES = "queries"  # every prompt position's query before RoPE, plus the model's rotary map (Expected Attention)
 #: the statistics captured only when a scorer or allocator asks for them (``needs``)
-OPTIONAL_NEEDS = frozenset({ACCUMULATED, LAST_QUERY, WINDOW_MAX, VALUE_NORMS})
+OPTIONAL_NEEDS = frozenset({ACCUMULATED, LAST_QUERY, WINDOW_MAX, VALUE_NORMS, QUERIES})
+#: KVzip's statistic: max attention from a teacher-forced repeat of the prompt, a second pass over the model;
+#: it is named with its chunk length (:func:`repeat_need`), which changes what it measures
+REPEAT = "repeat"
+
+
+def repeat_need(chunk: int) -> str:
+    """The ``needs`` name of the repeat statistic whose pass repeats the prompt ``chunk`` tokens at a time."""
+    return f"{REPEAT}:{int(chunk)}"
+
+
+def repeat_chunk(need: str) -> int | None:
+    """The chunk length a ``needs`` name asks the repeat pass for, or None when it names another statistic."""
+    head, _, chunk = need.partition(":")
+    return int(chunk) if head == REPEAT and chunk.isdigit() and int(chunk) > 0 else None
+
+
+def captured_needs(needs: Collection[str]) -> frozenset[str]:
+    """The names in ``needs`` that make a prefill compute something beyond the always-captured window sums."""
+    return frozenset(n for n in needs if n in OPTIONAL_NEEDS or repeat_chunk(n) is not None)
 
 
 @dataclass
@@ -52,6 +72,11 @@ class LayerStats:
     win_max: torch.Tensor | None = None  #: [Hq, n] max over the window queries of their attention (WINDOW_MAX)
     #: [Hq, n] ``||W_o^h v_j||_1``: what value j adds to the layer output through query head h (VALUE_NORMS)
     value_norms: torch.Tensor | None = None
+    queries: torch.Tensor | None = None  #: [Hq, n, D] the prompt's queries before RoPE (QUERIES)
+    #: chunk length -> [Hq, n] max attention each prompt token receives from the repeat pass (``repeat_need``)
+    repeat_max: dict[int, torch.Tensor] | None = None
+    #: positions [m] -> (cos, sin) [m, R] of the layer's rotary embedding (R <= D rotated dims); with QUERIES
+    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def n(self) -> int:

@@ -10,7 +10,7 @@ step for the whole sweep of a sample (:func:`sweep`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,15 @@ from transformers import DynamicCache
 
 from lukv_bench.runtime import capture as capture_mod
 from lukv_bench.runtime.cache import RaggedCache
-from lukv_bench.runtime.contract import OPTIONAL_NEEDS, Budget, LayerStats, PrefillStats
+from lukv_bench.runtime.contract import (
+    OPTIONAL_NEEDS,
+    QUERIES,
+    Budget,
+    LayerStats,
+    PrefillStats,
+    captured_needs,
+    repeat_chunk,
+)
 from lukv_bench.runtime.fidelity import greedy_agreement, kl_divergence
 from lukv_bench.runtime.memory import PeakMemory
 from lukv_bench.runtime.selection import KeepSet
@@ -46,11 +54,17 @@ class Prefill:
     last_logits: torch.Tensor  #: [V] logits after the last prompt token
     prefill_s: float
     peak_mem_bytes: int
+    #: seconds of the passes after the prefill that computed a statistic (KVzip's repeat), by ``needs`` name
+    stat_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         """Prompt tokens."""
         return self.input_ids.shape[1]
+
+    def stat_seconds(self, needs: Collection[str]) -> float:
+        """Seconds of the extra passes behind ``needs``: part of the cost of every cell that uses them."""
+        return sum(self.stat_s.get(name, 0.0) for name in needs)
 
     def kv_bytes_full(self) -> int:
         """Bytes the uncompressed (FullKV) cache of this prompt holds."""
@@ -68,7 +82,9 @@ class Compressed:
     head_budgets: list[list[int]] | None  #: per layer and head when heads differ
     kv_bytes: int  #: bytes of this cell's compressed K/V, measured from the cache's buffers
     kv_bytes_full: int  #: bytes of the uncompressed (FullKV) cache of the same prompt
-    compress_s: float  #: planning (scoring, allocation, selection) + this cell's share of the gather
+    #: planning (scoring, allocation, selection) + this cell's share of the gather + the extra passes its
+    #: statistics took (KVzip's repeat; ``Prefill.stat_s``) when it evicts
+    compress_s: float
     kept_tokens_mean: float  #: mean tokens kept per layer and storage head (what the budget became)
     allocation_info: dict | None = None
 
@@ -113,7 +129,8 @@ class Engine:
             raise ValueError("a prefill takes one prompt: pass input_ids of shape [1, n]")
         input_ids = input_ids.to(self.device)
         cap = capture_mod.Capture(
-            window=self.settings.window, needs=OPTIONAL_NEEDS & frozenset(needs), block=self.settings.h2o_block
+            window=self.settings.window, needs=OPTIONAL_NEEDS & frozenset(needs), block=self.settings.h2o_block,
+            rotary=capture_mod.rotary_map(self.model) if QUERIES in needs else None,
         )
         cache = DynamicCache(config=self.model.config)
         with PeakMemory(self.device) as mem:
@@ -123,6 +140,14 @@ class Engine:
             prefill_s = time.perf_counter() - t0
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
+        repeats, stat_s = {}, {}
+        for need in sorted(captured_needs(needs)):
+            chunk = repeat_chunk(need)
+            if chunk is not None:  # a second pass over the prefilled cache, timed apart from the prefill
+                t0 = time.perf_counter()
+                repeats[chunk] = capture_mod.repeat_attention(self.model, self.tokenizer, cache, input_ids, chunk)
+                _sync(self.device)
+                stat_s[need] = time.perf_counter() - t0
         layers = []
         for i, (k, v) in enumerate(zip(keys, values)):
             rec = cap.layers[i]
@@ -136,6 +161,8 @@ class Engine:
                     win_entropy=rec["win_entropy"],
                     window=int(rec["window"]),
                     **cap.optional_stats(i),
+                    repeat_max={chunk: r[i] for chunk, r in repeats.items()} or None,
+                    rotary=cap.rotary,
                 )
             )
         stats = PrefillStats(
@@ -153,6 +180,7 @@ class Engine:
             last_logits=out.logits[0, -1].float(),
             prefill_s=prefill_s,
             peak_mem_bytes=mem.peak,
+            stat_s=stat_s,
         )
 
     def eos_ids(self) -> list[int]:
@@ -212,7 +240,8 @@ class Engine:
                 head_budgets=counts if ragged else None,
                 kv_bytes=cache.kv_bytes(b),
                 kv_bytes_full=full_bytes,
-                compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept)),
+                compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept))
+                + (pre.stat_seconds(getattr(policy, "needs", ())) if budget.tokens < pre.n else 0.0),
                 kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),
                 allocation_info=getattr(plan.allocation, "info", None),
             ))
