@@ -63,8 +63,9 @@ def compare_kept(theirs: KeptSets, ours: KeptSets) -> dict:
     """Agreement of two runs' kept sets over every (layer, KV head).
 
     Returns the mean Jaccard overlap, the share of (layer, head) with identical sets, the share with the
-    same number of kept tokens, per layer the mean kept tokens per head of each side and the layer's
-    mean Jaccard. Both runs must have the same layers and heads.
+    same number of kept tokens, the share of layers that keep the same total (the layer budget), per
+    layer the mean kept tokens per head of each side and the layer's mean Jaccard. Both runs must have
+    the same layers and heads.
     """
     if len(theirs) != len(ours) or any(len(a) != len(b) for a, b in zip(theirs, ours)):
         raise ValueError(
@@ -87,6 +88,8 @@ def compare_kept(theirs: KeptSets, ours: KeptSets) -> dict:
         "jaccard_mean": statistics.mean(overlaps),
         "identical_share": identical / cells,
         "same_count_share": same_count / cells,
+        "same_layer_budget_share": statistics.mean(
+            sum(map(len, a)) == sum(map(len, b)) for a, b in zip(theirs, ours)),
         "layers": per_layer,
     }
 
@@ -128,6 +131,7 @@ def summarize_agreement(pairs: Sequence[dict]) -> list[dict]:
             "jaccard_mean": statistics.mean(a["jaccard_mean"] for a in agreements),
             "identical_share": statistics.mean(a["identical_share"] for a in agreements),
             "same_count_share": statistics.mean(a["same_count_share"] for a in agreements),
+            "same_layer_budget_share": statistics.mean(a["same_layer_budget_share"] for a in agreements),
             "kept_kvpress": statistics.mean(layer["kept_kvpress"] for layer in layers),
             "kept_lukv": statistics.mean(layer["kept_lukv"] for layer in layers),
             "layers": layers,

@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="kvpress's virtual environment (made if missing)")
     ap.add_argument("--render-only", action="store_true", help="rewrite OUT/agreement.md from OUT/agreement.json "
                     "without running anything")
+    ap.add_argument("--raw", type=Path, help="also write both sides' kept sets and answers to this JSON file")
+    ap.add_argument("--from-raw", type=Path, help="compare the sides saved by an earlier --raw instead of running them")
     args = ap.parse_args(argv)
     if args.render_only:
         saved = json.loads((args.out / "agreement.json").read_text())
@@ -189,26 +191,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         suite = load_agreement_suite(args.suite.resolve())
-        python = ensure_kvpress_venv(args.venv.resolve())
-        from lukv_bench.runtime.models import resolve_model_path
-
-        model_dir, _ = resolve_model_path(suite.model)
-        samples, sides, lukv_full, lukv_s = run_lukv(suite)
-        presets = [p if isinstance(p, str) else p["name"] for p in suite.policies]
-        job = {
-            "model_dir": str(model_dir),
-            "samples": [{k: s[k] for k in ("id", "context_ids", "question_ids")} for s in samples],
-            "settings": [{"preset": "full", "ratio": 0.0}]
-            + [{"preset": p, "ratio": round(1 - float(b), 6)} for p in presets for b in suite.budgets],
-            "max_new_tokens": suite.max_new_tokens,
-            "threads": int(suite.threads or 1),
-        }
-        env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env.pop("TRITON_INTERPRET", None)
-        print("agreement: kvpress's side ...", flush=True)
-        with tempfile.TemporaryDirectory(prefix="lukv-kvpress-kept-") as tmp:
-            kv_s, kv = run_kvpress(python, job, Path(tmp), env)
+        if args.from_raw:
+            raw = json.loads(args.from_raw.read_text())
+            samples, lukv_full, lukv_s, kv_s, kv = (raw[k] for k in ("samples", "lukv_full", "lukv_s", "kv_s", "kv"))
+            sides = {tuple(key): side for key, side in raw["sides"]}
+        else:
+            samples, sides, lukv_full, lukv_s, kv_s, kv = run_both(suite, args.venv.resolve())
+            if args.raw:
+                args.raw.write_text(json.dumps({
+                    "samples": samples, "lukv_full": lukv_full, "lukv_s": lukv_s, "kv_s": kv_s, "kv": kv,
+                    "sides": [[list(k), v] for k, v in sides.items()]}))
         pairs = pair_up(suite, sides, kv["runs"])
     except (UserError, ValueError) as e:
         print(f"agreement: error: {e}", file=sys.stderr)
@@ -216,6 +208,39 @@ def main(argv: list[str] | None = None) -> int:
     except CompareError as e:
         print(f"agreement: failed: {e}", file=sys.stderr)
         return 1
+    write_report(args, suite, samples, lukv_full, pairs, kv, {"lukv": lukv_s, "kvpress": kv_s})
+    return 0
+
+
+def run_both(suite, venv: Path) -> tuple:
+    """lukv-bench's side, then kvpress's on the same token ids: (samples, sides, FullKV answers, lukv seconds,
+    kvpress seconds, kvpress's result)."""
+    python = ensure_kvpress_venv(venv)
+    from lukv_bench.runtime.models import resolve_model_path
+
+    model_dir, _ = resolve_model_path(suite.model)
+    samples, sides, lukv_full, lukv_s = run_lukv(suite)
+    presets = [p if isinstance(p, str) else p["name"] for p in suite.policies]
+    job = {
+        "model_dir": str(model_dir),
+        "samples": [{k: s[k] for k in ("id", "context_ids", "question_ids")} for s in samples],
+        "settings": [{"preset": "full", "ratio": 0.0}]
+        + [{"preset": p, "ratio": round(1 - float(b), 6)} for p in presets for b in suite.budgets],
+        "max_new_tokens": suite.max_new_tokens,
+        "threads": int(suite.threads or 1),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("TRITON_INTERPRET", None)
+    print("agreement: kvpress's side ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lukv-kvpress-kept-") as tmp:
+        kv_s, kv = run_kvpress(python, job, Path(tmp), env)
+    return samples, sides, lukv_full, lukv_s, kv_s, kv
+
+
+def write_report(args, suite, samples: list[dict], lukv_full: dict, pairs: list[dict], kv: dict,
+                 seconds: dict) -> None:
+    """OUT/agreement.json (rows, meta, per-sample comparisons) and OUT/agreement.md."""
     import lukv_bench
 
     rows = summarize_agreement(pairs)
@@ -230,19 +255,19 @@ def main(argv: list[str] | None = None) -> int:
                      "answers": s["answers"]} for s in samples],
         "full_answers": full_answers(kv["runs"], samples, lukv_full),
         "no_counterpart": NO_COUNTERPART,
-        "seconds": {"lukv": lukv_s, "kvpress": kv_s},
+        "seconds": seconds,
         "versions": {"lukv": lukv_bench.__version__, "kvpress": kv["versions"]},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     per_sample = [{k: v for k, v in p.items() if k != "agreement"}
-                  | {k: p["agreement"][k] for k in ("jaccard_mean", "identical_share", "same_count_share")}
+                  | {k: p["agreement"][k] for k in ("jaccard_mean", "identical_share", "same_count_share",
+                                                    "same_layer_budget_share")}
                   for p in pairs]
     (args.out / "agreement.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "per_sample": per_sample}, indent=1) + "\n"
     )
     (args.out / "agreement.md").write_text(render(rows, meta))
     print(f"agreement: wrote {args.out / 'agreement.md'} and agreement.json")
-    return 0
 
 
 def render(rows: list[dict], meta: dict) -> str:

@@ -98,6 +98,7 @@ def test_compare_kept_means_over_layers_and_heads() -> None:
     assert got["jaccard_mean"] == pytest.approx((1 + 1 / 3 + 2 / 3 + 0) / 4)
     assert got["identical_share"] == 0.25
     assert got["same_count_share"] == 0.75
+    assert got["same_layer_budget_share"] == 0.5  # layer 0 keeps 6 on both sides, layer 1 keeps 4 vs 5
     assert got["layers"][0] == {"kept_kvpress": 3, "kept_lukv": 3, "jaccard": pytest.approx(2 / 3)}
     assert got["layers"][1] == {"kept_kvpress": 2, "kept_lukv": 2.5, "jaccard": pytest.approx(1 / 3)}
     with pytest.raises(ValueError, match="different shapes"):
