@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import TINY
+from support import ROOT, TINY
 
 from lukv_bench.cli import main
 from lukv_bench.errors import UserError
@@ -141,3 +141,15 @@ def test_bad_input_exits_2_naming_the_folder(hand, tmp_path):
     assert str(other) in str(err.value)
     res = CliRunner().invoke(main, ["compare", str(a), str(other), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "compare runs of suites that share tasks and samples" in res.output
+
+
+def test_compare_on_the_two_committed_protocol_runs(tmp_path: Path) -> None:
+    """docs/results/multikey-prompt vs multikey-context (committed records): every cell of both is paired."""
+    runs = [ROOT / "docs" / "results" / name for name in ("multikey-prompt", "multikey-context")]
+    res = CliRunner().invoke(main, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| layer-uncertainty-plus | 0.2 |")]
+    assert len(rows) == 1 and "| 12 |" in rows[0]  # paired on all 12 shared samples
+    assert "Not compared" not in text
+    assert (tmp_path / "cmp" / "plots" / "compare-pareto.png").stat().st_size > 0
