@@ -16,6 +16,8 @@ What it does:
    plan of the same prefill ("matched", no decoding of its own) takes kvpress's token count (kvpress
    rounds the budget down, lukv-bench up) and keeps only the newest tokens the press itself forces
    (``FORCED_BY_PRESS``) instead of the observation window: what differs then is scoring and allocation.
+   For presses that keep one set per layer (``ONE_SET_PER_LAYER``) a third plan averages the scores over
+   the layer's KV heads first ("matched, heads pooled").
 4. kvpress's side: ``kvpress_kept.py`` in kvpress's environment runs every press at ratio ``1 - budget``
    and records the positions it kept (freed) or would have kept (masked).
 5. Writes ``OUT/agreement.md`` (the table and every known difference) and ``OUT/agreement.json``
@@ -58,7 +60,10 @@ PRESSES = {
 #: presets whose press forces fewer newest tokens than the observation window: how many it always keeps
 #: (the SnapKV family's presses keep their ``window_size`` = 64, the suite's window)
 FORCED_BY_PRESS = {"tova": 1, "keydiff": 0, "h2o": 0}
+#: presses that keep one set for every KV head of a layer, from scores averaged over all its heads
+ONE_SET_PER_LAYER = {"tova"}
 AS_RUN, MATCHED = "as run", "matched"  #: the two comparisons of every preset (see ``run_lukv``)
+POOLED = "matched, heads pooled"  #: the matched plan with the scores averaged over a layer's KV heads
 
 
 def kvpress_kept_tokens(n: int, ratio: float) -> int:
@@ -106,6 +111,7 @@ def run_lukv(suite) -> tuple[list[dict], dict[tuple, dict], dict[str, str], floa
     from lukv_bench.runtime.contract import Budget
     from lukv_bench.runtime.engine import sweep
     from lukv_bench.runtime.prompts import build_prompt, fit_prompt, model_max_positions
+    from lukv_bench.runtime.selection import select_all
     from lukv_bench.tasks import build_tasks
 
     t0 = time.perf_counter()
@@ -129,9 +135,13 @@ def run_lukv(suite) -> tuple[list[dict], dict[tuple, dict], dict[str, str], floa
                 sides[(name, AS_RUN, budget, str(sample.id))] = {
                     "kept": kept_sets(out.compressed.keep), "answer": out.generation.text}
                 tokens = kvpress_kept_tokens(pre.n, round(1 - budget, 6))
-                plan = out.policy.plan(pre.stats, Budget.resolve({"tokens": tokens}, pre.n),
-                                       window=FORCED_BY_PRESS.get(name, suite.window))
+                forced = FORCED_BY_PRESS.get(name, suite.window)
+                plan = out.policy.plan(pre.stats, Budget.resolve({"tokens": tokens}, pre.n), window=forced)
                 sides[(name, MATCHED, budget, str(sample.id))] = {"kept": kept_sets(plan.keep), "answer": None}
+                if name in ONE_SET_PER_LAYER:  # to check that the GQA reduction explains what remains
+                    pooled = [sc.mean(0, keepdim=True).expand_as(sc) for sc in plan.scores]
+                    keep = select_all(pooled, plan.allocation, out.policy.sinks, forced)
+                    sides[(name, POOLED, budget, str(sample.id))] = {"kept": kept_sets(keep), "answer": None}
             print(f"agreement: lukv-bench's side, sample {sample.id}: {len(ids.context)} context tokens", flush=True)
     return samples, sides, full, time.perf_counter() - t0
 
@@ -151,7 +161,8 @@ def pair_up(suite, sides: dict[tuple, dict], kv_runs: list[dict]) -> list[dict]:
             "answers": None if ours["answer"] is None else [run["answer"], ours["answer"]],
         })
     order = {name: i for i, name in enumerate(PRESSES)}
-    pairs.sort(key=lambda p: (order[p["preset"]], -p["budget"], p["variant"] != AS_RUN))
+    variants = {AS_RUN: 0, MATCHED: 1, POOLED: 2}
+    pairs.sort(key=lambda p: (order[p["preset"]], -p["budget"], variants[p["variant"]]))
     return pairs
 
 
@@ -270,9 +281,124 @@ def write_report(args, suite, samples: list[dict], lukv_full: dict, pairs: list[
     print(f"agreement: wrote {args.out / 'agreement.md'} and agreement.json")
 
 
+#: per preset, what differs between kvpress's press and lukv-bench's preset (read from both sources)
+WHY = {
+    "streaming": "Same rule: the first 4 tokens plus the most recent ones. The only difference is rounding: "
+                 "kvpress keeps `int(n * (1 - ratio))` tokens, lukv-bench `ceil(budget * n)`, one token more "
+                 "when `budget * n` is not whole.",
+    "snapkv": "Same rule (mean attention of the last 64 queries, average pooling over 5, mean over the GQA group, "
+              "window kept). kvpress recomputes the window attention in its hook; lukv-bench sums it in the "
+              "capture pass. Both in fp32; rounding of the budget as for streaming.",
+    "pyramidkv": "kvpress applies its pyramid only when `q_len >= max >= min >= window` (window 64, beta 20) and "
+                 "otherwise falls back to the uniform budget; lukv-bench always applies its arithmetic schedule "
+                 "with exact totals. Layer budgets therefore differ wherever kvpress fell back, and so do the "
+                 "kept sets of the layers whose budgets differ.",
+    "adakv": "kvpress masks instead of freeing (the table compares the positions it leaves unmasked). Head "
+             "budgets differ by construction: kvpress first puts each head's `int(0.2 * n_kept)` best tokens "
+             "(the window among them, scored at the maximum) above everything, then takes one top-k over all "
+             "heads of the layer; lukv-bench reserves the window per head and splits the rest as "
+             "`0.8 x flat top-k counts + 0.2 x uniform`. Scores are SnapKV's on both sides.",
+    "h2o": "kvpress's ObservedAttentionPress scores every position by its attention summed over all queries "
+           "divided by the number of queries that see it (the `normalize: true` of lukv-bench) and forces no "
+           "token; lukv-bench keeps the 64-token window besides the scores. The *matched* row (no window, "
+           "kvpress's count) isolates the score.",
+    "tova": "kvpress's TOVAPress averages the last query's attention over *all* query heads of a layer and "
+            "keeps one set for every KV head, forcing only the last token; lukv-bench averages over each GQA "
+            "group (one set per KV head) and keeps the window. The *matched* row removes the window and the "
+            "rounding; the per-group mean remains (a GQA reduction choice, §14 of docs/policies.md). The "
+            "*matched, heads pooled* row averages lukv-bench's scores over the layer's KV heads (with equal "
+            "groups, the mean over all query heads) to check that this reduction explains what remains.",
+    "keydiff": "Same score (minus the cosine to the mean of the normalised keys). kvpress forces no token; "
+               "lukv-bench keeps the 64-token window. The *matched* row (no window, kvpress's count) isolates "
+               "the score.",
+    "criticalkv": "kvpress's CriticalAdaKVPress masks instead of freeing, and selects in two stages: head "
+                  "budgets from AdaKV's safeguard + flat top-k on the *plain SnapKV* scores, then half of each "
+                  "head's budget by SnapKV alone (`first_stage_ratio` 0.5) and the rest by SnapKV x value norm. "
+                  "lukv-bench ranks every token by the product and gives AdaKV's allocator the product scores "
+                  "(the budget is not known to the scorer; §16 of docs/policies.md). Expect head budgets and the "
+                  "attention-only half to differ.",
+    "chunkkv": "kvpress's ChunkKVPress cuts the *whole* sequence (window included) into chunks of 20, scores "
+               "a chunk by its mean SnapKV score summed over the KV heads (one chunk set for every head) and "
+               "keeps `int(chunks * (1 - ratio))` whole chunks, so it keeps fewer tokens than the budget; "
+               "lukv-bench cuts only the prefix before the window, scores chunks per KV head by the sum, keeps "
+               "the window and cuts the last chunk to meet the budget exactly.",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def render(rows: list[dict], meta: dict) -> str:
-    """The markdown report (filled in below)."""
-    return json.dumps(rows[:1])
+    """The markdown report: the agreement table, FullKV's answers, and what differs per preset."""
+    samples = meta["samples"]
+    ctx = [s["context_tokens"] for s in samples]
+    v = meta["versions"]
+    full = meta["full_answers"]
+    same_full = sum(a.strip() == b.strip() for a, b in full.values())
+    lines = [
+        "# Which tokens do lukv-bench and kvpress keep? Kept-set agreement per layer and KV head",
+        "",
+        f"Generated by `python benchmarks/peers/agreement_kvpress.py --out {meta['out']}` on {meta['date']} "
+        f"({meta['machine']}). Model: SmolLM2-135M-Instruct (the embedded GGUF, de-quantized to fp32; 30 "
+        f"layers, 3 KV heads, 9 query heads). {len(samples)} pass-key samples of {min(ctx)}-{max(ctx)} context "
+        "tokens, tokenised once by lukv-bench and given to both sides as token ids (the same tokens). "
+        "Protocol: kvpress's pipeline on both sides (lukv-bench `compress: context`): the context is prefilled "
+        "and compressed, then the question is fed and the answer decoded greedily "
+        f"(16 new tokens at most). Settings: `{meta['suite']}` (window {meta['window']}; kvpress's defaults "
+        "wherever lukv-bench has the knob). Versions: lukv-bench "
+        f"{v['lukv']}; kvpress {v['kvpress']['kvpress']} with transformers {v['kvpress']['transformers']}; torch "
+        f"{v['kvpress']['torch']}.",
+        "",
+        "How the kept sets are read. lukv-bench: the engine's compression plan (`Compressed.keep`, the "
+        "positions every (layer, KV head) holds). kvpress: `kvpress_kept.py` wraps the press's `compress`; a "
+        "press that frees entries is read from the rows of the compressed keys (matched to the input rows), a "
+        "press that masks (AdaKV, CriticalAdaKV) from `masked_key_indices`: what it would have kept.",
+        "",
+        "Two comparisons per preset and budget. **as run**: lukv-bench as a user runs it (budget "
+        "`ceil(budget * n)` tokens per head, the observation window always kept), with its answer. **matched**: "
+        "a second plan of the same prefill with kvpress's token count (`int(n * (1 - ratio))`) and only the "
+        "newest tokens the press itself forces (64 for the SnapKV family, 1 for TOVA, 0 for KeyDiff and H2O); "
+        "what still differs is scoring and allocation.",
+        "",
+        f"FullKV (no press) gave the same answer on both sides for {same_full} of {len(full)} samples.",
+        "",
+        "| preset (kvpress press) | kvpress ratio / budget | kvpress drops by | comparison | mean Jaccard "
+        "| identical (layer, head) sets | same count per head | same layer budget | kept per head kvpress "
+        "| kept per head lukv | same answer |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        answer = "-" if r["same_answers"] is None else f"{r['same_answers']} of {r['answered']}"
+        lines.append(
+            f"| {r['preset']} ({r['press']}) | {r['ratio']:g} / {r['budget']:g} | {r['how']} | {r['variant']} "
+            f"| {r['jaccard_mean']:.3f} | {_pct(r['identical_share'])} | {_pct(r['same_count_share'])} "
+            f"| {_pct(r['same_layer_budget_share'])} | {r['kept_kvpress']:.1f} | {r['kept_lukv']:.1f} | {answer} |"
+        )
+    lines += [
+        "",
+        "Columns: means over the samples of: *mean Jaccard*, |kvpress ∩ lukv| / |kvpress ∪ lukv| of the kept "
+        "positions, averaged over the 30 x 3 (layer, KV head) pairs; *identical*, the share of pairs with "
+        "exactly the same set; *same count per head*, the share with the same number of kept tokens; *same "
+        "layer budget*, the share of layers keeping the same total over their heads; *kept per head*, the mean "
+        "number of positions a (layer, head) keeps. *same answer*: samples whose answer text is identical "
+        "(as-run rows only). Per-layer budgets and Jaccard are in `agreement.json` (`rows[].layers`).",
+        "",
+        "## What differs, preset by preset",
+        "",
+    ]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        lines.append(f"- **{preset}** ({next(r['press'] for r in rows if r['preset'] == preset)}): {WHY[preset]}")
+    lines += ["", "## Not compared", ""]
+    for preset, why in meta["no_counterpart"].items():
+        lines.append(f"- **{preset}**: {why}.")
+    lines += [
+        "- **expected-attention** (kvpress `ExpectedAttentionPress`) and **kvzip** (`KVzipPress`): not "
+        "registered in lukv-bench when this was generated (`lukv-bench policies`); add them to "
+        "`PRESSES`, `kvpress_side.make_press` and the suite once they are.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
