@@ -52,7 +52,7 @@ import torch
 
 from lukv_bench.data.corpus import CORPUS_VERSION, SOURCE, reference_text_ids
 from lukv_bench.registry.task_contract import REQUIRED, Key
-from lukv_bench.runtime.contract import OPTIONAL_NEEDS, Budget
+from lukv_bench.runtime.contract import Budget, captured_needs
 from lukv_bench.runtime.engine import evicts_while_decoding
 from lukv_bench.runtime.memory import AllocationPeak
 from lukv_bench.runtime.prompts import model_max_positions
@@ -299,7 +299,7 @@ def _measure_length(task: LatencyTaskConfig, unit: Unit, ctx: UnitContext, lengt
     # capture always records the window statistics, only the optional ones (H2O's accumulated attention, ...)
     # change the prefill
     def capture(policy) -> frozenset[str]:
-        return frozenset(policy.needs) & OPTIONAL_NEEDS
+        return captured_needs(policy.needs)
 
     groups: dict[frozenset[str], list[tuple[object, Any]]] = {capture(full): []}
     for p, b in cells:

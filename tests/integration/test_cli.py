@@ -38,6 +38,8 @@ BUILTINS = {
     "defensivekv": ("critical", "adakv", {"inner": "defensive", "alpha": 0.0, "normalize": False}),
     "layer-defensivekv": ("critical", "global", {"inner": "defensive", "min_share": 0.0}),
     "chunkkv": ("chunk", "uniform", {"inner": "snapkv", "size": 10}),
+    "expected-attention": ("expected-attention", "uniform", {"future": 512, "skip": 4, "covariance": True}),
+    "kvzip": ("kvzip", "uniform", {"chunk": 2048}),
 }
 
 DATA_ROW = {"id": "a", "context": "The fox lives in a den. " * 4, "question": "Where?", "answers": ["den"]}

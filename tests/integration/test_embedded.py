@@ -16,7 +16,8 @@ from lukv_bench.runtime.engine import Engine, EngineSettings
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 BUILTINS = ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake",
-            "tova", "keydiff", "criticalkv", "defensivekv", "layer-defensivekv", "chunkkv"]
+            "tova", "keydiff", "criticalkv", "defensivekv", "layer-defensivekv", "chunkkv", "expected-attention",
+            "kvzip"]
 
 
 @pytest.fixture()
