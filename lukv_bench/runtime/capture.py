@@ -38,8 +38,6 @@ class Capture:
     block: int = 256  #: query block size for the accumulated sums
     #: positions -> (cos, sin) of the model's RoPE (:func:`rotary_map`); needed for the QUERIES statistic
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    #: positions -> (cos, sin) of the model's RoPE (:func:`rotary_map`); needed for the QUERIES statistic
-    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     layers: dict[int, dict[str, torch.Tensor | int]] = field(default_factory=dict)
 
     def optional_stats(self, layer: int) -> dict[str, torch.Tensor | None]:
@@ -77,10 +75,6 @@ class Capture:
             rec[_FIELDS[WINDOW_MAX]] = window_max(q[:, n - w :], k, scaling)
         if VALUE_NORMS in self.needs:
             rec[_FIELDS[VALUE_NORMS]] = output_value_norms(module, value[0], query.shape[1])
-        if QUERIES in self.needs:
-            if self.rotary is None:
-                raise ValueError("the queries statistic needs the model's rotary map (Capture.rotary)")
-            rec[_FIELDS[QUERIES]] = unrotate(q, *self.rotary(torch.arange(n, device=q.device)))
         if QUERIES in self.needs:
             if self.rotary is None:
                 raise ValueError("the queries statistic needs the model's rotary map (Capture.rotary)")

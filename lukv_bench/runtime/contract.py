@@ -77,11 +77,6 @@ class LayerStats:
     repeat_max: dict[int, torch.Tensor] | None = None
     #: positions [m] -> (cos, sin) [m, R] of the layer's rotary embedding (R <= D rotated dims); with QUERIES
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    queries: torch.Tensor | None = None  #: [Hq, n, D] the prompt's queries before RoPE (QUERIES)
-    #: chunk length -> [Hq, n] max attention each prompt token receives from the repeat pass (``repeat_need``)
-    repeat_max: dict[int, torch.Tensor] | None = None
-    #: positions [m] -> (cos, sin) [m, R] of the layer's rotary embedding (R <= D rotated dims); with QUERIES
-    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def n(self) -> int:

@@ -56,17 +56,11 @@ class Prefill:
     peak_mem_bytes: int
     #: seconds of the passes after the prefill that computed a statistic (KVzip's repeat), by ``needs`` name
     stat_s: dict[str, float] = field(default_factory=dict)
-    #: seconds of the passes after the prefill that computed a statistic (KVzip's repeat), by ``needs`` name
-    stat_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         """Prompt tokens."""
         return self.input_ids.shape[1]
-
-    def stat_seconds(self, needs: Collection[str]) -> float:
-        """Seconds of the extra passes behind ``needs``: part of the cost of every cell that uses them."""
-        return sum(self.stat_s.get(name, 0.0) for name in needs)
 
     def stat_seconds(self, needs: Collection[str]) -> float:
         """Seconds of the extra passes behind ``needs``: part of the cost of every cell that uses them."""
@@ -154,14 +148,6 @@ class Engine:
                 repeats[chunk] = capture_mod.repeat_attention(self.model, self.tokenizer, cache, input_ids, chunk)
                 _sync(self.device)
                 stat_s[need] = time.perf_counter() - t0
-        repeats, stat_s = {}, {}
-        for need in sorted(captured_needs(needs)):
-            chunk = repeat_chunk(need)
-            if chunk is not None:  # a second pass over the prefilled cache, timed apart from the prefill
-                t0 = time.perf_counter()
-                repeats[chunk] = capture_mod.repeat_attention(self.model, self.tokenizer, cache, input_ids, chunk)
-                _sync(self.device)
-                stat_s[need] = time.perf_counter() - t0
         layers = []
         for i, (k, v) in enumerate(zip(keys, values)):
             rec = cap.layers[i]
@@ -194,7 +180,6 @@ class Engine:
             last_logits=out.logits[0, -1].float(),
             prefill_s=prefill_s,
             peak_mem_bytes=mem.peak,
-            stat_s=stat_s,
             stat_s=stat_s,
         )
 
