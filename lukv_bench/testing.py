@@ -38,37 +38,100 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
-def tiny_model(
-    n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16, seed: int = 0
-) -> LoadedModel:
-    """A small random Llama with GQA, built in-process with a fixed seed (no files, no network)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+#: model families :func:`tiny_model` can build: transformers config and model class, and what each adds
+#: to a plain Llama (the architectural differences the cache runtime must handle)
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", "GQA, RoPE"),
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", "Llama 3 RoPE scaling (rope_type llama3)"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", "sliding-window attention in every layer"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "q/k/v biases; sliding window on the upper layers"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "per-head q/k RMSNorm"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "fused qkv projection, sliding window, partial rotary"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "attention logit soft-capping, alternating sliding layers"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", "q/k norm, local/global layers with their own RoPE bases"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", "q/k RMSNorm over the whole projection"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", "partial rotary, parallel residual, fused qkv"),
+}
 
-    tok = byte_tokenizer()
-    config = LlamaConfig(
+
+def _family_config(family: str, tok, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                   sliding_window: int) -> Any:
+    """The transformers config of a tiny ``family`` model (see :data:`FAMILIES`)."""
+    import transformers
+
+    hidden = n_heads * head_dim
+    common: dict[str, Any] = dict(
         vocab_size=len(tok),
-        hidden_size=n_heads * head_dim,
-        intermediate_size=4 * n_heads * head_dim,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=head_dim,
         max_position_embeddings=4096,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
+    gqa = dict(num_key_value_heads=n_kv_heads, head_dim=head_dim)
+    sliding_every_other = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    extra: dict[str, Any] = {
+        "llama": gqa,
+        "llama3": {**gqa, "rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+        "mistral": {**gqa, "sliding_window": sliding_window},
+        "qwen2": {"num_key_value_heads": n_kv_heads, "use_sliding_window": True,
+                  "sliding_window": sliding_window, "max_window_layers": n_layers // 2},
+        "qwen3": gqa,
+        "phi3": {"num_key_value_heads": n_kv_heads, "sliding_window": sliding_window,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        "gemma2": {**gqa, "sliding_window": sliding_window, "layer_types": sliding_every_other,
+                   "query_pre_attn_scalar": 2 * head_dim, "hidden_activation": "gelu_pytorch_tanh"},
+        "gemma3": {**gqa, "sliding_window": sliding_window, "layer_types": sliding_every_other,
+                   "query_pre_attn_scalar": 2 * head_dim, "hidden_activation": "gelu_pytorch_tanh"},
+        "olmo2": {"num_key_value_heads": n_kv_heads},
+        "gpt_neox": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "partial_rotary_factor": 0.5}, "use_parallel_residual": True},
+    }[family]
+    return getattr(transformers, FAMILIES[family][0])(**common, **extra)
+
+
+def tiny_model(
+    n_layers: int = 4,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    family: str = "llama",
+    sliding_window: int = 24,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """A small random model of ``family`` (a key of :data:`FAMILIES`), built in-process with a fixed seed.
+
+    GQA where the family has it (``n_kv_heads``); ``sliding_window`` is the window of the families
+    with sliding-window layers, small so that test prompts exceed it. No files, no network.
+    """
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
+    tok = byte_tokenizer()
+    config = _family_config(family, tok, n_layers, n_heads, n_kv_heads, head_dim, sliding_window)
     gen = torch.random.fork_rng()
     with gen:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = getattr(transformers, FAMILIES[family][1])(config)
         # larger-than-default init so attention is peaked and eviction changes outputs measurably
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                torch.nn.init.normal_(proj.weight, std=0.2)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tok, name=TINY_NAME, source="tiny")
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in _QUERY_KEY_PROJECTIONS:
+                torch.nn.init.normal_(module.weight, std=0.2)
+    model.to(dtype).eval()
+    name = TINY_NAME if family == "llama" else f"tiny-random-{family}"
+    return LoadedModel(model=model, tokenizer=tok, name=name, source="tiny")
+
+
+#: projections whose weights :func:`tiny_model` scales up (fused ones included)
+_QUERY_KEY_PROJECTIONS = frozenset({"q_proj", "k_proj", "qkv_proj", "query_key_value"})
 
 
 def save_tiny_model(folder: Path, **sizes: int) -> Path:

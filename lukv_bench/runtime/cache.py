@@ -40,6 +40,9 @@ class RaggedLayer(CacheLayerMixin):
         self.repeat = repeat  #: >1 in query-head storage mode: new KV heads are repeated per query head
         self.active: torch.Tensor | None = None  #: segments of the active cells (None: all)
         self.logical_len = 0  #: tokens seen by the active cells (set by the cache)
+        #: a sliding-window layer held at its window (its segments are the newest tokens, contiguous):
+        #: never compressed, attention reads the last ``window`` entries; None for every other layer
+        self.window: int | None = None
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -133,6 +136,7 @@ class RaggedCache(Cache):
         n_q_heads: int,
         storage: str = "kv",
         headroom: int = 0,
+        windows: Sequence[int | None] | None = None,
     ) -> RaggedCache:
         """Gather each cell's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
 
@@ -142,7 +146,9 @@ class RaggedCache(Cache):
         dense blocks; each cell's :meth:`kv_bytes` still counts exactly its kept tokens, what a
         cache of that cell alone allocates. In ``storage="query"`` mode each query head keeps its
         own set (KeepSet has Hq segments) and the KV heads are repeated to the query heads first
-        (G x the memory, as in the original SnapKV).
+        (G x the memory, as in the original SnapKV). ``windows[i]``, when given and not None, marks
+        layer ``i`` as a sliding-window layer held at its window (:attr:`RaggedLayer.window`): every
+        cell must keep its newest tokens there.
         """
         layers = []
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -166,6 +172,7 @@ class RaggedCache(Cache):
                 dest = store.starts[b * heads : (b + 1) * heads]
                 compact(src_k, src_v, ks.indices, ks.cu_seqlens.to(src_k.device), dest, store.k, store.v)
             layers.append(RaggedLayer(store, heads=heads, repeat=repeat))
+            layers[-1].window = windows[i] if windows is not None else None
         n = keys[0].shape[2] if keys else 0
         return cls(layers, n_cells=len(keeps), n_q_heads=n_q_heads, storage=storage, logical_len=n)
 
@@ -201,13 +208,41 @@ class RaggedCache(Cache):
 
     # -- attention -----------------------------------------------------------------------------
     def attention(
-        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        sliding_window: int | None = None,
     ) -> torch.Tensor:
-        """Attention of the new queries ([B_active, Hq, Q, D]) over this layer's store -> [B, Q, Hq, D]."""
+        """Attention of the new queries ([B_active, Hq, Q, D]) over this layer's store -> [B, Q, Hq, D].
+
+        On a layer held at its window each query reads only the last ``window`` entries up to itself
+        (they are the newest positions). A ``sliding_window`` the model passes for a layer that is
+        not held at its window must not cut yet: once it would, the compressed entries' positions
+        are unknown here, so that is an error rather than a silently wrong attention.
+        """
         layer = self.layers[module.layer_idx]
         B, Hq, Q, D = query.shape
         starts, lens = layer.table()
-        out = ragged_attention(query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling)
+        if layer.window is None and sliding_window is not None and layer.logical_len > sliding_window:
+            raise RuntimeError(
+                f"layer {module.layer_idx}: its sliding window ({sliding_window}) now cuts into a compressed "
+                f"cache ({layer.logical_len} tokens seen); build the cache with windows= for this layer"
+            )
+        q = query.reshape(B * Hq, Q, D)
+        if layer.window is None:
+            out = ragged_attention(q, layer.store.k, layer.store.v, starts, lens, scaling)
+        else:
+            # one query at a time: query i sees the entries up to itself, of which the last `window`
+            out = torch.empty_like(q)
+            for i in range(Q):
+                seen = lens - (Q - 1 - i)
+                cut = (seen - layer.window).clamp_min(0)
+                out[:, i : i + 1] = ragged_attention(
+                    q[:, i : i + 1], layer.store.k, layer.store.v, starts + cut, seen - cut, scaling
+                )
         return out.view(B, Hq, Q, D).transpose(1, 2)
 
     def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:

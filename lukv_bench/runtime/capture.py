@@ -46,17 +46,31 @@ class Capture:
         return {name: rec.get(name) for name in _FIELDS.values()}  # type: ignore[misc]
 
     def attention(
-        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        sliding_window: int | None = None,
     ) -> torch.Tensor:
-        """Causal attention over the whole prompt; records statistics for ``module.layer_idx``."""
+        """Causal attention over the whole prompt; records statistics for ``module.layer_idx``.
+
+        ``sliding_window`` (what the model passes for a sliding-window layer) limits each query to
+        the last ``sliding_window`` positions, itself included; it is recorded with the layer's
+        statistics so the engine knows which layers can never attend further back.
+        """
         if query.shape[0] != 1:
             raise ValueError("lukv-bench prefill capture supports batch size 1 only")
         n = query.shape[2]
         if key.shape[2] != n:
             raise ValueError("capture expects one prefill of the whole prompt (no earlier cache)")
-        out = F.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
-        )
+        if sliding_window is not None and sliding_window < n:
+            out = sliding_window_attention(query, key, value, scaling, sliding_window)
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+            )
         w = min(self.window, n)
         q, k = query[0], key[0]
         win_sum, win_sumsq, win_entropy = window_stats(q[:, n - w :], k, scaling, prefix_len=n - w)
@@ -65,6 +79,7 @@ class Capture:
             "win_sumsq": win_sumsq,
             "win_entropy": win_entropy,
             "window": w,
+            "sliding_window": sliding_window,
         }
         if ACCUMULATED in self.needs:
             rec[_FIELDS[ACCUMULATED]] = accumulated_attention(q, k, scaling, block=self.block)
@@ -81,6 +96,30 @@ class Capture:
             rec[_FIELDS[QUERIES]] = unrotate(q, *self.rotary(torch.arange(n, device=q.device)))
         self.layers[module.layer_idx] = rec
         return out.transpose(1, 2)
+
+
+def sliding_window_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, window: int, block: int = 256
+) -> torch.Tensor:
+    """Causal attention where query ``i`` sees keys ``i - window + 1 .. i`` -> [1, Hq, n, D].
+
+    Query blocks of ``block`` rows each read only the keys their windows reach, so memory stays
+    O(block x (window + block)) per head however long the prompt.
+    """
+    n = query.shape[2]
+    gqa = query.shape[1] != key.shape[1]
+    out = torch.empty_like(query)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        first = max(0, lo - window + 1)
+        qpos = torch.arange(lo, hi, device=query.device)[:, None]
+        kpos = torch.arange(first, hi, device=query.device)[None, :]
+        allowed = (kpos <= qpos) & (kpos > qpos - window)
+        out[:, :, lo:hi] = F.scaled_dot_product_attention(
+            query[:, :, lo:hi], key[:, :, first:hi], value[:, :, first:hi], attn_mask=allowed, scale=scaling,
+            enable_gqa=gqa,
+        )
+    return out
 
 
 #: the LayerStats field that holds each optional statistic
@@ -215,13 +254,14 @@ def output_value_norms(module: torch.nn.Module, values: torch.Tensor, n_q_heads:
     """``||W_o^h v_{g(h), j}||_1`` for every query head h and token j: fp32 [Hq, n] (CriticalKV).
 
     ``values`` [Hkv, n, D] are the layer's values; ``W_o^h`` is the slice of the output projection
-    (``module.o_proj``, [hidden, Hq * D]) that reads head h's attention output, and query head h reads
-    KV head ``g(h) = h // (Hq / Hkv)``. The L1 norm is the one CriticalKV's perturbation bound uses.
+    (``module.o_proj``, or ``module.dense`` in GPT-NeoX, [hidden, Hq * D]) that reads head h's attention
+    output, and query head h reads KV head ``g(h) = h // (Hq / Hkv)``. The L1 norm is the one CriticalKV's
+    perturbation bound uses.
     """
-    proj = getattr(module, "o_proj", None)
+    proj = getattr(module, "o_proj", None) or getattr(module, "dense", None)
     if not isinstance(proj, torch.nn.Linear):
         raise ValueError(
-            f"the value-norm statistic needs the attention module's output projection 'o_proj' "
+            f"the value-norm statistic needs the attention module's output projection 'o_proj' or 'dense' "
             f"({type(module).__name__} has none); use a policy without the critical scorer for this model"
         )
     n_kv, n, d = values.shape
@@ -248,9 +288,14 @@ def lukv_attention(
     """Attention entry point registered as ``lukv``; returns ([B, Q, Hq, D], None)."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if kwargs.get("softcap") is not None:
+        raise UserError(
+            f"{type(module).__name__} soft-caps its attention logits (softcap={kwargs['softcap']}); "
+            "lukv-bench's attention kernels compute plain softmax attention, so this model is not supported"
+        )
     handler = kwargs.get("lukv")
     if handler is not None:
-        return handler.attention(module, query, key, value, scaling), None
+        return handler.attention(module, query, key, value, scaling, sliding_window=kwargs.get("sliding_window")), None
     mask = attention_mask
     out = F.scaled_dot_product_attention(
         query,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from lukv_bench.errors import UserError
 from lukv_bench.runtime import capture as capture_mod
 from lukv_bench.runtime.cache import RaggedCache
 from lukv_bench.runtime.contract import (
@@ -29,6 +30,7 @@ from lukv_bench.runtime.contract import (
 )
 from lukv_bench.runtime.fidelity import greedy_agreement, kl_divergence
 from lukv_bench.runtime.memory import PeakMemory
+from lukv_bench.runtime.models import architecture, check_architecture
 from lukv_bench.runtime.selection import KeepSet
 
 
@@ -56,6 +58,11 @@ class Prefill:
     peak_mem_bytes: int
     #: seconds of the passes after the prefill that computed a statistic (KVzip's repeat), by ``needs`` name
     stat_s: dict[str, float] = field(default_factory=dict)
+    #: per layer, the sliding window the model attends with there (None: the layer attends to everything)
+    windows: list[int | None] = field(default_factory=list)
+    #: the statistics of the layers a policy plans, per set of layers held at their window (see
+    #: :meth:`Engine.compress`); built once, so a policy's per-prefill score cache serves every cell
+    planned: dict[tuple[int, ...], PrefillStats] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -66,9 +73,17 @@ class Prefill:
         """Seconds of the extra passes behind ``needs``: part of the cost of every cell that uses them."""
         return sum(self.stat_s.get(name, 0.0) for name in needs)
 
-    def kv_bytes_full(self) -> int:
-        """Bytes the uncompressed (FullKV) cache of this prompt holds."""
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
+    def kv_bytes_full(self, held: Collection[int] = ()) -> int:
+        """Bytes the uncompressed (FullKV) cache of this prompt holds.
+
+        Layers in ``held`` are sliding-window layers held at their window: FullKV holds only the
+        newest ``window - 1`` tokens there too (see :func:`held_at_window`).
+        """
+        total = 0
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            tokens = min(self.n, int(self.windows[i]) - 1) if i in held else self.n  # type: ignore[arg-type]
+            total += (k.numel() * k.element_size() + v.numel() * v.element_size()) // self.n * tokens
+        return total
 
 
 @dataclass
@@ -113,6 +128,7 @@ class Engine:
         self.settings = settings or EngineSettings()
         if self.settings.storage not in ("kv", "query"):
             raise ValueError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
+        check_architecture(model)
         capture_mod.register()
         model.set_attn_implementation(capture_mod.ATTN_IMPLEMENTATION)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -132,7 +148,9 @@ class Engine:
             window=self.settings.window, needs=OPTIONAL_NEEDS & frozenset(needs), block=self.settings.h2o_block,
             rotary=capture_mod.rotary_map(self.model) if QUERIES in needs else None,
         )
-        cache = DynamicCache(config=self.model.config)
+        # full layers everywhere (no config): the capture keeps every prompt token of a sliding-window
+        # layer too; compress() decides which of them the cell holds
+        cache = DynamicCache()
         with PeakMemory(self.device) as mem:
             t0 = time.perf_counter()
             out = self.model(input_ids=input_ids, cache=cache, use_cache=True, lukv=cap, logits_to_keep=1)
@@ -140,6 +158,12 @@ class Engine:
             prefill_s = time.perf_counter() - t0
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
+        missed = [i for i in range(len(keys)) if i not in cap.layers]
+        if missed:
+            raise UserError(
+                f"model type {architecture(self.model)!r}: layers {missed} did not run their attention through "
+                "transformers' attention interface, so lukv-bench cannot capture or compress them"
+            )
         repeats, stat_s = {}, {}
         for need in sorted(captured_needs(needs)):
             chunk = repeat_chunk(need)
@@ -181,6 +205,7 @@ class Engine:
             prefill_s=prefill_s,
             peak_mem_bytes=mem.peak,
             stat_s=stat_s,
+            windows=[cap.layers[i]["sliding_window"] for i in range(len(keys))],  # type: ignore[misc]
         )
 
     def eos_ids(self) -> list[int]:
@@ -211,23 +236,28 @@ class Engine:
         cache holding that cell alone would allocate.
         """
         window = pre.stats.layers[0].window if pre.stats.layers else 0
-        plans, plan_s = [], []
+        held = held_at_window(pre, headroom)
+        planned = self._planned_stats(pre, held)
+        plans, plan_s, keeps = [], [], []
         for policy, budget in cells:
             t0 = time.perf_counter()
-            plans.append(policy.plan(pre.stats, budget, window))
+            plan = policy.plan(planned, budget, window) if planned.layers else None
+            keeps.append(self._merge_keep(pre, held, plan))
+            plans.append(plan)
             plan_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         cache = RaggedCache.build(
-            pre.keys, pre.values, [p.keep for p in plans], n_q_heads=self.n_q_heads,
+            pre.keys, pre.values, keeps, n_q_heads=self.n_q_heads,
             storage=self.settings.storage, headroom=headroom,
+            windows=[pre.windows[i] if i in held else None for i in range(len(pre.keys))],
         )
         _sync(self.device)
         build_s = time.perf_counter() - t0
-        all_counts = [[ks.counts for ks in p.keep] for p in plans]  # per cell, layer and head
+        all_counts = [[ks.counts for ks in keep] for keep in keeps]  # per cell, layer and head
         kept = [sum(map(sum, counts)) for counts in all_counts]
         # the FullKV reference in the same storage: per query head, every token is stored G times
         group = self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1
-        full_bytes = pre.kv_bytes_full() * group
+        full_bytes = pre.kv_bytes_full(held) * group
         out = []
         for b, ((policy, budget), plan) in enumerate(zip(cells, plans)):
             counts = all_counts[b]
@@ -235,7 +265,7 @@ class Engine:
             out.append(Compressed(
                 policy=policy.name,
                 budget=budget,
-                keep=plan.keep,
+                keep=keeps[b],
                 layer_budgets=[round(sum(c) / len(c)) for c in counts],
                 head_budgets=counts if ragged else None,
                 kv_bytes=cache.kv_bytes(b),
@@ -243,9 +273,39 @@ class Engine:
                 compress_s=plan_s[b] + build_s * kept[b] / max(1, sum(kept))
                 + (pre.stat_seconds(getattr(policy, "needs", ())) if budget.tokens < pre.n else 0.0),
                 kept_tokens_mean=sum(sum(c) / len(c) for c in counts) / max(1, len(counts)),
-                allocation_info=getattr(plan.allocation, "info", None),
+                allocation_info=getattr(plan.allocation, "info", None) if plan is not None else None,
             ))
         return cache, out
+
+    def _planned_stats(self, pre: Prefill, held: tuple[int, ...]) -> PrefillStats:
+        """The prefill statistics of the layers a policy plans: all but those ``held`` at their window."""
+        if not held:
+            return pre.stats
+        if held not in pre.planned:
+            st = pre.stats
+            pre.planned[held] = PrefillStats(
+                layers=[ls for i, ls in enumerate(st.layers) if i not in held], n_q_heads=st.n_q_heads,
+                n_kv_heads=st.n_kv_heads, storage=st.storage, gqa_reduce=st.gqa_reduce,
+            )
+        return pre.planned[held]
+
+    def _merge_keep(self, pre: Prefill, held: tuple[int, ...], plan) -> list[KeepSet]:
+        """Every layer's keep set: the plan's for the planned layers, the newest tokens for the held ones."""
+        if not held:
+            return plan.keep
+        planned = iter(plan.keep if plan is not None else ())
+        heads = pre.stats.n_storage_heads
+        out = []
+        for i in range(len(pre.keys)):
+            if i not in held:
+                out.append(next(planned))
+                continue
+            # what the model's own sliding cache holds: the tokens the next query's window reaches
+            w = min(pre.n, int(pre.windows[i]) - 1)  # type: ignore[arg-type]
+            newest = torch.arange(pre.n - w, pre.n, device=pre.keys[i].device)
+            out.append(KeepSet(indices=newest.repeat(heads),
+                               cu_seqlens=torch.arange(heads + 1, device=newest.device) * w))
+        return out
 
     def decode_hook(self, policy, cache: RaggedCache, cell: int) -> DecodeHook | None:
         """The decode-time eviction callback of ``policy`` for one cell of ``cache`` (None: no rule).
@@ -262,6 +322,8 @@ class Engine:
             if step % every:
                 return
             for i, layer in enumerate(cache.layers):
+                if layer.window is not None:
+                    continue  # a layer held at its window already forgets what its window leaves
                 keep = policy.decode_keep(layer.stored_tokens(cell), cache.logical[cell], budgets[i])
                 if keep is not None:
                     cache.evict(i, cell, keep)
@@ -372,6 +434,17 @@ class Engine:
             out.append(Generation(tokens=tokens[i], logits=torch.stack(logits[i]), decode_s=decode_s[i],
                                   text=text, stopped=stopped[i]))
         return out
+
+
+def held_at_window(pre: Prefill, headroom: int) -> tuple[int, ...]:
+    """The sliding-window layers whose window cuts within this prompt and ``headroom`` more tokens.
+
+    Such a layer never attends further back than its window ``W``, so the model itself holds at most
+    ``W`` tokens there. lukv-bench holds it the same way: the newest ``W - 1`` prompt tokens, never
+    compressed, outside the budget (which is the mean over the other layers); ``kv_bytes`` counts
+    what it holds. A sliding layer whose window covers everything is an ordinary layer.
+    """
+    return tuple(i for i, w in enumerate(pre.windows) if w is not None and w < pre.n + headroom)
 
 
 def evicts_while_decoding(policy, budget: Budget, n: int) -> bool:

@@ -166,6 +166,43 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str = "c
     return LoadedModel(model=model, tokenizer=tok, name=model_name(spec), source=source)
 
 
+#: decoder layer types (``config.layer_types``) whose attention lukv-bench reproduces exactly
+SUPPORTED_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+def architecture(model: torch.nn.Module) -> str:
+    """The model type of ``model``'s (text) config, e.g. ``llama``, ``gemma2``: what error messages name."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return str(getattr(cfg, "model_type", None) or type(model).__name__)
+
+
+def check_architecture(model: torch.nn.Module) -> None:
+    """Refuse, with a :class:`UserError` naming the model type and the reason, a model whose attention
+    lukv-bench cannot reproduce; see docs/models.md for what each family needs.
+
+    Attention that only differs before the attention function (q/k norms, partial or per-layer RoPE,
+    fused projections, parallel residuals) and sliding windows are handled; logit soft-capping,
+    encoder-decoders and layer kinds other than full or sliding attention are not.
+    """
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kind = architecture(model)
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UserError(f"model type {kind!r} is an encoder-decoder; lukv-bench compresses decoder-only models")
+    softcap = getattr(cfg, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise UserError(
+            f"model type {kind!r} soft-caps its attention logits (attn_logit_softcapping={softcap}); "
+            "lukv-bench's capture and ragged attention compute plain softmax attention, which would silently "
+            "differ from this model, so it is not supported (docs/models.md)"
+        )
+    other = sorted(set(getattr(cfg, "layer_types", None) or ()) - SUPPORTED_LAYER_TYPES)
+    if other:
+        raise UserError(
+            f"model type {kind!r} has layers of type {other}; lukv-bench supports only "
+            f"{sorted(SUPPORTED_LAYER_TYPES)} (docs/models.md)"
+        )
+
+
 def config_max_positions(spec: str) -> int | None:
     """The most positions model ``spec`` was built for, read from its config file without loading weights.
 

@@ -1,0 +1,242 @@
+"""Every supported model family runs through the cache runtime exactly (issue 20).
+
+For a tiny random model of each family (``lukv_bench.testing.FAMILIES``): FullKV and every policy at a
+budget that keeps the whole prompt reproduce the model's own ``generate()``; a compressed cell's next
+steps equal eager attention over the kept tokens only (with the model's own sliding windows); batching
+cells changes nothing; sliding-window layers are held at their window outside the budget; half
+precision matches the model's own half-precision generation; unsupported families are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lukv_bench.errors import UserError
+from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.engine import Engine, EngineSettings, held_at_window, sweep
+from lukv_bench.runtime.selection import KeepSet
+from lukv_bench.testing import tiny_model
+
+#: families that run; gemma2 is refused (attention logit soft-capping), see test_softcapping_is_refused
+FAMILIES = ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "olmo2", "gpt_neox"]
+#: families with sliding-window layers (the tiny models' window is 24 tokens, prompts are longer)
+SLIDING = {"mistral": "all", "qwen2": "upper half", "phi3": "all", "gemma3": "every other"}
+WINDOW = 24
+#: a spread of scorers and allocators, including ragged per-head ones and a decode-time rule
+POLICIES = ["snapkv", "streaming", "adakv", "h2o", "pyramidkv", "tova", "criticalkv", "layer-uncertainty"]
+NEW_TOKENS = 8
+
+
+@functools.cache
+def _model(family: str, dtype: torch.dtype = torch.float32, window: int = WINDOW):
+    return tiny_model(family=family, sliding_window=window, dtype=dtype)
+
+
+def _ids(seed: int, n: int) -> list[int]:
+    return torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _own_generate(model, ids: list[int], new: int) -> tuple[list[int], torch.Tensor]:
+    """The model's own greedy tokens and the logits each was chosen from, without lukv (SDPA)."""
+    model.set_attn_implementation("sdpa")
+    x = torch.tensor([ids])
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    try:  # decode all `new` tokens, as the engine does without eos_ids
+        with torch.no_grad():
+            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new, do_sample=False,
+                                 pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    finally:
+        model.generation_config.eos_token_id = eos
+    return out.sequences[0, len(ids):].tolist(), torch.stack(out.logits, 1)[0].float()
+
+
+def _sweep(eng, ctx, question, runs, batch, mode):
+    from lukv_bench.registry import resolve_policy
+
+    full = resolve_policy("full")
+    return {(o.policy.name, str(o.budget_spec)): o for _, o in sweep(
+        eng, ctx, question, [(full, 1.0)] + runs, full, compress=mode, max_new_tokens=NEW_TOKENS,
+        batch_settings=batch)}
+
+
+@pytest.mark.parametrize("mode", ["prompt", "context"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_budget_above_context_equals_own_generate(family, mode):
+    """(a, d) FullKV and every policy at a budget >= the context reproduce the model's own generate()."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family)
+    ctx, question = _ids(1, 50), _ids(2, 6)
+    tokens, logits = _own_generate(lm.model, ctx + question, NEW_TOKENS)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    runs = [(resolve_policy(name), 1.0) for name in POLICIES]
+    outs = _sweep(eng, ctx, question, runs, None, mode)
+    assert len(outs) == len(POLICIES) + 1
+    for key, out in outs.items():
+        assert out.generation.tokens == tokens, key
+        assert (out.generation.logits - logits).abs().max().item() <= 1e-4, key
+
+
+def _reference_steps(model, prompt: list[int], keep: list[KeepSet], n_kv: int, next_ids: list[int]) -> torch.Tensor:
+    """Logits of ``next_ids`` after ``prompt`` when each layer and KV head attends only to its kept prompt
+    tokens: plain eager attention (with the layer's sliding window and causality) over a full cache."""
+    n = len(prompt)
+
+    def kept_only(module, q, k, v, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kw):
+        hq, qn, tot = q.shape[1], q.shape[2], k.shape[2]
+        g = hq // k.shape[1]
+        ks = keep[module.layer_idx]
+        allow = torch.zeros(n_kv, tot, dtype=torch.bool)
+        for h in range(n_kv):
+            allow[h, ks.indices[ks.cu_seqlens[h] : ks.cu_seqlens[h + 1]]] = True
+        allow[:, n:] = True
+        qpos = torch.arange(tot - qn, tot)[:, None]
+        kpos = torch.arange(tot)[None, :]
+        visible = kpos <= qpos
+        if sliding_window is not None:
+            visible &= kpos > qpos - sliding_window
+        allow = allow.repeat_interleave(g, 0)[:, None, :] & visible[None]  # [Hq, Q, tot]
+        s = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scaling
+        s = s.masked_fill(~allow[None], float("-inf"))
+        out = s.softmax(-1) @ v.float().repeat_interleave(g, 1)
+        return out.to(q.dtype).transpose(1, 2), None
+
+    AttentionInterface.register("lukv_test_kept", kept_only)
+    AttentionMaskInterface.register("lukv_test_kept", sdpa_mask)
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache()  # full layers: the reference attention applies the windows itself
+    with torch.no_grad():
+        model(torch.tensor([prompt]), cache=cache)
+        model.set_attn_implementation("lukv_test_kept")
+        out = model(torch.tensor([next_ids]), cache=cache).logits[0].float()
+    model.set_attn_implementation("sdpa")
+    return out
+
+
+#: families whose every layer slides hold everything at a 24-token window (nothing to compress): their
+#: compressed case uses a window that covers prompt and new tokens
+_COMPRESSIBLE = [(f, 64 if SLIDING.get(f) == "all" else WINDOW) for f in FAMILIES]
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "adakv", "pyramidkv"])
+@pytest.mark.parametrize(("family", "window"), _COMPRESSIBLE)
+def test_compressed_steps_equal_eager_attention_over_kept_tokens(family, window, policy):
+    """(b) Eviction, gather and positions: a compressed cell's next steps equal eager attention over its kept
+    tokens at their true positions (several tokens at once, so windows slide within the step)."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family, window=window)
+    prompt, next_ids = _ids(3, 48), _ids(4, 5)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    pre = eng.prefill(torch.tensor([prompt]))
+    cache, (comp,) = eng.compress(pre, [(resolve_policy(policy), Budget.resolve(0.3, pre.n))],
+                                  headroom=len(next_ids))
+    assert comp.kv_bytes < comp.kv_bytes_full
+    ours = eng.feed(cache, next_ids)[0]
+    ref = _reference_steps(lm.model, prompt, comp.keep, eng.n_kv_heads, next_ids)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert cache.get_seq_length() == pre.n + len(next_ids)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "context"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma3", "gpt_neox"])
+def test_batched_sweep_equals_one_setting_at_a_time(family, mode):
+    """(c, d) Decoding all cells together gives each the tokens, bytes and fidelity it has alone."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    ctx, question = _ids(5, 50), _ids(6, 6)
+    runs = [(resolve_policy(name), b) for name in POLICIES for b in (0.2, 0.5)]
+    alone = _sweep(eng, ctx, question, runs, 1, mode)
+    together = _sweep(eng, ctx, question, runs, None, mode)
+    assert together.keys() == alone.keys()
+    for key, a in alone.items():
+        t = together[key]
+        assert t.generation.tokens == a.generation.tokens, key
+        assert t.compressed.kv_bytes == a.compressed.kv_bytes, key
+        assert t.compressed.layer_budgets == a.compressed.layer_budgets, key
+        if a.kl_mean is not None:
+            assert abs(t.kl_mean - a.kl_mean) <= 1e-5 * max(1.0, a.kl_mean), key
+
+
+@pytest.mark.parametrize("family", sorted(SLIDING))
+def test_sliding_layers_are_held_at_their_window_outside_the_budget(family):
+    """A sliding layer whose window cuts holds its newest window - 1 tokens (what the model's own cache holds),
+    the budget is the mean over the other layers, and kv_bytes (FullKV's too) count what is held."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    pre = eng.prefill(torch.tensor([_ids(7, 60)]))
+    sliding = [i for i, w in enumerate(pre.windows) if w is not None]
+    assert sliding and all(pre.windows[i] == WINDOW for i in sliding)
+    assert held_at_window(pre, headroom=10) == tuple(sliding)
+    budget = Budget.resolve(0.25, pre.n)
+    cache, (full, comp) = eng.compress(pre, [(resolve_policy("full"), Budget.resolve(1.0, pre.n)),
+                                             (resolve_policy("snapkv"), budget)], headroom=10)
+    row = 2 * eng.n_kv_heads * pre.keys[0].shape[-1] * pre.keys[0].element_size()
+    for c in (full, comp):
+        assert all(c.layer_budgets[i] == WINDOW - 1 for i in sliding)
+        assert c.kv_bytes == sum(c.layer_budgets) * row
+        assert c.kv_bytes_full == full.kv_bytes
+        for i in sliding:  # the newest tokens, every head
+            assert c.keep[i].indices.tolist() == list(range(pre.n - WINDOW + 1, pre.n)) * eng.n_kv_heads
+    planned = [b for i, b in enumerate(comp.layer_budgets) if i not in sliding]
+    assert planned == [] or sum(planned) / len(planned) == pytest.approx(budget.tokens, abs=1)
+    assert all(b == pre.n for i, b in enumerate(full.layer_budgets) if i not in sliding)
+    # a window that covers the prompt and every new token leaves the layer ordinary (compressed)
+    short = eng.prefill(torch.tensor([_ids(8, 12)]))
+    assert held_at_window(short, headroom=WINDOW - 12) == ()
+    assert held_at_window(short, headroom=WINDOW - 11) == tuple(sliding)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gemma3"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_fullkv_equals_own_generate(family, dtype):
+    """bf16/fp16 end to end: the cache stores the model dtype, statistics stay fp32, FullKV equals the
+    model's own half-precision generate()."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family, dtype)
+    ctx, question = _ids(9, 50), _ids(10, 6)
+    tokens, logits = _own_generate(lm.model, ctx + question, NEW_TOKENS)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    pre = eng.prefill(torch.tensor([ctx + question]))
+    assert pre.keys[0].dtype == dtype and pre.stats.layers[0].win_sum.dtype == torch.float32
+    cache, _ = eng.compress(pre, [(resolve_policy("snapkv"), Budget.resolve(0.3, pre.n))])
+    assert cache.layers[0].store.k.dtype == dtype
+    outs = _sweep(eng, ctx, question, [(resolve_policy("snapkv"), 1.0)], None, "prompt")
+    # a few units in the last place of the largest logit: attention accumulates in fp32 in both paths,
+    # but SDPA and the ragged kernel round in different orders
+    tol = 3 * torch.finfo(dtype).eps * 2 ** math.floor(math.log2(logits.abs().max().item()))
+    top2 = logits.topk(2, dim=-1).values
+    for key, out in outs.items():
+        ours = out.generation.tokens
+        # greedy tokens agree until the reference meets a near tie (within rounding, either token is right)
+        same = next((i for i, (a, b) in enumerate(zip(ours, tokens)) if a != b), len(tokens))
+        if same < len(tokens):
+            assert top2[same, 0] - top2[same, 1] <= 2 * tol, (key, same)
+        err = (out.generation.logits[: same + 1] - logits[: same + 1]).abs().max().item()
+        assert err <= tol, key
+
+
+def test_softcapping_is_refused_with_the_model_type():
+    """Gemma 2 soft-caps attention logits, which the kernels do not: refused, not silently wrong."""
+    lm = tiny_model(family="gemma2", sliding_window=WINDOW)
+    with pytest.raises(UserError, match="'gemma2'.*soft-caps"):
+        Engine(lm.model, lm.tokenizer)
+
+
+def test_other_layer_kinds_are_refused():
+    """A layer type lukv-bench does not reproduce (e.g. chunked attention) is named in the refusal."""
+    lm = tiny_model(family="qwen3")
+    lm.model.config.layer_types = ["full_attention", "chunked_attention"] * 2
+    with pytest.raises(UserError, match="chunked_attention"):
+        Engine(lm.model, lm.tokenizer)
