@@ -345,7 +345,9 @@ def render(rows: list[dict], meta: dict) -> str:
         f"- Few samples ({len(meta['samples'])} per cell): a score difference of one sample is "
         f"{1 / len(meta['samples']):.2f}. This is a smoke-level comparison of cost and behaviour, not a ranking.",
         "",
-        "Every run (answers, per-layer lengths, masked entries, times) is in `comparison.json`.",
+        "Every run (answers, per-layer lengths, masked entries, times) is in `comparison.json`. Which tokens "
+        "each side keeps, per layer and KV head, for these presets and the newer ones (TOVA, KeyDiff, "
+        "CriticalKV, ChunkKV): `agreement.md` (`benchmarks/peers/agreement_kvpress.py`).",
         "",
     ]
     return "\n".join(lines)
