@@ -110,11 +110,12 @@ def sign_test(wins: int, losses: int) -> float:
 
 def sign_flip_test(diffs: Sequence[float]) -> float:
     """Two-sided paired permutation test of the mean difference (signs flipped at random; exact when
-    2**n <= :data:`BOOTSTRAP`, else seeded Monte Carlo); 1.0 when every difference is 0."""
+    2**n <= :data:`BOOTSTRAP`, else seeded Monte Carlo); 1.0 when every difference is 0 or there is one
+    pair (its two sign flips are equally extreme; scipy refuses a single observation)."""
     from scipy.stats import permutation_test
 
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0 or np.all(np.abs(d) < TIE_EPS):
+    if d.size < 2 or np.all(np.abs(d) < TIE_EPS):
         return 1.0
     res = permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided",
                            n_resamples=BOOTSTRAP, random_state=np.random.default_rng(SEED))

@@ -34,6 +34,8 @@ def test_sign_flip_test_is_exact_for_small_n():
     assert stats.paired_test([0.5, 0.7, 0.9, 0.4, 0.6, 0.8], [0.1] * 6).p == pytest.approx(2 / 64)
     t = stats.paired_test([0.5, 0.2], [0.5, 0.2])
     assert t.p == 1.0 and t.ties == 2 and t.method == "sign-flip permutation"
+    # one pair (a `--limit 1` run): both sign flips are as extreme, p = 1 (scipy refuses n = 1)
+    assert stats.paired_test([0.6], [0.2]).p == 1.0
     with pytest.raises(ValueError):
         stats.paired_test([1.0], [1.0, 0.0])
 
