@@ -134,11 +134,12 @@ def tiny_model(
 _QUERY_KEY_PROJECTIONS = frozenset({"q_proj", "k_proj", "qkv_proj", "query_key_value"})
 
 
-def save_tiny_model(folder: Path, **sizes: int) -> Path:
-    """Write :func:`tiny_model` (with ``sizes``) and its tokenizer to ``folder``, a loadable model folder."""
+def save_tiny_model(folder: Path, **options: Any) -> Path:
+    """Write :func:`tiny_model` (with ``options``: sizes, ``family``, ``sliding_window``, ``dtype``) and its
+    tokenizer to ``folder``, a loadable model folder."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        lm = tiny_model(**sizes)
+        lm = tiny_model(**options)
         folder.mkdir(parents=True, exist_ok=True)
         lm.model.save_pretrained(folder)
         lm.tokenizer.save_pretrained(folder)

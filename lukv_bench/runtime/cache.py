@@ -229,7 +229,9 @@ class RaggedCache(Cache):
         if layer.window is None and sliding_window is not None and layer.logical_len > sliding_window:
             raise RuntimeError(
                 f"layer {module.layer_idx}: its sliding window ({sliding_window}) now cuts into a compressed "
-                f"cache ({layer.logical_len} tokens seen); build the cache with windows= for this layer"
+                f"cache ({layer.logical_len} tokens seen): the layer was compressed because the prompt and the "
+                "headroom fitted in its window; reserve headroom for every token fed later (Engine.compress, "
+                "compress(headroom=...))"
             )
         q = query.reshape(B * Hq, Q, D)
         if layer.window is None:

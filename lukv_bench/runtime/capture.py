@@ -275,6 +275,33 @@ def output_value_norms(module: torch.nn.Module, values: torch.Tensor, n_q_heads:
     return out
 
 
+#: keyword arguments some models pass to their attention function that change its math beyond causal
+#: (optionally sliding-window) softmax attention, which is all the capture and the ragged kernels compute
+_UNSUPPORTED = {
+    "softcap": "soft-caps its attention logits",
+    "s_aux": "adds learned attention sinks to the softmax",
+    "sinks": "adds learned attention sinks to the softmax",
+    "position_bias": "adds a position bias to the attention logits",
+    "indices": "attends to a sparse selection of tokens",
+    "block_indices": "attends to a sparse selection of blocks",
+}
+
+
+def _refuse_unsupported(module: torch.nn.Module, kwargs: dict) -> None:
+    """A UserError naming the model type when its attention call asks for what lukv-bench cannot compute."""
+    found = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
+    if kwargs.get("is_causal") is False:
+        found.append("is_causal")
+    if not found:
+        return
+    kind = getattr(getattr(module, "config", None), "model_type", None) or type(module).__name__
+    why = "; ".join(_UNSUPPORTED.get(name, "attends bidirectionally (is_causal=False)") for name in found)
+    raise UserError(
+        f"model type {kind!r}: its attention {why}; lukv-bench's capture and ragged attention compute plain "
+        "causal softmax attention, which would silently differ, so this model is not supported (docs/models.md)"
+    )
+
+
 def lukv_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -288,11 +315,7 @@ def lukv_attention(
     """Attention entry point registered as ``lukv``; returns ([B, Q, Hq, D], None)."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    if kwargs.get("softcap") is not None:
-        raise UserError(
-            f"{type(module).__name__} soft-caps its attention logits (softcap={kwargs['softcap']}); "
-            "lukv-bench's attention kernels compute plain softmax attention, so this model is not supported"
-        )
+    _refuse_unsupported(module, kwargs)
     handler = kwargs.get("lukv")
     if handler is not None:
         return handler.attention(module, query, key, value, scaling, sliding_window=kwargs.get("sliding_window")), None

@@ -182,7 +182,9 @@ def check_architecture(model: torch.nn.Module) -> None:
 
     Attention that only differs before the attention function (q/k norms, partial or per-layer RoPE,
     fused projections, parallel residuals) and sliding windows are handled; logit soft-capping,
-    encoder-decoders and layer kinds other than full or sliding attention are not.
+    encoder-decoders, multi-head latent attention, layers of different shapes and layer kinds other
+    than full or sliding attention are not. (What a model passes to its attention function at run
+    time, e.g. attention sinks, is checked there: ``capture.lukv_attention``.)
     """
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     kind = architecture(model)
@@ -194,6 +196,18 @@ def check_architecture(model: torch.nn.Module) -> None:
             f"model type {kind!r} soft-caps its attention logits (attn_logit_softcapping={softcap}); "
             "lukv-bench's capture and ragged attention compute plain softmax attention, which would silently "
             "differ from this model, so it is not supported (docs/models.md)"
+        )
+    if getattr(cfg, "_heterogeneity_spec", None) is not None:
+        raise UserError(
+            f"model type {kind!r} has layers of different shapes (a heterogeneous config); lukv-bench needs "
+            "one attention geometry (heads, head size) in every layer"
+        )
+    if getattr(cfg, "kv_lora_rank", None) is not None or getattr(cfg, "v_head_dim", None) not in (
+        None, getattr(cfg, "head_dim", None)
+    ):
+        raise UserError(
+            f"model type {kind!r} uses multi-head latent attention or values of another width than keys; "
+            "lukv-bench's cache stores keys and values of one head size"
         )
     other = sorted(set(getattr(cfg, "layer_types", None) or ()) - SUPPORTED_LAYER_TYPES)
     if other:

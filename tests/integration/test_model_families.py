@@ -10,10 +10,14 @@ precision matches the model's own half-precision generation; unsupported familie
 from __future__ import annotations
 
 import functools
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from click.testing import CliRunner
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -21,7 +25,7 @@ from lukv_bench.errors import UserError
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, EngineSettings, held_at_window, sweep
 from lukv_bench.runtime.selection import KeepSet
-from lukv_bench.testing import tiny_model
+from lukv_bench.testing import save_tiny_model, tiny_model
 
 #: families that run; gemma2 is refused (attention logit soft-capping), see test_softcapping_is_refused
 FAMILIES = ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "olmo2", "gpt_neox"]
@@ -83,17 +87,19 @@ def test_budget_above_context_equals_own_generate(family, mode):
         assert (out.generation.logits - logits).abs().max().item() <= 1e-4, key
 
 
-def _reference_steps(model, prompt: list[int], keep: list[KeepSet], n_kv: int, next_ids: list[int]) -> torch.Tensor:
-    """Logits of ``next_ids`` after ``prompt`` when each layer and KV head attends only to its kept prompt
-    tokens: plain eager attention (with the layer's sliding window and causality) over a full cache."""
+def _reference_steps(model, prompt: list[int], keep: list[KeepSet], next_ids: list[int]) -> torch.Tensor:
+    """Logits of ``next_ids`` after ``prompt`` when each layer and storage head (KV or query head) attends
+    only to its kept prompt tokens: plain eager attention (with the layer's sliding window and causality)
+    over a full cache."""
     n = len(prompt)
 
     def kept_only(module, q, k, v, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kw):
         hq, qn, tot = q.shape[1], q.shape[2], k.shape[2]
         g = hq // k.shape[1]
         ks = keep[module.layer_idx]
-        allow = torch.zeros(n_kv, tot, dtype=torch.bool)
-        for h in range(n_kv):
+        heads = len(ks.counts)
+        allow = torch.zeros(heads, tot, dtype=torch.bool)
+        for h in range(heads):
             allow[h, ks.indices[ks.cu_seqlens[h] : ks.cu_seqlens[h + 1]]] = True
         allow[:, n:] = True
         qpos = torch.arange(tot - qn, tot)[:, None]
@@ -101,7 +107,7 @@ def _reference_steps(model, prompt: list[int], keep: list[KeepSet], n_kv: int, n
         visible = kpos <= qpos
         if sliding_window is not None:
             visible &= kpos > qpos - sliding_window
-        allow = allow.repeat_interleave(g, 0)[:, None, :] & visible[None]  # [Hq, Q, tot]
+        allow = allow.repeat_interleave(hq // heads, 0)[:, None, :] & visible[None]  # [Hq, Q, tot]
         s = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scaling
         s = s.masked_fill(~allow[None], float("-inf"))
         out = s.softmax(-1) @ v.float().repeat_interleave(g, 1)
@@ -124,22 +130,24 @@ def _reference_steps(model, prompt: list[int], keep: list[KeepSet], n_kv: int, n
 _COMPRESSIBLE = [(f, 64 if SLIDING.get(f) == "all" else WINDOW) for f in FAMILIES]
 
 
-@pytest.mark.parametrize("policy", ["snapkv", "adakv", "pyramidkv"])
+@pytest.mark.parametrize(("policy", "storage"), [("snapkv", "kv"), ("adakv", "kv"), ("pyramidkv", "kv"),
+                                                  ("adakv", "query")])
 @pytest.mark.parametrize(("family", "window"), _COMPRESSIBLE)
-def test_compressed_steps_equal_eager_attention_over_kept_tokens(family, window, policy):
+def test_compressed_steps_equal_eager_attention_over_kept_tokens(family, window, policy, storage):
     """(b) Eviction, gather and positions: a compressed cell's next steps equal eager attention over its kept
-    tokens at their true positions (several tokens at once, so windows slide within the step)."""
+    tokens at their true positions (several tokens at once, so windows slide within the step); per KV head
+    and per query head."""
     from lukv_bench.registry import resolve_policy
 
     lm = _model(family, window=window)
     prompt, next_ids = _ids(3, 48), _ids(4, 5)
-    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4, storage=storage))
     pre = eng.prefill(torch.tensor([prompt]))
     cache, (comp,) = eng.compress(pre, [(resolve_policy(policy), Budget.resolve(0.3, pre.n))],
                                   headroom=len(next_ids))
     assert comp.kv_bytes < comp.kv_bytes_full
     ours = eng.feed(cache, next_ids)[0]
-    ref = _reference_steps(lm.model, prompt, comp.keep, eng.n_kv_heads, next_ids)
+    ref = _reference_steps(lm.model, prompt, comp.keep, next_ids)
     assert (ours - ref).abs().max().item() <= 1e-4
     assert cache.get_seq_length() == pre.n + len(next_ids)
 
@@ -240,3 +248,75 @@ def test_other_layer_kinds_are_refused():
     lm.model.config.layer_types = ["full_attention", "chunked_attention"] * 2
     with pytest.raises(UserError, match="chunked_attention"):
         Engine(lm.model, lm.tokenizer)
+
+
+def _cli_run(tmp_path: Path, family: str, dtype: str) -> tuple[int, str, list[dict]]:
+    """``lukv-bench run`` on a saved tiny ``family`` model in ``dtype``: (exit code, output, records)."""
+    from lukv_bench.cli import main
+
+    folder = save_tiny_model(tmp_path / family, family=family, sliding_window=WINDOW)
+    res = CliRunner().invoke(main, [
+        "run", "--model", str(folder), "--policies", "snapkv", "--budgets", "0.5", "--task", "passkey",
+        "--limit", "1", "--device", "cpu", "--dtype", dtype, "--out", str(tmp_path / "out")])
+    results = tmp_path / "out" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    return res.exit_code, res.output + repr(res.exception), records
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+def test_cli_run_in_bfloat16_holds_model_dtype_bytes(tmp_path, family):
+    """``--dtype bfloat16`` end to end: records come back, and kv_bytes count 2-byte entries with the sliding
+    layers held at their window (FullKV too)."""
+    code, output, records = _cli_run(tmp_path, family, "bfloat16")
+    assert code == 0, output
+    cfg = _model(family).model.config
+    row = 2 * cfg.num_key_value_heads * cfg.head_dim * 2  # K and V, bf16
+    # mistral has no layer_types: its window applies to every layer
+    sliding = [t == "sliding_attention" for t in getattr(cfg, "layer_types", None) or ["sliding_attention"] * 4]
+    for rec in records:
+        assert rec["layer_budgets"] is not None
+        n = rec["context_tokens"]
+        held = min(n, WINDOW - 1)
+        full = sum(held if s else n for s in sliding) * row
+        assert rec["kv_bytes_full"] == full, rec["policy"]
+        assert rec["kv_bytes"] == sum(rec["layer_budgets"]) * row, rec["policy"]
+        assert all(b == held for b, s in zip(rec["layer_budgets"], sliding) if s), rec["policy"]
+    assert {r["policy"] for r in records} >= {"full", "snapkv"}
+
+
+def test_cli_refuses_gemma2_with_exit_code_2(tmp_path):
+    """A refused family stops the run with exit code 2 and names the model type and the reason."""
+    code, output, _ = _cli_run(tmp_path, "gemma2", "float32")
+    assert code == 2, output
+    assert "gemma2" in output and "soft-caps" in output
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    ({"s_aux": torch.zeros(4)}, "attention sinks"),
+    ({"softcap": 50.0}, "soft-caps"),
+    ({"position_bias": torch.zeros(1)}, "position bias"),
+    ({"is_causal": False}, "bidirectionally"),
+])
+def test_attention_calls_lukv_cannot_compute_are_refused(kwargs, why):
+    """An attention call that asks for sinks, soft-capping, a position bias or bidirectional attention is
+    refused with the model type, with or without a capture: never silently computed as plain attention."""
+    from lukv_bench.runtime.capture import Capture, lukv_attention
+
+    lm = _model("llama")
+    module = lm.model.model.layers[0].self_attn
+    q = torch.zeros(1, 4, 3, 16)
+    kv = torch.zeros(1, 2, 3, 16)
+    for handler in ({"lukv": Capture()}, {}):
+        with pytest.raises(UserError, match=f"'llama'.*{why}"):
+            lukv_attention(module, q, kv, kv, None, scaling=0.25, **kwargs, **handler)
+
+
+def test_latent_attention_is_refused():
+    """Multi-head latent attention (DeepSeek V3's config) is refused before any forward."""
+    from transformers import DeepseekV3Config
+
+    from lukv_bench.runtime.models import check_architecture
+
+    model = SimpleNamespace(config=DeepseekV3Config())
+    with pytest.raises(UserError, match="'deepseek_v3'.*latent attention"):
+        check_architecture(model)
