@@ -206,6 +206,19 @@ def test_generate_until_stops_and_shares_prefill(engine: Engine, prefills: list[
     assert st[0].outcome.kl_mean is None and st[1].outcome.kl_mean is not None  # FullKV is the reference
 
 
+def test_generate_until_in_batches_keeps_the_reference(engine: Engine) -> None:
+    """With `batch_settings` smaller than the cells, later batches still measure fidelity against FullKV."""
+    settings, full = _settings(budget=0.5)
+    req = Instance("generate_until", GEN_DOCS[0], (GEN_DOCS[0]["prompt"], {"until": ["\n"], "max_gen_toks": 4}), 0,
+                   metadata=("lukv_gen", 0, 1))
+    together = LukvEvalLM(engine, settings, full, chat=False)
+    apart = LukvEvalLM(engine, settings, full, chat=False, batch_settings=1)
+    assert [together.use(i).generate_until([req]) for i in range(3)] == [apart.use(i).generate_until([req])
+                                                                         for i in range(3)]
+    answers = apart.doc_answers("lukv_gen", 0)
+    assert answers is not None and all(a.outcome.kl_mean is not None for a in answers[1:])
+
+
 def test_chat_template_keeps_gen_prefix_turn_open(engine: Engine) -> None:
     from lukv_bench.testing import byte_tokenizer
 

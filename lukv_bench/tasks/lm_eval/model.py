@@ -364,7 +364,8 @@ class LukvEvalLM(LM):
                                   max_new_tokens=max_toks, eos_ids=self.engine.eos_ids(), stop=until,
                                   batch_settings=self.batch_settings):
                 out.compressed = dataclasses.replace(out.compressed, keep=[])
-                out.generation.logits = torch.empty(0)
+                # a copy: the engine keeps FullKV's generation (with its logits) as the reference of later batches
+                out.generation = dataclasses.replace(out.generation, logits=torch.empty(0))
                 by_setting[(out.policy.name, repr(out.budget_spec))] = Answer(
                     out.generation.text, _figures(pre, len(tail)), out, {**split, "stopped": out.generation.stopped})
             self._answers[key] = [by_setting[(p.name, repr(s))] for p, s in self.cells]
