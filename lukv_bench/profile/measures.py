@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from lukv_bench.errors import UserError
 from lukv_bench.kernels.ops import attention_mass_budget, group_reduce
 from lukv_bench.runtime.contract import LayerStats
 from lukv_bench.runtime.selection import boosted_scores
@@ -139,13 +140,19 @@ class TailAttention:
     scalings: dict[int, float] = field(default_factory=dict)
 
     def attention(
-        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+        sliding_window: int | None = None,
     ) -> torch.Tensor:
         """Causal attention of the new queries over prefix + new keys; returns [B, t, Hq, D]."""
         layer = module.layer_idx
         batch, t = query.shape[0], query.shape[2]
         pk, pv = self.prefix_keys[layer], self.prefix_values[layer]
         start = pk.shape[2]
+        if sliding_window is not None and sliding_window < start + t:
+            raise UserError(
+                f"layer {layer} attends through a sliding window ({sliding_window} tokens) shorter than the prompt: "
+                "lukv-bench profile does not support sliding-window layers yet (docs/models.md)"
+            )
         key = torch.cat([pk.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
         value = torch.cat([pv.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
         total = start + t

@@ -318,7 +318,11 @@ def lukv_attention(
     _refuse_unsupported(module, kwargs)
     handler = kwargs.get("lukv")
     if handler is not None:
-        return handler.attention(module, query, key, value, scaling, sliding_window=kwargs.get("sliding_window")), None
+        # the window goes only to handlers of sliding-window layers, so a handler without the keyword
+        # keeps working on every other model
+        window = kwargs.get("sliding_window")
+        extra = {} if window is None else {"sliding_window": window}
+        return handler.attention(module, query, key, value, scaling, **extra), None
     mask = attention_mask
     out = F.scaled_dot_product_attention(
         query,
