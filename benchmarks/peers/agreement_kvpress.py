@@ -17,7 +17,8 @@ What it does:
    rounds the budget down, lukv-bench up) and keeps only the newest tokens the press itself forces
    (``FORCED_BY_PRESS``) instead of the observation window: what differs then is scoring and allocation.
    For presses that keep one set per layer (``ONE_SET_PER_LAYER``) a third plan averages the scores over
-   the layer's KV heads first ("matched, heads pooled").
+   the layer's KV heads first ("matched, heads pooled"); for presses that split a layer's entries over its
+   heads by one top-k (``FLAT_PER_LAYER``) a fourth takes that top-k over lukv-bench's scores.
 4. kvpress's side: ``kvpress_kept.py`` in kvpress's environment runs every press at ratio ``1 - budget``
    and records the positions it kept (freed) or would have kept (masked).
 5. Writes ``OUT/agreement.md`` (the table and every known difference) and ``OUT/agreement.json``
@@ -56,14 +57,31 @@ PRESSES = {
     "keydiff": "KeyDiffPress",
     "criticalkv": "CriticalAdaKVPress(SnapKVPress)",
     "chunkkv": "ChunkKVPress(SnapKVPress)",
+    "expected-attention": "ExpectedAttentionPress",
+    "kvzip": "KVzipPress(layerwise)",
 }
 #: presets whose press forces fewer newest tokens than the observation window: how many it always keeps
 #: (the SnapKV family's presses keep their ``window_size`` = 64, the suite's window)
-FORCED_BY_PRESS = {"tova": 1, "keydiff": 0, "h2o": 0}
+FORCED_BY_PRESS = {"tova": 1, "keydiff": 0, "h2o": 0, "expected-attention": 0, "kvzip": 0}
 #: presses that keep one set for every KV head of a layer, from scores averaged over all its heads
 ONE_SET_PER_LAYER = {"tova"}
+#: presses that split a layer's entries over its heads by one top-k over the layer (KVzip's masking)
+FLAT_PER_LAYER = {"kvzip"}
 AS_RUN, MATCHED = "as run", "matched"  #: the two comparisons of every preset (see ``run_lukv``)
 POOLED = "matched, heads pooled"  #: the matched plan with the scores averaged over a layer's KV heads
+FLAT = "matched, flat top-k per layer"  #: lukv-bench's scores, kvpress's per-layer top-k over all heads
+
+
+def flat_layer_keep(scores, sinks: int, total: int) -> list[list[int]]:
+    """Per head the positions that one top-``total`` over a layer's [S, n] ``scores`` takes, sinks first
+    (KVzip's allocation in kvpress: the layer's entries go to whichever heads score highest)."""
+    import torch
+
+    from lukv_bench.runtime.selection import boosted_scores
+
+    n_heads, n = scores.shape
+    flat = torch.topk(boosted_scores(scores, sinks, 0).reshape(-1), total).indices
+    return [sorted((flat[flat // n == h] % n).tolist()) for h in range(n_heads)]
 
 
 def kvpress_kept_tokens(n: int, ratio: float) -> int:
@@ -142,6 +160,11 @@ def run_lukv(suite) -> tuple[list[dict], dict[tuple, dict], dict[str, str], floa
                     pooled = [sc.mean(0, keepdim=True).expand_as(sc) for sc in plan.scores]
                     keep = select_all(pooled, plan.allocation, out.policy.sinks, forced)
                     sides[(name, POOLED, budget, str(sample.id))] = {"kept": kept_sets(keep), "answer": None}
+                if name in FLAT_PER_LAYER:  # to check that the allocation explains what remains
+                    total = [sc.shape[0] * pre.n - int(sc.shape[0] * pre.n * round(1 - budget, 6))
+                             for sc in plan.scores]
+                    sides[(name, FLAT, budget, str(sample.id))] = {"answer": None, "kept": [
+                        flat_layer_keep(sc, out.policy.sinks, t) for sc, t in zip(plan.scores, total)]}
             print(f"agreement: lukv-bench's side, sample {sample.id}: {len(ids.context)} context tokens", flush=True)
     return samples, sides, full, time.perf_counter() - t0
 
@@ -161,7 +184,7 @@ def pair_up(suite, sides: dict[tuple, dict], kv_runs: list[dict]) -> list[dict]:
             "answers": None if ours["answer"] is None else [run["answer"], ours["answer"]],
         })
     order = {name: i for i, name in enumerate(PRESSES)}
-    variants = {AS_RUN: 0, MATCHED: 1, POOLED: 2}
+    variants = {AS_RUN: 0, MATCHED: 1, POOLED: 2, FLAT: 3}
     pairs.sort(key=lambda p: (order[p["preset"]], -p["budget"], variants[p["variant"]]))
     return pairs
 
@@ -317,6 +340,19 @@ WHY = {
                   "lukv-bench ranks every token by the product and gives AdaKV's allocator the product scores "
                   "(the budget is not known to the scorer; §16 of docs/policies.md). Expect head budgets and the "
                   "attention-only half to differ.",
+    "expected-attention": "Same rule (Gaussian model of the queries from the hidden states after the first 4 "
+                          "tokens, RoPE averaged over the next 512 positions, covariance term, times the value "
+                          "norm), the first 4 tokens forced on both sides (`sinks: 4` here). kvpress forces no "
+                          "window; lukv-bench keeps the 64-token window. The *matched* row (no window, kvpress's "
+                          "count) isolates the score.",
+    "kvzip": "kvpress's KVzipPress masks instead of freeing (the positions it leaves unmasked are compared) and, "
+             "with `layerwise=True` (its default ranks all layers at once), gives each layer the same number "
+             "of entries but splits them over the heads by one top-k over the layer: head budgets differ, "
+             "lukv-bench's are uniform (the *matched, flat top-k per layer* row applies kvpress's split to "
+             "lukv-bench's scores). The scores differ too: kvpress repeats only the context after the chat "
+             "template's prefix (the prefix scores 0 apart from the 4 sinks) and normalises each repeat "
+             "query's attention over the sinks, the chunk and the repeat request only; lukv-bench repeats the "
+             "whole compressed prompt, template included, and normalises over all of it.",
     "chunkkv": "kvpress's ChunkKVPress cuts the *whole* sequence (window included) into chunks of 20, scores "
                "a chunk by its mean SnapKV score summed over the KV heads (one chunk set for every head) and "
                "keeps `int(chunks * (1 - ratio))` whole chunks, so it keeps fewer tokens than the budget; "
@@ -392,12 +428,7 @@ def render(rows: list[dict], meta: dict) -> str:
     lines += ["", "## Not compared", ""]
     for preset, why in meta["no_counterpart"].items():
         lines.append(f"- **{preset}**: {why}.")
-    lines += [
-        "- **expected-attention** (kvpress `ExpectedAttentionPress`) and **kvzip** (`KVzipPress`): not "
-        "registered in lukv-bench when this was generated (`lukv-bench policies`); add them to "
-        "`PRESSES`, `kvpress_side.make_press` and the suite once they are.",
-        "",
-    ]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -13,8 +13,8 @@ question and greedy decoding) and records, per layer and KV head, the positions 
 
 - a press that frees entries: the rows of the compressed keys, matched to the rows of the keys it was
   given (a gather copies rows exactly, and RoPE makes every position's key distinct);
-- a press that masks entries (``module.masked_key_indices``, AdaKV-style): every position minus the
-  masked ones, i.e. what it would have kept.
+- a press that masks entries (``module.masked_key_indices``, AdaKV-style, in ``compress`` or, like
+  KVzip, after its own scoring pass): every position minus the masked ones, i.e. what it would have kept.
 
 Only ``kvpress_side.py`` (the press mapping and pipeline), ``agreement.py`` (the bitmap encoding) and
 lukv-bench's dependency-free ``PeakMemory`` are borrowed; lukv-bench's dependencies are not installed here.
@@ -42,10 +42,7 @@ def kept_positions(before: torch.Tensor, after: torch.Tensor, masked: tuple | No
     if masked is not None:
         if after.shape != before.shape:
             raise RuntimeError("a press both masked and freed entries; kvpress_kept.py reads only one of the two")
-        dropped: list[set[int]] = [set() for _ in range(n_heads)]
-        for h, j in zip(masked[1].tolist(), masked[2].tolist()):
-            dropped[h].add(j)
-        return [[j for j in range(n) if j not in dropped[h]] for h in range(n_heads)], "masked"
+        return unmasked(masked, n_heads, n), "masked"
     kept = []
     for h in range(n_heads):
         rows = before[0, h].contiguous().numpy()
@@ -59,6 +56,14 @@ def kept_positions(before: torch.Tensor, after: torch.Tensor, masked: tuple | No
             raise RuntimeError(f"head {h}: the press returned a key that is no input row (it merged or changed "
                                "keys); kept positions cannot be read from it") from None
     return kept, "freed"
+
+
+def unmasked(masked: tuple, n_heads: int, n: int) -> list[list[int]]:
+    """Per head the positions a layer's ``masked_key_indices`` (batch, head, position) leave unmasked."""
+    dropped: list[set[int]] = [set() for _ in range(n_heads)]
+    for h, j in zip(masked[1].tolist(), masked[2].tolist()):
+        dropped[h].add(j)
+    return [[j for j in range(n) if j not in dropped[h]] for h in range(n_heads)]
 
 
 def watch(press, record: dict[int, tuple[list[list[int]], str]]) -> None:
@@ -106,6 +111,12 @@ def main(job_path: str, out_path: str) -> None:
                 answer = pipe._forward({"context_ids": context, "questions_ids": [question]},
                                        max_new_tokens=int(job["max_new_tokens"]), press=press, cache=DynamicCache())[0]
             wall = time.perf_counter() - t0
+            if press is not None and not record:  # a press that masks after the prefill (KVzip), not in compress
+                for block in model.model.layers:
+                    masked = getattr(block.self_attn, "masked_key_indices", None)
+                    if masked is not None:
+                        record[block.self_attn.layer_idx] = (unmasked(masked, model.config.num_key_value_heads, n),
+                                                             "masked")
             if press is not None and sorted(record) != list(range(len(model.model.layers))):
                 raise RuntimeError(f"{preset} at ratio {ratio}: the press compressed layers {sorted(record)} only")
             runs.append({

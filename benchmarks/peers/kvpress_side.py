@@ -42,13 +42,16 @@ def make_press(policy: str, ratio: float):
 
     Hyper-parameters are kvpress 0.5.5's defaults, spelled out; benchmarks/peers/kvpress_suite.yaml and
     kvpress_agreement.yaml set lukv-bench's side to the same values. ``criticalkv`` maps to
-    ``CriticalAdaKVPress`` because lukv-bench's preset uses AdaKV's head-wise budgets.
+    ``CriticalAdaKVPress`` because lukv-bench's preset uses AdaKV's head-wise budgets; ``kvzip`` to
+    ``KVzipPress(layerwise=True)`` (kvpress's default ranks all layers together; lukv-bench's preset is uniform).
     """
     from kvpress import (
         AdaKVPress,
         ChunkKVPress,
         CriticalAdaKVPress,
+        ExpectedAttentionPress,
         KeyDiffPress,
+        KVzipPress,
         ObservedAttentionPress,
         PyramidKVPress,
         SnapKVPress,
@@ -75,6 +78,11 @@ def make_press(policy: str, ratio: float):
                                   alpha_safeguard=0.2, epsilon=1e-4, first_stage_ratio=0.5)
     if policy == "chunkkv":
         return ChunkKVPress(SnapKVPress(compression_ratio=ratio, window_size=64, kernel_size=5), chunk_length=20)
+    if policy == "expected-attention":
+        return ExpectedAttentionPress(compression_ratio=ratio, n_future_positions=512, n_sink=4, use_covariance=True,
+                                      use_vnorm=True, epsilon=0.0)
+    if policy == "kvzip":  # layerwise: the same number of entries per layer, as lukv-bench's uniform budgets
+        return KVzipPress(compression_ratio=ratio, layerwise=True, n_sink=4, chunk_size=2048)
     raise SystemExit(f"kvpress_side: no kvpress press is mapped to policy {policy!r}")
 
 
