@@ -135,6 +135,12 @@ def test_lukv_kept_sets_split_the_ragged_keep_set_per_head() -> None:
     assert agreement_kvpress.kept_sets([keep, keep]) == [[[0, 3], [1, 2, 3]]] * 2
 
 
+def test_flat_layer_keep_takes_one_top_k_over_the_heads_sinks_first() -> None:
+    scores = torch.tensor([[5.0, 1.0, 0.0, 0.0], [0.0, 3.0, 0.0, 2.0]])
+    assert agreement_kvpress.flat_layer_keep(scores, sinks=0, total=3) == [[0], [1, 3]]
+    assert agreement_kvpress.flat_layer_keep(scores, sinks=1, total=3) == [[0], [0, 1]]
+
+
 def test_pair_up_matches_ratio_to_budget_and_names_a_missing_run() -> None:
     run = {"preset": "snapkv", "ratio": 0.8, "sample_id": "s", "context_tokens": 4, "how": ["freed"],
            "answer": "x", "kept": [[agreement.encode_kept([0, 3], 4)]]}
