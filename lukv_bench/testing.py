@@ -1,10 +1,11 @@
 """What tests, benchmarks and plugin authors share: a tiny random-weight model that needs no download.
 
 :func:`tiny_model` builds a small random Llama with GQA in-process (fixed seed, byte-level
-tokenizer); :func:`save_tiny_model` writes it as an ordinary transformers model folder, so a suite
-can name it (``model: /path/to/tiny``) and every run goes through the same loading path as any
-local model. :class:`DyingUnitWorker` injects worker crashes into the Ray executor. Nothing in the
-product imports this module.
+tokenizer), or a model of another family (:data:`FAMILIES`: Mistral, Qwen2/3, Phi-3, Gemma 2/3, OLMo 2,
+GPT-NeoX) from its transformers config class; :func:`save_tiny_model` writes it as an ordinary
+transformers model folder, so a suite can name it (``model: /path/to/tiny``) and every run goes
+through the same loading path as any local model. :class:`DyingUnitWorker` injects worker crashes
+into the Ray executor. Nothing in the product imports this module.
 """
 
 from __future__ import annotations

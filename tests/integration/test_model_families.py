@@ -205,6 +205,21 @@ def test_sliding_layers_are_held_at_their_window_outside_the_budget(family):
     assert held_at_window(short, headroom=WINDOW - 11) == tuple(sliding)
 
 
+def test_a_window_cutting_into_a_compressed_layer_fails_loudly():
+    """A sliding layer compressed because prompt + headroom fitted in its window cannot attend correctly once
+    more tokens than the headroom arrive: an error, never attention over the wrong tokens."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model("mistral", window=64)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    pre = eng.prefill(torch.tensor([_ids(11, 48)]))
+    cache, (comp,) = eng.compress(pre, [(resolve_policy("snapkv"), Budget.resolve(0.3, pre.n))], headroom=5)
+    assert comp.kv_bytes < comp.kv_bytes_full  # compressed: the window was not held
+    eng.feed(cache, _ids(12, 16))  # 64 tokens seen: the window still covers them all
+    with pytest.raises(RuntimeError, match="sliding window .* cuts into a compressed"):
+        eng.feed(cache, _ids(13, 1))
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gemma3"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_fullkv_equals_own_generate(family, dtype):
