@@ -7,7 +7,9 @@ forwards to every attention call:
 
 * a :class:`Capture` during the one prefill: causal attention plus window statistics (and, only when a
   policy asks for them: H2O's accumulated column sums, the last query's attention, the window maximum,
-  the values' output norms), computed per layer in O(n) memory per head;
+  the values' output norms, the queries before RoPE), computed per layer in O(n) memory per head;
+* a :class:`RepeatCapture` in KVzip's repeat pass after the prefill (only when a policy asks for it,
+  :func:`repeat_attention`): the largest attention each prompt token receives while the model repeats it;
 * a :class:`~lukv_bench.runtime.cache.RaggedCache` while decoding: attention over the compact ragged cache.
 
 Without a ``lukv=`` keyword the function falls back to plain SDPA, so the model stays usable.
@@ -15,6 +17,7 @@ Without a ``lukv=`` keyword the function falls back to plain SDPA, so the model 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -36,8 +39,8 @@ class Capture:
     #: optional statistics to compute besides the window sums (names in ``runtime.contract.OPTIONAL_NEEDS``)
     needs: Collection[str] = frozenset()
     block: int = 256  #: query block size for the accumulated sums
-    #: positions -> (cos, sin) of the model's RoPE (:func:`rotary_map`); needed for the QUERIES statistic
-    rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    #: (positions, layer) -> (cos, sin) of the model's RoPE (:func:`rotary_map`); needed for the QUERIES statistic
+    rotary: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
     layers: dict[int, dict[str, torch.Tensor | int]] = field(default_factory=dict)
 
     def optional_stats(self, layer: int) -> dict[str, torch.Tensor | None]:
@@ -93,7 +96,7 @@ class Capture:
         if QUERIES in self.needs:
             if self.rotary is None:
                 raise ValueError("the queries statistic needs the model's rotary map (Capture.rotary)")
-            rec[_FIELDS[QUERIES]] = unrotate(q, *self.rotary(torch.arange(n, device=q.device)))
+            rec[_FIELDS[QUERIES]] = unrotate(q, *self.rotary(torch.arange(n, device=q.device), module.layer_idx))
         self.layers[module.layer_idx] = rec
         return out.transpose(1, 2)
 
@@ -127,11 +130,13 @@ _FIELDS = {ACCUMULATED: "acc_attn", LAST_QUERY: "last_attn", WINDOW_MAX: "win_ma
            QUERIES: "queries"}
 
 
-def rotary_map(model: torch.nn.Module) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """positions [m] -> fp32 (cos, sin) [m, R] of the model's rotary embedding (its ``rotary_emb`` module).
+def rotary_map(model: torch.nn.Module) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+    """(positions [m], layer) -> fp32 (cos, sin) [m, R] of the model's rotary embedding (its ``rotary_emb`` module).
 
-    R is the number of rotated dimensions (the head size, or less with partial rotary). A model without
-    a ``rotary_emb`` module is refused with a UserError: the Expected Attention statistics need RoPE.
+    R is the number of rotated dimensions (the head size, or less with partial rotary). A rotary module that
+    serves several layer types (Gemma 3's local and global RoPE) is given the layer's type from the config's
+    ``layer_types``. A model without a ``rotary_emb`` module is refused with a UserError: the Expected
+    Attention statistics need RoPE.
     """
     rope = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "rotary_emb"), None)
     if rope is None:
@@ -140,9 +145,14 @@ def rotary_map(model: torch.nn.Module) -> Callable[[torch.Tensor], tuple[torch.T
             "scorer models future queries through RoPE; use another scorer for this model"
         )
 
-    def cos_sin(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(config, "layer_types", None)
+    typed = types is not None and "layer_type" in inspect.signature(rope.forward).parameters
+
+    def cos_sin(positions: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         probe = torch.zeros(1, dtype=torch.float32, device=positions.device)  # only its dtype and device count
-        cos, sin = rope(probe, positions.view(1, -1))
+        kwargs = {"layer_type": types[layer]} if typed else {}
+        cos, sin = rope(probe, positions.view(1, -1), **kwargs)
         return cos[0].float(), sin[0].float()
 
     return cos_sin

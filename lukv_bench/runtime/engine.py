@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers import DynamicCache
@@ -186,7 +187,7 @@ class Engine:
                     window=int(rec["window"]),
                     **cap.optional_stats(i),
                     repeat_max={chunk: r[i] for chunk, r in repeats.items()} or None,
-                    rotary=cap.rotary,
+                    rotary=partial(cap.rotary, layer=i) if cap.rotary is not None else None,
                 )
             )
         stats = PrefillStats(
