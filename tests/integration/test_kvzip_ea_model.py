@@ -1,19 +1,23 @@
-"""The statistics behind KVzip and Expected Attention on the tiny random GQA model.
+"""The statistics behind KVzip and Expected Attention on the tiny random models.
 
 KVzip's repeat pass against a plain recomputation (the prompt and the repeat request in one eager forward,
-attention weights read off); the pre-RoPE queries against the model's own ``q_proj``; the pass's time in
-every evicting cell's ``compress_s``.
+attention weights read off); the pre-RoPE queries against the model's own ``q_proj`` and, for every model
+family, against the queries its RoPE receives; the pass's time in every evicting cell's ``compress_s``.
 """
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+from lukv_bench.errors import UserError
 from lukv_bench.registry import resolve_policy
 from lukv_bench.runtime.capture import REPEAT_FIRST, REPEAT_LATER, repeat_inputs
 from lukv_bench.runtime.contract import Budget, repeat_need
 from lukv_bench.runtime.engine import Engine, EngineSettings
+from lukv_bench.testing import FAMILIES, tiny_model
 
 
 @pytest.fixture()
@@ -104,3 +108,46 @@ def test_the_repeat_pass_is_charged_to_every_evicting_cell(model) -> None:
              (kvzip, Budget.resolve(1.0, pre.n)), (snapkv, Budget.resolve(0.5, pre.n))]
     _, comps = eng.compress(pre, cells)
     assert [c.compress_s >= 1000.0 for c in comps] == [True, True, False, False]
+
+
+# ------------------------------------------------------------------------------- model families
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"gemma2"}))  # gemma2 soft-caps: refused by the engine
+def test_queries_statistic_undoes_each_familys_rope(family: str) -> None:
+    """Partial rotary (Phi-3, GPT-NeoX), q/k norms (Qwen3, OLMo2, Gemma 3), per-layer RoPE (Gemma 3), RoPE scaling."""
+    lm = tiny_model(family=family)
+    modeling = sys.modules[type(lm.model).__module__]
+    rotate = modeling.apply_rotary_pos_emb
+    seen: list[torch.Tensor] = []
+
+    def spy(q, k, cos, sin, *args, **kwargs):
+        seen.append(q.detach()[0].float())  # [Hq, n, D] as the model rotates it
+        return rotate(q, k, cos, sin, *args, **kwargs)
+
+    modeling.apply_rotary_pos_emb = spy
+    try:
+        pre = Engine(lm.model, lm.tokenizer, EngineSettings(window=4)).prefill(
+            torch.tensor([_prompt(20, seed=9)]), resolve_policy("expected-attention").needs)
+    finally:
+        modeling.apply_rotary_pos_emb = rotate
+    assert len(seen) == len(pre.stats.layers)
+    for layer, want in zip(pre.stats.layers, seen):
+        assert torch.allclose(layer.queries, want, atol=1e-5), (family, layer.layer)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen3", "olmo2", "gpt_neox"])
+def test_repeat_statistic_on_other_families(family: str) -> None:
+    lm = tiny_model(family=family)
+    ids = _prompt(24, seed=10)
+    pre = Engine(lm.model, lm.tokenizer, EngineSettings(window=4)).prefill(torch.tensor([ids]), {repeat_need(16)})
+    want = _eager_repeat_max(lm.model, ids, repeat_inputs(lm.tokenizer, ids, 16))
+    for layer, ref in zip(pre.stats.layers, want):
+        assert torch.allclose(layer.repeat_max[16], ref, atol=1e-5), (family, layer.layer)
+
+
+def test_the_repeat_pass_refuses_sliding_window_layers() -> None:
+    lm = tiny_model(family="mistral")
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    with pytest.raises(UserError, match="sliding window .* the kvzip scorer does not support it"):
+        eng.prefill(torch.tensor([_prompt(80, seed=11)]), resolve_policy("kvzip").needs)
