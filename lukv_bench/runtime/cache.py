@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from lukv_bench.kernels.ops import RaggedStore, append, compact, ragged_attention, reserve, truncate
@@ -97,6 +98,31 @@ class RaggedLayer(CacheLayerMixin):
         if cell is None:
             return lens
         return lens[cell * self.heads : (cell + 1) * self.heads]
+
+
+def _window_attention(
+    query: torch.Tensor, store: RaggedStore, starts: torch.Tensor, lens: torch.Tensor, window: int, scaling: float
+) -> torch.Tensor:
+    """Sliding-window attention of the new queries ([B, Hq, Q, D]) over a layer held at its window -> [B, Q, Hq, D].
+
+    Every segment of such a layer holds the same number of entries (the same newest prompt tokens,
+    then the tokens all cells were fed in lockstep) at consecutive positions, the last ``Q`` being
+    the queries' own; so the entries any query can reach form one dense block per segment, read
+    with a sliding causal mask: query ``i`` sees the ``window`` entries ending at its own.
+    """
+    B, Hq, Q, D = query.shape
+    length = int(lens[0])
+    if bool((lens != length).any()):
+        raise RuntimeError("a layer held at its window must hold as many entries in every segment")
+    span = min(length, window + Q - 1)  # from the first query's earliest visible entry to the end
+    rows = starts[:, None] + (length - span) + torch.arange(span, device=starts.device)  # [S, span]
+    k, v = store.k[rows].unsqueeze(1), store.v[rows].unsqueeze(1)  # [S, 1, span, D]
+    qpos = torch.arange(span - Q, span, device=query.device)[:, None]
+    kpos = torch.arange(span, device=query.device)[None, :]
+    visible = (kpos <= qpos) & (kpos > qpos - window)
+    q = query.reshape(starts.shape[0], -1, Q, D)  # segment s is read by its query heads, in order
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scaling, enable_gqa=q.shape[1] > 1)
+    return out.reshape(B, Hq, Q, D).transpose(1, 2)
 
 
 @dataclass
@@ -233,18 +259,9 @@ class RaggedCache(Cache):
                 "headroom fitted in its window; reserve headroom for every token fed later (Engine.compress, "
                 "compress(headroom=...))"
             )
-        q = query.reshape(B * Hq, Q, D)
-        if layer.window is None:
-            out = ragged_attention(q, layer.store.k, layer.store.v, starts, lens, scaling)
-        else:
-            # one query at a time: query i sees the entries up to itself, of which the last `window`
-            out = torch.empty_like(q)
-            for i in range(Q):
-                seen = lens - (Q - 1 - i)
-                cut = (seen - layer.window).clamp_min(0)
-                out[:, i : i + 1] = ragged_attention(
-                    q[:, i : i + 1], layer.store.k, layer.store.v, starts + cut, seen - cut, scaling
-                )
+        if layer.window is not None:
+            return _window_attention(query, layer.store, starts, lens, layer.window, scaling)
+        out = ragged_attention(query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling)
         return out.view(B, Hq, Q, D).transpose(1, 2)
 
     def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:
