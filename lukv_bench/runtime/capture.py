@@ -251,6 +251,12 @@ def repeat_attention(
     reads the prompt's cache and its own tokens; the cache is cut back to the prompt after each one.
     Entry j of a layer is the largest attention prompt token j receives from any repeat query.
     """
+    if tokenizer is None:
+        raise UserError(
+            "the kvzip scorer's repeat pass writes its request ('Repeat the previous context exactly.') with the "
+            "model's tokenizer, and this engine has none (lukv_bench.compress() takes no tokenizer); run kvzip "
+            "from a suite (lukv-bench run) instead"
+        )
     n = input_ids.shape[1]
     cap = RepeatCapture(n)
     for ids in repeat_inputs(tokenizer, input_ids[0].tolist(), chunk):

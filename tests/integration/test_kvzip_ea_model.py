@@ -151,3 +151,9 @@ def test_the_repeat_pass_refuses_sliding_window_layers() -> None:
     eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
     with pytest.raises(UserError, match="sliding window .* the kvzip scorer does not support it"):
         eng.prefill(torch.tensor([_prompt(80, seed=11)]), resolve_policy("kvzip").needs)
+
+
+def test_the_repeat_pass_without_a_tokenizer_says_why(model) -> None:
+    eng = Engine(model.model, None, EngineSettings(window=4))  # as lukv_bench.compress() builds it
+    with pytest.raises(UserError, match="tokenizer"):
+        eng.prefill(torch.tensor([_prompt(20, seed=12)]), resolve_policy("kvzip").needs)
