@@ -3,7 +3,9 @@
 The recency scorer ranks tokens by position, so with ``sinks`` always kept the selection is
 "first ``sinks`` + newest ``B - sinks``". During long decoding the same rule keeps each head at its
 budget (:func:`streaming_decode_keep`, registered as the decode rule ``streaming``); there is no key
-re-rotation.
+re-rotation. The cache applies a "sinks + newest" keep set in O(1) per token: the new token takes
+the slot of the oldest non-sink entry (:class:`~lukv_bench.runtime.cache.Ring`) instead of the
+window moving up.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ def streaming_decode_keep(
 ) -> list[torch.Tensor] | None:
     """Segment positions each head keeps so that it holds at most its budget: sinks, then the newest.
 
-    A head's segment is assumed in logical order (oldest first), so its first ``sinks`` entries are
-    the attention sinks. At least the newest token is always kept. Returns None when no head is
-    over budget (nothing to do).
+    Positions are logical (oldest first), so a head's first ``sinks`` entries are the attention
+    sinks, whatever order the cache stores them in. At least the newest token is always kept.
+    Returns None when no head is over budget (nothing to do).
     """
     if all(length <= budget for length, budget in zip(lens_per_head, budget_per_head, strict=True)):
         return None

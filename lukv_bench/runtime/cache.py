@@ -9,6 +9,12 @@ Cells can leave the batch (EOS, a stop string) without touching the others' toke
 
 The cache keeps each cell's *logical* length (tokens seen) apart from what is stored, so tokens
 appended after eviction get the RoPE positions they would have had without eviction.
+
+Decode-time eviction that drops the oldest entries after a kept prefix (StreamingLLM's sinks +
+newest) is O(1) per token: a segment's entries after the prefix form a ring (:class:`Ring`), and
+each new token overwrites the slot of the oldest one instead of the whole window moving up. Keys
+are stored after RoPE, so attention of one new query does not depend on the entries' order; the
+new tokens of a forward are always the last rows, which is all the causal mask needs.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class RaggedLayer(CacheLayerMixin):
         #: a sliding-window layer held at its window (its segments are the newest tokens, contiguous):
         #: never compressed, attention reads the last ``window`` entries; None for every other layer
         self.window: int | None = None
+        #: segments whose rows are not in logical order (decode-time eviction), by segment index
+        self.rings: dict[int, Ring] = {}
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -125,12 +133,63 @@ def _window_attention(
     return out.reshape(B, Hq, Q, D).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class Ring:
+    """Where a segment's rows stand after ring eviction: logical order is a rotation of its rows.
+
+    Rows ``[0, lo)`` are the kept prefix (attention sinks) in order; rows ``[lo, hi)`` are a ring
+    whose oldest entry is row ``head`` (logical order ``head .. hi-1``, then ``lo .. head-1``);
+    rows from ``hi`` on are tokens appended since, in order. ``head == lo`` would be plain order,
+    which is stored as no ring at all.
+    """
+
+    lo: int
+    head: int
+    hi: int
+
+    def logical_rows(self, length: int) -> torch.Tensor:
+        """Segment rows in logical order (oldest first) for a segment holding ``length`` rows."""
+        return torch.cat([torch.arange(self.lo), torch.arange(self.head, self.hi), torch.arange(self.lo, self.head),
+                          torch.arange(self.hi, length)])
+
+
+def _prefix_suffix(keep: torch.Tensor, length: int) -> int | None:
+    """``a`` when ``keep`` is positions ``0 .. a-1`` then the newest ones up to ``length - 1``, else None."""
+    m = keep.numel()
+    idx = torch.arange(m)
+    keep = keep.cpu()
+    a = int((keep == idx).sum())
+    if not bool((keep[:a] == idx[:a]).all()) or not bool((keep[a:] == idx[a:] + (length - m)).all()):
+        return None
+    return a
+
+
+def _ring_moves(ring: Ring | None, a: int, dropped: int, length: int) -> tuple[list[int], list[int], Ring] | None:
+    """Row moves (sources, destinations) that drop the ``dropped`` oldest entries after prefix ``a``.
+
+    The oldest appended rows fill the dropped entries' ring slots and any later appended rows move
+    down behind the ring: ``length - hi`` moves, not ``length``. Returns the moves and the new ring,
+    or None when the segment's state does not allow it (another prefix, fewer appended rows than
+    dropped entries, a ring smaller than that).
+    """
+    if ring is None:
+        ring = Ring(lo=a, head=a, hi=length - dropped)
+    size, appended = ring.hi - ring.lo, length - ring.hi
+    if ring.lo != a or appended < dropped or size < dropped:
+        return None
+    slots = [ring.lo + (ring.head - ring.lo + i) % size for i in range(dropped)]
+    src = list(range(ring.hi, length))
+    dst = slots + list(range(ring.hi, length - dropped))
+    return src, dst, Ring(lo=ring.lo, head=ring.lo + (ring.head - ring.lo + dropped) % size, hi=ring.hi)
+
+
 @dataclass
 class CacheMark:
     """A point to roll a :class:`RaggedCache` back to (drops tokens appended after it)."""
 
     logical: list[int]
     lens: list[torch.Tensor]
+    rings: list[dict[int, Ring]]
 
 
 class RaggedCache(Cache):
@@ -265,11 +324,13 @@ class RaggedCache(Cache):
         return out.view(B, Hq, Q, D).transpose(1, 2)
 
     def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:
-        """Keep only the given positions (one int64 tensor per storage head) of a cell's segments.
+        """Keep only the given positions (one int64 tensor per storage head, in logical order) of a cell's segments.
 
-        The kept rows move to the front of their segments, in place: the segment's capacity is
-        reused by the tokens appended next (decode-time eviction holds a constant size). The
-        logical length is unchanged, so later tokens keep their true positions.
+        The segment's capacity is reused by the tokens appended next (decode-time eviction holds a
+        constant size); the logical length is unchanged, so later tokens keep their true positions.
+        A keep set that is a prefix plus the newest entries drops the oldest entries after the
+        prefix: the appended rows take their slots (O(new tokens), :class:`Ring`). Any other keep
+        set moves the kept rows to the front of the segment, in logical order.
         """
         layer = self.layers[layer_idx]
         st = layer.store
@@ -278,10 +339,33 @@ class RaggedCache(Cache):
             raise ValueError(f"keep has {len(keep)} heads, the layer has {layer.heads}")
         dev = st.k.device
         starts = st.starts[base : base + layer.heads].tolist()
-        src = torch.cat([starts[h] + keep[h].to(dev) for h in range(layer.heads)])
-        dst = torch.cat([starts[h] + torch.arange(keep[h].numel(), device=dev) for h in range(layer.heads)])
-        st.k[dst] = st.k[src]  # the right side is gathered first, so overlapping moves are safe
-        st.v[dst] = st.v[src]
+        lens = st.lens[base : base + layer.heads].tolist()
+        src: list[torch.Tensor] = []
+        dst: list[torch.Tensor] = []
+        for h in range(layer.heads):
+            seg, kept, length = base + h, keep[h], lens[h]
+            if kept.numel() == length:
+                continue  # a valid keep set of every position keeps all
+            ring = layer.rings.get(seg)
+            a = _prefix_suffix(kept, length)
+            moves = _ring_moves(ring, a, length - kept.numel(), length) if a is not None else None
+            if moves is not None:
+                s_rows, d_rows, new_ring = moves
+                src.append(starts[h] + torch.tensor(s_rows, dtype=torch.long))
+                dst.append(starts[h] + torch.tensor(d_rows, dtype=torch.long))
+            else:
+                rows = ring.logical_rows(length) if ring is not None else torch.arange(length)
+                src.append(starts[h] + rows[kept.cpu()])
+                dst.append(starts[h] + torch.arange(kept.numel()))
+                new_ring = None
+            if new_ring is None or new_ring.head == new_ring.lo:
+                layer.rings.pop(seg, None)
+            else:
+                layer.rings[seg] = new_ring
+        if src:
+            s_idx, d_idx = torch.cat(src).to(dev), torch.cat(dst).to(dev)
+            st.k[d_idx] = st.k[s_idx]  # the right side is gathered first, so overlapping moves are safe
+            st.v[d_idx] = st.v[s_idx]
         st.lens[base : base + layer.heads] = torch.tensor([int(k.numel()) for k in keep], device=st.lens.device)
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -305,14 +389,16 @@ class RaggedCache(Cache):
 
     def mark(self) -> CacheMark:
         """Remember the current lengths so appended tokens can be dropped again."""
-        return CacheMark(list(self.logical), [la.store.lens.clone() for la in self.layers])
+        return CacheMark(list(self.logical), [la.store.lens.clone() for la in self.layers],
+                         [dict(la.rings) for la in self.layers])
 
     def rollback(self, mark: CacheMark) -> None:
         """Drop every token appended since ``mark`` (the storage stays allocated for reuse).
 
         Cells that evicted tokens since the mark cannot get them back: rebuild those instead.
         """
-        for layer, lens in zip(self.layers, mark.lens):
+        for layer, lens, rings in zip(self.layers, mark.lens, mark.rings):
             layer.store = truncate(layer.store, torch.minimum(lens, layer.store.lens))
+            layer.rings = dict(rings)
         self.logical = list(mark.logical)
         self._sync_layers()
