@@ -21,6 +21,9 @@ RECORD_SETTINGS = (
     "model", "generation", "compress", "truncate", "chat_template", "window", "decode_every", "storage",
     "gqa_reduce", "seed", "device", "dtype",
 )
+#: record-changing suite keys added after records existed: they enter the digest only when set, so
+#: the records of a suite that leaves them unset keep their keys
+OPTIONAL_RECORD_SETTINGS = ("kv_dtype",)
 #: task keys that do not change a record (``memory_limit_gb``: a latency task's report setting)
 _TASK_NEUTRAL = ("limit", "memory_limit_gb", "control")  # control: adds its own records only
 
@@ -31,7 +34,8 @@ def _digest(obj: Any) -> str:
 
 def run_settings(suite_dict: dict[str, Any]) -> dict[str, Any]:
     """The record-changing run-level settings of a suite (its ``to_dict()``)."""
-    return {k: suite_dict.get(k) for k in RECORD_SETTINGS}
+    out = {k: suite_dict.get(k) for k in RECORD_SETTINGS}
+    return out | {k: suite_dict[k] for k in OPTIONAL_RECORD_SETTINGS if suite_dict.get(k) is not None}
 
 
 def task_settings(task: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +193,7 @@ def suite_differences(old: dict[str, Any], new: dict[str, Any], old_policies: di
     descriptions, when known (otherwise the entries as written are compared).
     """
     diffs = []
-    for k in RECORD_SETTINGS:
+    for k in RECORD_SETTINGS + OPTIONAL_RECORD_SETTINGS:
         if old.get(k) != new.get(k):
             diffs.append(f"{k}: {json.dumps(old.get(k), default=str)} -> {json.dumps(new.get(k), default=str)}")
     old_tasks = {t.get("name"): task_settings(t) for t in old.get("tasks", [])}

@@ -97,6 +97,9 @@ class Suite:
     seed: int = 0
     device: str = "auto"  #: "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "float32"  #: "float32" | "bfloat16" | "float16"
+    #: the compressed caches' storage dtype ("float16" | "bfloat16"; None: the model's dtype); scoring and
+    #: attention's softmax stay fp32, ``kv_bytes`` counts the stored bytes
+    kv_dtype: str | None = None
     threads: int | None = 1  #: torch threads on CPU (None: torch's default)
     #: settings decoded together per sample (None: all); bounds the memory one batch uses
     batch_settings: int | None = None
@@ -180,6 +183,7 @@ class Suite:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype,
             "threads": self.threads,
             "batch_settings": self.batch_settings,
             "report": copy.deepcopy(self.report),
@@ -256,6 +260,7 @@ _TOP_KEYS = (
     "seed",
     "device",
     "dtype",
+    "kv_dtype",
     "threads",
     "batch_settings",
     "report",
@@ -273,6 +278,7 @@ SUITE_KEYS: dict[str, Key] = {
     "gqa_reduce": Key("str", choices=("mean", "max", "sum")),
     "seed": Key("int"),
     "dtype": Key("str", choices=("float32", "bfloat16", "float16")),
+    "kv_dtype": Key("str", choices=("float16", "bfloat16"), nullable=True),
     "threads": Key("int", minimum=1, nullable=True),
     "batch_settings": Key("int", minimum=1, nullable=True),
 }

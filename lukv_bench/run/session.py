@@ -173,7 +173,8 @@ class Session:
         self.full = self.policies.full
         self.lm = load_model(suite.model, dtype=suite.dtype, device=str(device))
         settings = EngineSettings(
-            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every
+            window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every,
+            kv_dtype=suite.kv_dtype,
         )
         self.engine = Engine(self.lm.model, self.lm.tokenizer, settings)
         self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)

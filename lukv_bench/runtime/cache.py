@@ -124,7 +124,7 @@ def _window_attention(
         raise RuntimeError("a layer held at its window must hold as many entries in every segment")
     span = min(length, window + Q - 1)  # from the first query's earliest visible entry to the end
     rows = starts[:, None] + (length - span) + torch.arange(span, device=starts.device)  # [S, span]
-    k, v = store.k[rows].unsqueeze(1), store.v[rows].unsqueeze(1)  # [S, 1, span, D]
+    k, v = store.k[rows].unsqueeze(1).to(query.dtype), store.v[rows].unsqueeze(1).to(query.dtype)  # [S, 1, span, D]
     qpos = torch.arange(span - Q, span, device=query.device)[:, None]
     kpos = torch.arange(span, device=query.device)[None, :]
     visible = (kpos <= qpos) & (kpos > qpos - window)
@@ -222,6 +222,7 @@ class RaggedCache(Cache):
         storage: str = "kv",
         headroom: int = 0,
         windows: Sequence[int | None] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> RaggedCache:
         """Gather each cell's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
 
@@ -233,7 +234,8 @@ class RaggedCache(Cache):
         own set (KeepSet has Hq segments) and the KV heads are repeated to the query heads first
         (G x the memory, as in the original SnapKV). ``windows[i]``, when given and not None, marks
         layer ``i`` as a sliding-window layer held at its window (:attr:`RaggedLayer.window`): every
-        cell must keep its newest tokens there.
+        cell must keep its newest tokens there. ``dtype`` stores K/V in another dtype than the
+        prefill's (half the bytes in float16/bfloat16; attention still accumulates in fp32).
         """
         layers = []
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -250,7 +252,7 @@ class RaggedCache(Cache):
                 if len(c) != heads:
                     raise ValueError(f"cell {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
                 counts += c
-            store = RaggedStore.empty(counts, src_k.shape[-1], src_k.dtype, src_k.device, headroom=headroom,
+            store = RaggedStore.empty(counts, src_k.shape[-1], dtype or src_k.dtype, src_k.device, headroom=headroom,
                                       bucket_fill=BUCKET_FILL if len(keeps) > 1 else None)
             for b, keep in enumerate(keeps):
                 ks = keep[i]

@@ -44,6 +44,9 @@ class EngineSettings:
     gqa_reduce: str = "mean"  #: mean | max | sum over a GQA group's query heads
     h2o_block: int = 256  #: query block for H2O's chunked column sums
     decode_every: int = 1  #: run a policy's decode-time eviction rule every k generated tokens
+    #: dtype the compressed caches are stored in ("float16" | "bfloat16"; None: the model's); attention and
+    #: scoring stay fp32
+    kv_dtype: str | None = None
 
 
 @dataclass
@@ -116,6 +119,9 @@ class Generation:
     stopped: str = field(default="length")  #: "eos", "stop" or "length"
 
 
+#: the storage dtypes of ``EngineSettings.kv_dtype``
+KV_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
 #: a decode-time eviction callback: ``hook(cache, cell, step)`` after each appended token
 DecodeHook = Callable[[RaggedCache, int, int], None]
 
@@ -129,6 +135,8 @@ class Engine:
         self.settings = settings or EngineSettings()
         if self.settings.storage not in ("kv", "query"):
             raise ValueError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
+        if self.settings.kv_dtype is not None and self.settings.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)} or None (got {self.settings.kv_dtype!r})")
         check_architecture(model)
         capture_mod.register()
         model.set_attn_implementation(capture_mod.ATTN_IMPLEMENTATION)
@@ -251,6 +259,7 @@ class Engine:
             pre.keys, pre.values, keeps, n_q_heads=self.n_q_heads,
             storage=self.settings.storage, headroom=headroom,
             windows=[pre.windows[i] if i in held else None for i in range(len(pre.keys))],
+            dtype=KV_DTYPES.get(self.settings.kv_dtype or ""),
         )
         _sync(self.device)
         build_s = time.perf_counter() - t0
@@ -259,6 +268,8 @@ class Engine:
         # the FullKV reference in the same storage: per query head, every token is stored G times
         group = self.n_q_heads // self.n_kv_heads if self.settings.storage == "query" else 1
         full_bytes = pre.kv_bytes_full(held) * group
+        if pre.keys:  # FullKV in the same storage dtype as the cells
+            full_bytes = full_bytes * cache.layers[0].store.k.element_size() // pre.keys[0].element_size()
         out = []
         for b, ((policy, budget), plan) in enumerate(zip(cells, plans)):
             counts = all_counts[b]
