@@ -40,8 +40,10 @@ def test_qa_f1_hand_computed():
 
 
 def test_rouge_l_hand_computed():
-    # LCS("the cat sat on the mat", "the cat is on the mat") = "the cat on the mat" = 5 of 6 and 6
-    assert metrics.rouge_l_score("the cat sat on the mat", "The cat is on the mat.") == pytest.approx(5 / 6)
+    # the rouge package (as LongBench): case kept, unique words. Prediction words {the cat sat on mat}
+    # (5), gold {The cat is on the mat} (6); LCS of the word lists: cat on the mat (4 unique):
+    # P = 4/5, R = 4/6, F = 2PR/(P+R) = 8/11
+    assert metrics.rouge_l_score("the cat sat on the mat", "The cat is on the mat.") == pytest.approx(8 / 11)
     # P = 2/2, R = 2/4 -> F = 2/3
     assert metrics.rouge_l_score("a d", "a b c d") == pytest.approx(2 / 3)
     assert metrics.rouge_l_score("", "a b") == 0.0
@@ -88,7 +90,7 @@ def test_unknown_metric_lists_known_ones():
 def test_scores_stay_in_unit_interval():
     s = sample("Paragraph 2", all_classes=["Paragraph 2"])
     for name in metrics.known_metrics():
-        if name in ("count",):
+        if name in ("count", "retrieval_zh"):  # retrieval_zh needs a "段落k" gold answer
             continue
         value = metrics.score(name, "Paragraph 2 and some more words", s)
         assert 0.0 <= value <= 1.0
