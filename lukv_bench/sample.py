@@ -25,8 +25,15 @@ class Sample:
     #: tokens to generate for this sample (the task's ``max_new_tokens``, or LongBench's per-subset
     #: length); None: the suite's ``generation.max_new_tokens``
     max_new_tokens: int | None = None
+    #: the three parts are a benchmark's own prompt template, cut at the context's end (LongBench's):
+    #: joined as they are, with no paragraph breaks added and no "Answer:" cue after a plain prompt
+    verbatim: bool = False
+    #: False: never wrap this prompt in the chat template (LongBench's few-shot and code subsets)
+    chat: bool = True
 
     def blocks(self) -> tuple[str, str]:
         """(context block, question block) of the user message, in that order."""
+        if self.verbatim:
+            return f"{self.instruction}{self.context}", self.question
         head = f"{self.instruction}\n\n" if self.instruction else ""
         return f"{head}{self.context}\n\n", self.question

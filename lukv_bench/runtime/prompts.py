@@ -48,7 +48,7 @@ def use_chat_template(tokenizer, setting: str | bool) -> bool:
 
 
 def build_prompt(tokenizer, sample: Sample, chat: bool) -> PromptIds:
-    """Render the sample (chat template when ``chat``) and split it before the question block.
+    """Render the sample (chat template when ``chat`` and ``sample.chat``) and split it before the question block.
 
     Both protocols use the same ids, so ``compress: prompt`` and ``compress: context`` differ only
     in what is compressed, never in tokenisation.
@@ -66,7 +66,7 @@ def render_prompt(tokenizer, sample: Sample, chat: bool) -> tuple[str, str, bool
     (plain prompts) or not (the chat template already holds them).
     """
     context_block, question_block = sample.blocks()
-    if chat:
+    if chat and sample.chat:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": context_block + question_block}], tokenize=False, add_generation_prompt=True
         )
@@ -76,7 +76,7 @@ def render_prompt(tokenizer, sample: Sample, chat: bool) -> tuple[str, str, bool
         head, tail = text[:cut], text[cut:]
         add_special = False
     else:
-        head, tail = context_block, question_block + "\nAnswer:"
+        head, tail = context_block, question_block if sample.verbatim else question_block + "\nAnswer:"
         add_special = True
     return head, tail, add_special
 

@@ -260,16 +260,18 @@ def test_hub_rows_become_samples(monkeypatch):
     (s,) = task.samples()
     assert calls == [("THUDM/LongBench", "trec", "test")]
     assert task.data_source == "hub: THUDM/LongBench/trec (split test)"
-    assert s.id == "x1" and s.question == "What is 2+2?" and s.all_classes == ["Number", "Location"]
+    # LongBench's trec template: "...examples of questions.\n\n{context}\n{input}", cut at the context's end
+    assert s.id == "x1" and s.question == "\nWhat is 2+2?" and s.all_classes == ["Number", "Location"]
     assert task.metric == "classification"
     assert task.score("Number\nLocation is wrong", s) == 1.0  # LongBench scores trec's first line only
 
 
-# LongBench's dataset2maxlen (THUDM/LongBench config/dataset2maxlen.json), English subsets
+# LongBench's dataset2maxlen (THUDM/LongBench config/dataset2maxlen.json)
 LONGBENCH_MAXLEN = {
-    "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32, "musique": 32,
-    "gov_report": 512, "qmsum": 512, "multi_news": 512, "trec": 64, "triviaqa": 32, "samsum": 128,
-    "passage_count": 32, "passage_retrieval_en": 32, "lcc": 64, "repobench-p": 64,
+    "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "multifieldqa_zh": 64, "hotpotqa": 32,
+    "2wikimqa": 32, "musique": 32, "dureader": 128, "gov_report": 512, "qmsum": 512, "multi_news": 512,
+    "vcsum": 512, "trec": 64, "triviaqa": 32, "samsum": 128, "lsht": 64, "passage_count": 32,
+    "passage_retrieval_en": 32, "passage_retrieval_zh": 32, "lcc": 64, "repobench-p": 64,
 }
 
 
