@@ -18,7 +18,8 @@ What it does:
    (``FORCED_BY_PRESS``) instead of the observation window: what differs then is scoring and allocation.
    For presses that keep one set per layer (``ONE_SET_PER_LAYER``) a third plan averages the scores over
    the layer's KV heads first ("matched, heads pooled"); for presses that split a layer's entries over its
-   heads by one top-k (``FLAT_PER_LAYER``) a fourth takes that top-k over lukv-bench's scores.
+   heads by one top-k (``FLAT_PER_LAYER``) a fourth takes that top-k over lukv-bench's scores, and is
+   compared once more with kvpress's press changed to score the prompt as lukv-bench does (``KVPRESS_VARIANT``).
 4. kvpress's side: ``kvpress_kept.py`` in kvpress's environment runs every press at ratio ``1 - budget``
    and records the positions it kept (freed) or would have kept (masked).
 5. Writes ``OUT/agreement.md`` (the table and every known difference) and ``OUT/agreement.json``
@@ -70,6 +71,10 @@ FLAT_PER_LAYER = {"kvzip"}
 AS_RUN, MATCHED = "as run", "matched"  #: the two comparisons of every preset (see ``run_lukv``)
 POOLED = "matched, heads pooled"  #: the matched plan with the scores averaged over a layer's KV heads
 FLAT = "matched, flat top-k per layer"  #: lukv-bench's scores, kvpress's per-layer top-k over all heads
+#: the FLAT plan against kvpress's press changed to score the prompt as lukv-bench does (``kvpress_side``)
+FLAT_WHOLE = "matched, flat top-k per layer; kvpress repeating the whole prompt"
+#: lukv-bench comparison -> the variant of kvpress's press it is compared with ("": the press as configured)
+KVPRESS_VARIANT = {FLAT_WHOLE: "whole prompt"}
 
 
 def flat_layer_keep(scores, sinks: int, total: int) -> list[list[int]]:
@@ -163,20 +168,24 @@ def run_lukv(suite) -> tuple[list[dict], dict[tuple, dict], dict[str, str], floa
                 if name in FLAT_PER_LAYER:  # to check that the allocation explains what remains
                     total = [sc.shape[0] * pre.n - int(sc.shape[0] * pre.n * round(1 - budget, 6))
                              for sc in plan.scores]
-                    sides[(name, FLAT, budget, str(sample.id))] = {"answer": None, "kept": [
-                        flat_layer_keep(sc, out.policy.sinks, t) for sc, t in zip(plan.scores, total)]}
+                    flat = [flat_layer_keep(sc, out.policy.sinks, t) for sc, t in zip(plan.scores, total)]
+                    sides[(name, FLAT, budget, str(sample.id))] = {"kept": flat, "answer": None}
+                    sides[(name, FLAT_WHOLE, budget, str(sample.id))] = {"kept": flat, "answer": None}
             print(f"agreement: lukv-bench's side, sample {sample.id}: {len(ids.context)} context tokens", flush=True)
     return samples, sides, full, time.perf_counter() - t0
 
 
 def pair_up(suite, sides: dict[tuple, dict], kv_runs: list[dict]) -> list[dict]:
     """Per (preset, variant, budget, sample) the comparison of both sides' kept sets and answers."""
-    theirs = {(r["preset"], round(1 - r["ratio"], 6), r["sample_id"]): r for r in kv_runs if r["ratio"] > 0}
+    theirs = {(r["preset"], r.get("variant", ""), round(1 - r["ratio"], 6), r["sample_id"]): r
+              for r in kv_runs if r["ratio"] > 0}
     pairs = []
     for (preset, variant, budget, sid), ours in sides.items():
-        run = theirs.get((preset, round(budget, 6), sid))
+        press_variant = KVPRESS_VARIANT.get(variant, "")
+        run = theirs.get((preset, press_variant, round(budget, 6), sid))
         if run is None:
-            raise CompareError(f"kvpress's side has no run of {preset} at ratio {1 - budget:g} on sample {sid}")
+            what = f" ({press_variant})" if press_variant else ""
+            raise CompareError(f"kvpress's side has no run of {preset}{what} at ratio {1 - budget:g} on sample {sid}")
         pairs.append({
             "preset": preset, "variant": variant, "press": PRESSES[preset], "ratio": run["ratio"], "budget": budget,
             "how": "/".join(run["how"]), "sample_id": sid,
@@ -184,7 +193,7 @@ def pair_up(suite, sides: dict[tuple, dict], kv_runs: list[dict]) -> list[dict]:
             "answers": None if ours["answer"] is None else [run["answer"], ours["answer"]],
         })
     order = {name: i for i, name in enumerate(PRESSES)}
-    variants = {AS_RUN: 0, MATCHED: 1, POOLED: 2, FLAT: 3}
+    variants = {AS_RUN: 0, MATCHED: 1, POOLED: 2, FLAT: 3, FLAT_WHOLE: 4}
     pairs.sort(key=lambda p: (order[p["preset"]], -p["budget"], variants[p["variant"]]))
     return pairs
 
@@ -259,7 +268,9 @@ def run_both(suite, venv: Path) -> tuple:
         "model_dir": str(model_dir),
         "samples": [{k: s[k] for k in ("id", "context_ids", "question_ids")} for s in samples],
         "settings": [{"preset": "full", "ratio": 0.0}]
-        + [{"preset": p, "ratio": round(1 - float(b), 6)} for p in presets for b in suite.budgets],
+        + [{"preset": p, "ratio": round(1 - float(b), 6)} for p in presets for b in suite.budgets]
+        + [{"preset": p, "ratio": round(1 - float(b), 6), "variant": v}
+           for p in presets if p in FLAT_PER_LAYER for b in suite.budgets for v in KVPRESS_VARIANT.values()],
         "max_new_tokens": suite.max_new_tokens,
         "threads": int(suite.threads or 1),
     }
@@ -312,10 +323,12 @@ WHY = {
     "snapkv": "Same rule (mean attention of the last 64 queries, average pooling over 5, mean over the GQA group, "
               "window kept). kvpress recomputes the window attention in its hook; lukv-bench sums it in the "
               "capture pass. Both in fp32; rounding of the budget as for streaming.",
-    "pyramidkv": "kvpress applies its pyramid only when `q_len >= max >= min >= window` (window 64, beta 20) and "
-                 "otherwise falls back to the uniform budget; lukv-bench always applies its arithmetic schedule "
-                 "with exact totals. Layer budgets therefore differ wherever kvpress fell back, and so do the "
-                 "kept sets of the layers whose budgets differ.",
+    "pyramidkv": "Both scale SnapKV scores by a per-layer budget falling with depth, but the schedules differ. "
+                 "kvpress (KVCache-Factory's formula) caps the first layer at `n - window` and re-derives the last "
+                 "one so that the total holds, and falls back to the uniform budget when "
+                 "`n >= max >= min >= window` fails (here at ratio 0.8 on every sample); lukv-bench's smallest "
+                 "layer keeps `window + C / beta` and its total is exact. The layer budgets below show it; where "
+                 "a layer's budgets are close, its kept sets nearly coincide.",
     "adakv": "kvpress masks instead of freeing (the table compares the positions it leaves unmasked). Head "
              "budgets differ by construction: kvpress first puts each head's `int(0.2 * n_kept)` best tokens "
              "(the window among them, scored at the maximum) above everything, then takes one top-k over all "
@@ -347,18 +360,38 @@ WHY = {
                           "count) isolates the score.",
     "kvzip": "kvpress's KVzipPress masks instead of freeing (the positions it leaves unmasked are compared) and, "
              "with `layerwise=True` (its default ranks all layers at once), gives each layer the same number "
-             "of entries but splits them over the heads by one top-k over the layer: head budgets differ, "
-             "lukv-bench's are uniform (the *matched, flat top-k per layer* row applies kvpress's split to "
-             "lukv-bench's scores). The scores differ too: kvpress repeats only the context after the chat "
-             "template's prefix (the prefix scores 0 apart from the 4 sinks) and normalises each repeat "
-             "query's attention over the sinks, the chunk and the repeat request only; lukv-bench repeats the "
-             "whole compressed prompt, template included, and normalises over all of it.",
+             "of entries but splits them over the heads by one top-k over the layer; lukv-bench's head budgets "
+             "are uniform (the *flat top-k per layer* row applies kvpress's split to lukv-bench's scores). The "
+             "scores differ too: kvpress repeats only the context after the chat template's prefix (the "
+             "prefix scores 0 apart from the 4 sinks) and normalises each repeat query's attention over the "
+             "sinks, the chunk and the repeat request only; lukv-bench repeats the whole compressed prompt, "
+             "template included, and normalises over all of it. The last row changes kvpress's press to repeat "
+             "the whole prompt (`kvpress_side.whole_prompt_kvzip`) and compares it with the flat split of "
+             "lukv-bench's scores: with both differences removed the sets agree exactly.",
     "chunkkv": "kvpress's ChunkKVPress cuts the *whole* sequence (window included) into chunks of 20, scores "
                "a chunk by its mean SnapKV score summed over the KV heads (one chunk set for every head) and "
                "keeps `int(chunks * (1 - ratio))` whole chunks, so it keeps fewer tokens than the budget; "
                "lukv-bench cuts only the prefix before the window, scores chunks per KV head by the sum, keeps "
                "the window and cuts the last chunk to meet the budget exactly.",
 }
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """Per preset, the comparison that agrees best with kvpress at every budget: identical, or how close."""
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        mine = [r for r in rows if r["preset"] == preset]
+        by_variant: dict[str, list[dict]] = {}
+        for r in mine:
+            by_variant.setdefault(r["variant"], []).append(r)
+        variant, best = max(by_variant.items(), key=lambda kv: min(r["jaccard_mean"] for r in kv[1]))
+        if all(r["identical_share"] == 1 for r in best):
+            out.append(f"- **{preset}**: identical kept sets in every (layer, head) in the *{variant}* comparison.")
+        else:
+            lo = min(r["jaccard_mean"] for r in best)
+            out.append(f"- **{preset}**: not identical; best mean Jaccard {lo:.3f} (lowest over the budgets) in "
+                       f"the *{variant}* comparison.")
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -399,6 +432,10 @@ def render(rows: list[dict], meta: dict) -> str:
         "",
         f"FullKV (no press) gave the same answer on both sides for {same_full} of {len(full)} samples.",
         "",
+        "**In short** (the comparison closest to kvpress per preset, over both budgets):",
+        "",
+        *_summary(rows),
+        "",
         "| preset (kvpress press) | kvpress ratio / budget | kvpress drops by | comparison | mean Jaccard "
         "| identical (layer, head) sets | same count per head | same layer budget | kept per head kvpress "
         "| kept per head lukv | same answer |",
@@ -425,6 +462,17 @@ def render(rows: list[dict], meta: dict) -> str:
     ]
     for preset in dict.fromkeys(r["preset"] for r in rows):
         lines.append(f"- **{preset}** ({next(r['press'] for r in rows if r['preset'] == preset)}): {WHY[preset]}")
+    uneven = [r for r in rows if r["variant"] == MATCHED and r["same_layer_budget_share"] < 1
+              and any(abs(x["kept_kvpress"] - x["kept_lukv"]) >= 1 for x in r["layers"])]
+    if uneven:
+        lines += ["", "## Layer budgets where they differ (matched comparison; mean kept per KV head, layer 0 "
+                  "first, mean over the samples)", ""]
+        for r in uneven:
+            def series(key: str, fmt: str, r: dict = r) -> str:
+                return " ".join(format(x[key], fmt) for x in r["layers"])
+
+            lines.append(f"- **{r['preset']}** at ratio {r['ratio']:g}: kvpress {series('kept_kvpress', '.0f')}; "
+                         f"lukv-bench {series('kept_lukv', '.0f')}; Jaccard per layer {series('jaccard', '.2f')}.")
     lines += ["", "## Not compared", ""]
     for preset, why in meta["no_counterpart"].items():
         lines.append(f"- **{preset}**: {why}.")

@@ -6,7 +6,8 @@ Usage (normally only through ``agreement_kvpress.py``)::
 
 ``JOB.json`` holds the model folder, the samples as token ids (``context_ids`` and ``question_ids``
 exactly as lukv-bench tokenised them, so both sides see the same tokens), the settings (lukv-bench
-preset name and kvpress compression ratio, ratio 0 meaning no press), ``max_new_tokens`` and the
+preset name, kvpress compression ratio, ratio 0 meaning no press, and an optional diagnostic
+``variant`` of the press, see ``kvpress_side.make_press``), ``max_new_tokens`` and the
 torch thread count. Every (sample, setting) runs kvpress's own pipeline steps
 (``KVPressTextGenerationPipeline._forward``: prefill of the context with the press attached, then the
 question and greedy decoding) and records, per layer and KV head, the positions the press kept:
@@ -97,7 +98,7 @@ def main(job_path: str, out_path: str) -> None:
         if model.config._attn_implementation != impl:
             model.set_attn_implementation(impl)
         for sample in job["samples"]:
-            press = None if ratio == 0 else make_press(preset, ratio)
+            press = None if ratio == 0 else make_press(preset, ratio, setting.get("variant", ""))
             record: dict[int, tuple[list[list[int]], str]] = {}
             if press is not None:
                 watch(press, record)
@@ -122,6 +123,7 @@ def main(job_path: str, out_path: str) -> None:
             runs.append({
                 "preset": preset,
                 "ratio": ratio,
+                "variant": setting.get("variant", ""),
                 "press": type(press).__name__ if press is not None else "no press",
                 "sample_id": sample["id"],
                 "context_tokens": n,
@@ -130,7 +132,8 @@ def main(job_path: str, out_path: str) -> None:
                 "answer": answer,
                 "wall_s": wall,
             })
-            print(f"kvpress_kept: {preset} cr={ratio} {sample['id']}: {wall:.2f}s {answer!r}", flush=True)
+            print(f"kvpress_kept: {preset} {setting.get('variant', '')} cr={ratio} {sample['id']}: {wall:.2f}s "
+                  f"{answer!r}", flush=True)
     result = {
         "versions": {"kvpress": kvpress.__version__ if hasattr(kvpress, "__version__") else _version("kvpress"),
                      "transformers": transformers.__version__, "torch": torch.__version__},

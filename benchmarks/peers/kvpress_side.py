@@ -37,8 +37,11 @@ import torch  # noqa: E402
 from lukv_bench.runtime.memory import PeakMemory  # noqa: E402
 
 
-def make_press(policy: str, ratio: float):
+def make_press(policy: str, ratio: float, variant: str = ""):
     """The kvpress press that implements lukv-bench policy ``policy`` at compression ratio ``ratio``.
+
+    ``variant`` names a diagnostic change of kvpress's press (agreement_kvpress.py): ``"whole prompt"``
+    makes KVzip repeat and score the whole prompt, chat template prefix included, as lukv-bench does.
 
     Hyper-parameters are kvpress 0.5.5's defaults, spelled out; benchmarks/peers/kvpress_suite.yaml and
     kvpress_agreement.yaml set lukv-bench's side to the same values. ``criticalkv`` maps to
@@ -81,9 +84,24 @@ def make_press(policy: str, ratio: float):
     if policy == "expected-attention":
         return ExpectedAttentionPress(compression_ratio=ratio, n_future_positions=512, n_sink=4, use_covariance=True,
                                       use_vnorm=True, epsilon=0.0)
+    if policy == "kvzip" and variant == "whole prompt":
+        return whole_prompt_kvzip(ratio)
     if policy == "kvzip":  # layerwise: the same number of entries per layer, as lukv-bench's uniform budgets
         return KVzipPress(compression_ratio=ratio, layerwise=True, n_sink=4, chunk_size=2048)
-    raise SystemExit(f"kvpress_side: no kvpress press is mapped to policy {policy!r}")
+    raise SystemExit(f"kvpress_side: no kvpress press is mapped to policy {policy!r} (variant {variant!r})")
+
+
+def whole_prompt_kvzip(ratio: float):
+    """KVzipPress (as ``make_press`` configures it) repeating the whole prompt, chat-template prefix included:
+    the repeat then reads, and its attention is normalised over, every prompt token, as in lukv-bench."""
+    from kvpress import KVzipPress
+
+    class WholePromptKVzip(KVzipPress):
+        def prepare(self, model, tokenizer, prev_postfix_size=8):
+            self.prefix_length = 0  # read by prepare and, after it, as the first scored position
+            return super().prepare(model, tokenizer, prev_postfix_size)
+
+    return WholePromptKVzip(compression_ratio=ratio, layerwise=True, n_sink=4, chunk_size=2048)
 
 
 def make_pipeline(model, tokenizer):
