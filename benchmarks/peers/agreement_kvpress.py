@@ -323,9 +323,10 @@ WHY = {
     "snapkv": "Same rule (mean attention of the last 64 queries, average pooling over 5, mean over the GQA group, "
               "window kept). kvpress recomputes the window attention in its hook; lukv-bench sums it in the "
               "capture pass. Both in fp32; rounding of the budget as for streaming.",
-    "pyramidkv": "Both scale SnapKV scores by a per-layer budget falling with depth, but the schedules differ. "
-                 "kvpress (KVCache-Factory's formula) caps the first layer at `n - window` and re-derives the last "
-                 "one so that the total holds, and falls back to the uniform budget when "
+    "pyramidkv": "Both rank by SnapKV scores with layer budgets falling with depth, but the schedules differ. "
+                 "kvpress (KVCache-Factory's formula) caps the first layer's selectable budget at `n - window` "
+                 "(the whole context) and then re-derives the last one so that the total holds, and falls back "
+                 "to the uniform budget when "
                  "`n >= max >= min >= window` fails (here at ratio 0.8 on every sample); lukv-bench's smallest "
                  "layer keeps `window + C / beta` and its total is exact. The layer budgets below show it; where "
                  "a layer's budgets are close, its kept sets nearly coincide.",

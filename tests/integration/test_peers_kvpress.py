@@ -124,6 +124,19 @@ def test_summarize_agreement_averages_samples_and_counts_same_answers() -> None:
     assert (rows[1]["same_answers"], rows[1]["answered"]) == (None, 0)
 
 
+def test_summary_names_the_closest_comparison_per_preset() -> None:
+    def row(preset: str, variant: str, jaccard: float, identical: float) -> dict:
+        return {"preset": preset, "variant": variant, "jaccard_mean": jaccard, "identical_share": identical}
+
+    rows = [row("tova", "as run", 0.7, 0.0), row("tova", "matched", 0.71, 0.0), row("tova", "pooled", 1.0, 1.0),
+            row("tova", "pooled", 1.0, 1.0), row("adakv", "as run", 0.95, 0.0), row("adakv", "matched", 0.96, 0.01),
+            row("adakv", "matched", 0.94, 0.0)]
+    assert agreement_kvpress._summary(rows) == [
+        "- **tova**: identical kept sets in every (layer, head) in the *pooled* comparison.",
+        "- **adakv**: not identical; best mean Jaccard 0.950 (lowest over the budgets) in the *as run* comparison.",
+    ]
+
+
 def test_kvpress_rounds_the_budget_down() -> None:
     assert agreement_kvpress.kvpress_kept_tokens(1046, round(1 - 0.2, 6)) == 209  # lukv-bench: ceil -> 210
     assert agreement_kvpress.kvpress_kept_tokens(419, 0.5) == 209
