@@ -335,3 +335,37 @@ def test_latent_attention_is_refused():
     model = SimpleNamespace(config=DeepseekV3Config())
     with pytest.raises(UserError, match="'deepseek_v3'.*latent attention"):
         check_architecture(model)
+
+
+@functools.cache
+def _gqa_model(ratio: int):
+    """A tiny Llama with 8 query heads and ``8 // ratio`` KV heads (``ratio`` query heads per KV head)."""
+    return tiny_model(n_heads=8, n_kv_heads=8 // ratio)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8])
+def test_gqa_ratios_fullkv_equals_own_generate_and_compressed_equals_eager(ratio):
+    """1, 2, 4 and 8 query heads per KV head (MHA to MQA-like): FullKV reproduces the model's own generate(),
+    and a compressed cell (per KV head and per query head) equals eager attention over its kept tokens."""
+    from lukv_bench.registry import resolve_policy
+
+    lm = _gqa_model(ratio)
+    assert lm.model.config.num_attention_heads // lm.model.config.num_key_value_heads == ratio
+    ctx, question = _ids(14, 50), _ids(15, 6)
+    tokens, logits = _own_generate(lm.model, ctx + question, NEW_TOKENS)
+    eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4))
+    for key, out in _sweep(eng, ctx, question, [(resolve_policy("snapkv"), 1.0)], None, "prompt").items():
+        assert out.generation.tokens == tokens, key
+        assert (out.generation.logits - logits).abs().max().item() <= 1e-4, key
+    prompt, next_ids = _ids(16, 48), _ids(17, 5)
+    for policy, storage in (("snapkv", "kv"), ("adakv", "kv"), ("adakv", "query")):
+        eng = Engine(lm.model, lm.tokenizer, EngineSettings(window=4, storage=storage))
+        pre = eng.prefill(torch.tensor([prompt]))
+        cache, (comp,) = eng.compress(pre, [(resolve_policy(policy), Budget.resolve(0.3, pre.n))],
+                                      headroom=len(next_ids))
+        heads = 8 if storage == "query" else 8 // ratio
+        assert all(len(k.counts) == heads for k in comp.keep)
+        assert comp.kv_bytes < comp.kv_bytes_full
+        ours = eng.feed(cache, next_ids)[0]
+        ref = _reference_steps(lm.model, prompt, comp.keep, next_ids)
+        assert (ours - ref).abs().max().item() <= 1e-4, (policy, storage)
