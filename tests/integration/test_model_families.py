@@ -4,7 +4,8 @@ For a tiny random model of each family (``lukv_bench.testing.FAMILIES``): FullKV
 budget that keeps the whole prompt reproduce the model's own ``generate()``; a compressed cell's next
 steps equal eager attention over the kept tokens only (with the model's own sliding windows); batching
 cells changes nothing; sliding-window layers are held at their window outside the budget; half
-precision matches the model's own half-precision generation; unsupported families are refused.
+precision matches the model's own half-precision generation; every built-in policy runs through
+``lukv_bench.compress()``; GQA ratios 1 to 8 are exact; unsupported families are refused.
 """
 
 from __future__ import annotations
@@ -369,3 +370,52 @@ def test_gqa_ratios_fullkv_equals_own_generate_and_compressed_equals_eager(ratio
         ours = eng.feed(cache, next_ids)[0]
         ref = _reference_steps(lm.model, prompt, comp.keep, next_ids)
         assert (ours - ref).abs().max().item() <= 1e-4, (policy, storage)
+
+
+def _builtin_policies() -> list[str]:
+    """Every policy the package itself registers (plugins excluded)."""
+    from lukv_bench.registry.listing import list_policies
+
+    return [p["name"] for p in list_policies() if p["distribution"] == "lukv-bench"]
+
+
+@pytest.mark.parametrize(("family", "window"), _COMPRESSIBLE)
+def test_every_builtin_policy_runs_through_compress(family, window):
+    """``lukv_bench.compress()`` around the model's own ``generate()`` gives, for every built-in policy, the
+    tokens, logits, kept bytes and per-layer budgets of the suite engine's cell; kvzip refuses (it needs a
+    tokenizer for its repeat pass)."""
+    import lukv_bench
+    from lukv_bench.registry import resolve_policy
+
+    lm = _model(family, window=window)
+    model, prompt = lm.model, _ids(18, 48)
+    names = _builtin_policies()
+    assert {"full", "snapkv", "streaming", "kvzip", "expected-attention"} <= set(names)
+    eng = Engine(model, lm.tokenizer, EngineSettings(window=4))
+    runs = [(resolve_policy(name), 1.0 if name == "full" else 0.4) for name in names if name != "kvzip"]
+    cells = {o.policy.name: o for _, o in sweep(
+        eng, prompt, [], runs, resolve_policy("full"), compress="prompt", max_new_tokens=NEW_TOKENS,
+        batch_settings=1)}
+    model.set_attn_implementation("sdpa")
+    ids = torch.tensor([prompt])
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    try:
+        for policy, spec in runs:
+            with lukv_bench.compress(model, policy=policy.name, budget=spec, window=4,
+                                     headroom=NEW_TOKENS) as session, torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                     do_sample=False, pad_token_id=0, output_logits=True,
+                                     return_dict_in_generate=True)
+            cell = cells[policy.name]
+            assert session.prefills == 1, policy.name
+            assert out.sequences[0, len(prompt):].tolist() == cell.generation.tokens, policy.name
+            logits = torch.stack(out.logits, 1)[0].float()
+            assert (logits - cell.generation.logits).abs().max().item() <= 1e-4, policy.name
+            assert session.last.kv_bytes == cell.compressed.kv_bytes, policy.name
+            assert session.last.layer_budgets == cell.compressed.layer_budgets, policy.name
+            assert (session.last.kv_bytes < session.last.kv_bytes_full) == (policy.name != "full"), policy.name
+        with pytest.raises(UserError, match="tokenizer"), lukv_bench.compress(model, policy="kvzip", budget=0.4):
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                           pad_token_id=0)
+    finally:
+        model.generation_config.eos_token_id = eos
