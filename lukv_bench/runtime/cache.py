@@ -153,15 +153,17 @@ class Ring:
                           torch.arange(self.hi, length)])
 
 
-def _prefix_suffix(keep: torch.Tensor, length: int) -> int | None:
-    """``a`` when ``keep`` is positions ``0 .. a-1`` then the newest ones up to ``length - 1``, else None."""
+def _prefix_suffix(keep: torch.Tensor, length: int, hint: int | None = None) -> int | None:
+    """``a`` when ``keep`` is positions ``0 .. a-1`` then the newest ones up to ``length - 1``, else None.
+
+    ``hint`` is the ``a`` to try first (a ring's prefix): one comparison instead of a search.
+    """
     m = keep.numel()
-    idx = torch.arange(m)
     keep = keep.cpu()
-    a = int((keep == idx).sum())
-    if not bool((keep[:a] == idx[:a]).all()) or not bool((keep[a:] == idx[a:] + (length - m)).all()):
-        return None
-    return a
+    idx = torch.arange(m)
+    a = hint if hint is not None and hint <= m else int((keep == idx).sum())
+    idx[a:] += length - m
+    return a if torch.equal(keep, idx) else None
 
 
 def _ring_moves(ring: Ring | None, a: int, dropped: int, length: int) -> tuple[list[int], list[int], Ring] | None:
@@ -349,7 +351,7 @@ class RaggedCache(Cache):
             if kept.numel() == length:
                 continue  # a valid keep set of every position keeps all
             ring = layer.rings.get(seg)
-            a = _prefix_suffix(kept, length)
+            a = _prefix_suffix(kept, length, ring.lo if ring is not None else None)
             moves = _ring_moves(ring, a, length - kept.numel(), length) if a is not None else None
             if moves is not None:
                 s_rows, d_rows, new_ring = moves

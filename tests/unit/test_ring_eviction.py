@@ -102,7 +102,17 @@ def test_other_keep_sets_and_rollback_after_rotation() -> None:
     assert cache.layers[0].rings == rings
     for s in range(2):
         assert torch.equal(_logical(cache, s)[0], ref[s][0])
-    keep = [torch.tensor([0, 2, 5, 9]), torch.tensor([1, 7])]
+    # sinks + newest with another prefix than the ring's (2 instead of 1): read in logical order, then a new ring
+    keep = [torch.tensor([0, 1, *range(4, 10)]), torch.tensor([0, 1, *range(3, 8)])]
+    cache.evict(0, 0, keep)
+    for s, kept in enumerate(keep):
+        ref[s] = [ref[s][0][kept], ref[s][1][kept]]
+        assert torch.equal(_logical(cache, s)[0], ref[s][0]) and torch.equal(_logical(cache, s)[1], ref[s][1])
+    _step(cache, ref, g, budgets=[8, 7], sinks=2, cell=0)
+    assert {r.lo for r in cache.layers[0].rings.values()} == {2}
+    for s in range(2):
+        assert torch.equal(_logical(cache, s)[0], ref[s][0])
+    keep = [torch.tensor([0, 2, 5, 7]), torch.tensor([1, 6])]
     cache.evict(0, 0, keep)
     assert not cache.layers[0].rings  # rows are back in logical order
     for s, kept in enumerate(keep):
