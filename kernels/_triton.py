@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl: Any = None  # type: ignore[no-redef]
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "next_pow2", "qk_tile", "tl", "triton"]
+__all__ = ["HAS_TRITON", "next_pow2", "qk_tile", "tanh", "tl", "triton"]
 
 
 def next_pow2(n: int, minimum: int = 1) -> int:
@@ -48,12 +48,15 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr = 0.0,
     ):
         """Scaled scores ``qk_scale * q[h, i] . k[h // G, j]``: a [len(i), len(j)] fp32 tile, unmasked.
 
         Loads the query rows ``i`` of head ``h`` (rows ``>= n_q`` read as zeros) and the keys ``j`` of
         its KV head ``h // G`` (keys ``>= T`` read as zeros), ``D`` wide padded to ``BLOCK_D``; with
-        ``UPCAST`` both tiles go to fp32 before the dot. Callers apply their own visibility mask.
+        ``UPCAST`` both tiles go to fp32 before the dot. ``SOFTCAP > 0`` soft-caps the scores to
+        ``SOFTCAP * tanh(s / SOFTCAP)`` (the cap in the units of ``qk_scale``, e.g. ``cap * log2(e)``).
+        Callers apply their own visibility mask.
         """
         d = tl.arange(0, BLOCK_D).to(tl.int64)
         q = tl.load(
@@ -69,7 +72,16 @@ if HAS_TRITON:
         if UPCAST:
             q = q.to(tl.float32)
             k = k.to(tl.float32)
-        return tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if SOFTCAP > 0:
+            s = SOFTCAP * tanh(s / SOFTCAP)
+        return s
+
+    @triton.jit
+    def tanh(x):
+        """tanh from exp (libdevice's is not available in the interpreter): -1 and 1 at the extremes."""
+        return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 else:  # pragma: no cover - depends on the environment
     qk_tile: Any = None  # type: ignore[no-redef]
+    tanh: Any = None  # type: ignore[no-redef]

@@ -2,6 +2,7 @@
 
 import torch
 
+from ._softcap import cap_scores, check_softcap
 from ._triton import HAS_TRITON, next_pow2, qk_tile, tl, triton
 from .dispatch import interpreting, resolve
 
@@ -15,7 +16,9 @@ def _check(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"{q.shape[0]} query heads are not a multiple of {k.shape[0]} KV heads")
 
 
-def accumulated_attention_torch(q: torch.Tensor, k: torch.Tensor, scaling: float, block: int = 128) -> torch.Tensor:
+def accumulated_attention_torch(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, block: int = 128, softcap: float | None = None
+) -> torch.Tensor:
     """Torch reference of :func:`accumulated_attention`: ``block`` query rows at a time."""
     Hq, T, D = q.shape
     S = k.shape[0]
@@ -26,7 +29,7 @@ def accumulated_attention_torch(q: torch.Tensor, k: torch.Tensor, scaling: float
     for i0 in range(0, T, block):
         i1 = min(T, i0 + block)
         # keys past i1 - 1 are invisible to every row of this block
-        s = torch.matmul(qg[:, :, i0:i1].float(), kf[:, None, :i1].transpose(-1, -2)).mul_(scaling)
+        s = cap_scores(torch.matmul(qg[:, :, i0:i1].float(), kf[:, None, :i1].transpose(-1, -2)).mul_(scaling), softcap)
         future = torch.arange(i1, device=q.device)[None, :] > torch.arange(i0, i1, device=q.device)[:, None]
         s.masked_fill_(future, float("-inf"))
         out[:, :, :i1] += torch.softmax(s, dim=-1).sum(dim=2)
@@ -34,7 +37,12 @@ def accumulated_attention_torch(q: torch.Tensor, k: torch.Tensor, scaling: float
 
 
 def accumulated_attention(
-    q: torch.Tensor, k: torch.Tensor, scaling: float, block: int = 128, backend: str | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scaling: float,
+    block: int = 128,
+    backend: str | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Column sums of the causal softmax attention (H2O's accumulated attention).
 
@@ -43,14 +51,16 @@ def accumulated_attention(
     ``q`` [Hq, T, D], ``k`` [S, T, D] (query head ``h`` reads KV head ``h // (Hq // S)``); returns fp32
     [Hq, T]. Never materialises T x T: the torch path handles ``block`` query rows at a time
     (O(block * T) memory); the Triton path computes row log-sum-exps first, then column sums per
-    key block (deterministic, no atomics). ``block`` only affects the torch path.
+    key block (deterministic, no atomics). ``block`` only affects the torch path. ``softcap`` (Gemma 2)
+    soft-caps the scaled logits to ``softcap * tanh(logits / softcap)`` before the softmax.
     """
     _check(q, k)
+    check_softcap(softcap)
     if block < 1:
         raise ValueError("block must be >= 1")
     if resolve(backend, q, k) == "torch":
-        return accumulated_attention_torch(q, k, scaling, block)
-    return _accumulated_triton(q, k, scaling)
+        return accumulated_attention_torch(q, k, scaling, block, softcap)
+    return _accumulated_triton(q, k, scaling, softcap)
 
 
 _LOG2E = 1.4426950408889634
@@ -82,12 +92,15 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
-        """Causally masked scores (log2 units) of query rows m0.. against keys n0.. of head h."""
+        """Causally masked scores (log2 units, soft-capped when SOFTCAP > 0) of query rows m0.. against keys
+        n0.. of head h."""
         i = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         j = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         s = qk_tile(
-            q_ptr, k_ptr, h, i, j, T, T, D, G, qs_h, qs_t, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC
+            q_ptr, k_ptr, h, i, j, T, T, D, G, qs_h, qs_t, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC,
+            SOFTCAP,
         )
         visible = (i < T)[:, None] & (j[None, :] <= i[:, None])
         return tl.where(visible, s, float("-inf")), visible
@@ -112,6 +125,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
         """Pass 1, program (h, mb): online log2-sum-exp2 of query rows mb*BLOCK_M.. over visible keys."""
         h = tl.program_id(0).to(tl.int64)
@@ -141,6 +155,7 @@ if HAS_TRITON:
                 BLOCK_D,
                 UPCAST,
                 DOT_PREC,
+                SOFTCAP,
             )
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
@@ -169,6 +184,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
         """Pass 2, program (h, nb): sum of exp2(s - lse) over every query row that sees keys nb*BLOCK_N.."""
         h = tl.program_id(0).to(tl.int64)
@@ -197,6 +213,7 @@ if HAS_TRITON:
                 BLOCK_D,
                 UPCAST,
                 DOT_PREC,
+                SOFTCAP,
             )
             i = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
             lse = tl.load(lse_ptr + h * T + i, mask=i < T, other=0.0)
@@ -205,7 +222,7 @@ if HAS_TRITON:
         tl.store(out_ptr + h * T + j, acc, mask=j < T)
 
 
-def _accumulated_triton(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+def _accumulated_triton(q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None = None) -> torch.Tensor:
     Hq, T, D = q.shape
     S = k.shape[0]
     meta = dict(
@@ -214,6 +231,7 @@ def _accumulated_triton(q: torch.Tensor, k: torch.Tensor, scaling: float) -> tor
         BLOCK_D=next_pow2(D, 16),
         UPCAST=interpreting() or q.dtype != k.dtype,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        SOFTCAP=(softcap or 0.0) * _LOG2E,  # in the log2 units of the scores
         num_warps=4,
     )
     args = (T, D, Hq // S, *q.stride(), *k.stride(), scaling * _LOG2E)

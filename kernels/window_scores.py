@@ -8,6 +8,7 @@ aggregation, computed only when a policy asks for it); ``group_reduce`` folds qu
 
 import torch
 
+from ._softcap import cap_scores, check_softcap
 from ._triton import HAS_TRITON, next_pow2, qk_tile, tl, triton
 from .dispatch import interpreting, resolve
 
@@ -37,14 +38,14 @@ def _check(q_win: torch.Tensor, k: torch.Tensor, prefix_len: int) -> None:
 
 
 def window_stats_torch(
-    q_win: torch.Tensor, k: torch.Tensor, scaling: float, prefix_len: int
+    q_win: torch.Tensor, k: torch.Tensor, scaling: float, prefix_len: int, softcap: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch reference of :func:`window_stats` (materialises the [Hq, w, T] window attention)."""
     Hq, w, D = q_win.shape
     S, T, _ = k.shape
     G = Hq // S
     q = q_win.float().reshape(S, G * w, D)
-    scores = torch.matmul(q, k.float().transpose(1, 2)).mul_(scaling).view(Hq, w, T)
+    scores = cap_scores(torch.matmul(q, k.float().transpose(1, 2)).mul_(scaling), softcap).view(Hq, w, T)
     qpos = torch.arange(T - w, T, device=k.device)[:, None]
     future = torch.arange(T, device=k.device)[None, :] > qpos
     scores.masked_fill_(future, float("-inf"))
@@ -57,7 +58,12 @@ def window_stats_torch(
 
 
 def window_stats(
-    q_win: torch.Tensor, k: torch.Tensor, scaling: float, prefix_len: int, backend: str | None = None
+    q_win: torch.Tensor,
+    k: torch.Tensor,
+    scaling: float,
+    prefix_len: int,
+    backend: str | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Column statistics of the window attention.
 
@@ -66,14 +72,18 @@ def window_stats(
     ``T - w + i`` and sees keys ``0 .. T - w + i``. With ``A = softmax(scaling * q k^T)`` (fp32) returns
     fp32 ``(win_sum [Hq, T], win_sumsq [Hq, T], win_entropy [Hq])``: the sum over window queries of
     ``A`` and of ``A**2``, and ``-sum A log(A + 1e-10)`` over window rows and keys ``j < prefix_len``.
+    ``softcap`` (Gemma 2) soft-caps the scaled logits to ``softcap * tanh(logits / softcap)`` first.
     """
     _check(q_win, k, prefix_len)
+    check_softcap(softcap)
     if resolve(backend, q_win, k) == "torch":
-        return window_stats_torch(q_win, k, scaling, prefix_len)
-    return _window_stats_triton(q_win, k, scaling, prefix_len)
+        return window_stats_torch(q_win, k, scaling, prefix_len, softcap)
+    return _window_stats_triton(q_win, k, scaling, prefix_len, softcap)
 
 
-def window_max_torch(q_win: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+def window_max_torch(
+    q_win: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None = None
+) -> torch.Tensor:
     """Torch reference of :func:`window_max`: materialises one KV head's [G, w, T] window attention at a time."""
     Hq, w, D = q_win.shape
     S, T, _ = k.shape
@@ -83,21 +93,23 @@ def window_max_torch(q_win: torch.Tensor, k: torch.Tensor, scaling: float) -> to
     out = torch.empty(Hq, T, dtype=torch.float32, device=k.device)
     for s in range(S):
         q = q_win[s * G : (s + 1) * G].float()
-        scores = torch.matmul(q, k[s].float().transpose(0, 1)).mul_(scaling)  # [G, w, T]
+        scores = cap_scores(torch.matmul(q, k[s].float().transpose(0, 1)).mul_(scaling), softcap)  # [G, w, T]
         scores.masked_fill_(future, float("-inf"))
         out[s * G : (s + 1) * G] = torch.softmax(scores, dim=-1).amax(dim=1)
     return out
 
 
-def window_max(q_win: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+def window_max(q_win: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None = None) -> torch.Tensor:
     """Largest window attention each key receives: fp32 ``[Hq, T]``, ``max_i A[i, j]`` over the window queries.
 
     Same inputs and causal layout as :func:`window_stats` (query head ``h`` reads KV head
-    ``h // (Hq // S)``; window query ``i`` sees keys ``0 .. T - w + i``). There is no Triton kernel: the
-    statistic is computed only for policies that ask for it, and the torch form runs on every device.
+    ``h // (Hq // S)``; window query ``i`` sees keys ``0 .. T - w + i``; ``softcap`` as there). There is
+    no Triton kernel: the statistic is computed only for policies that ask for it, and the torch form runs
+    on every device.
     """
     _check(q_win, k, 0)
-    return window_max_torch(q_win, k, scaling)
+    check_softcap(softcap)
+    return window_max_torch(q_win, k, scaling, softcap)
 
 
 def group_reduce(x: torch.Tensor, n_segments: int, mode: str = "mean") -> torch.Tensor:
@@ -168,12 +180,15 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
-        """Scores (log2 units) of the window rows of head h against key block kb, masked to -inf."""
+        """Scores (log2 units, soft-capped when SOFTCAP > 0) of the window rows of head h against key block
+        kb, masked to -inf."""
         i = tl.arange(0, BLOCK_W).to(tl.int64)
         j = kb * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
         s = qk_tile(
-            q_ptr, k_ptr, h, i, j, w, T, D, G, qs_h, qs_w, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC
+            q_ptr, k_ptr, h, i, j, w, T, D, G, qs_h, qs_w, qs_d, ks_s, ks_t, ks_d, qk_scale, BLOCK_D, UPCAST, DOT_PREC,
+            SOFTCAP,
         )
         visible = (i < w)[:, None] & (j < T)[None, :] & (j[None, :] <= (T - w + i)[:, None])
         return tl.where(visible, s, float("-inf")), visible
@@ -200,6 +215,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
         """Pass 1, program (h, kb): log2-sum-exp2 of each window row over key block kb -> part[h, kb, :]."""
         h = tl.program_id(0).to(tl.int64)
@@ -225,6 +241,7 @@ if HAS_TRITON:
             BLOCK_D,
             UPCAST,
             DOT_PREC,
+            SOFTCAP,
         )
         m = tl.max(s, axis=1)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
@@ -259,6 +276,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         UPCAST: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
         """Pass 2, program (h, kb): column sums of A and A^2 over key block kb, and its entropy share."""
         h = tl.program_id(0).to(tl.int64)
@@ -284,6 +302,7 @@ if HAS_TRITON:
             BLOCK_D,
             UPCAST,
             DOT_PREC,
+            SOFTCAP,
         )
         i = tl.arange(0, BLOCK_W)
         lse = tl.load(lse_ptr + h * w + i, mask=i < w, other=0.0)
@@ -297,7 +316,7 @@ if HAS_TRITON:
 
 
 def _window_stats_triton(
-    q_win: torch.Tensor, k: torch.Tensor, scaling: float, prefix_len: int
+    q_win: torch.Tensor, k: torch.Tensor, scaling: float, prefix_len: int, softcap: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     Hq, w, D = q_win.shape
     S, T, _ = k.shape
@@ -310,6 +329,7 @@ def _window_stats_triton(
         BLOCK_D=next_pow2(D, 16),
         UPCAST=interpreting() or q_win.dtype != k.dtype,
         DOT_PREC="ieee" if q_win.dtype == f32 else "tf32",
+        SOFTCAP=(softcap or 0.0) * _LOG2E,  # in the log2 units of the scores
         num_warps=4,
     )
     strides = (*q_win.stride(), *k.stride(), scaling * _LOG2E)
