@@ -5,11 +5,13 @@
   keys by the attention of the last prompt queries (SnapKV family, CAKE, DefensiveKV);
 * :func:`accumulated_attention` gives H2O's causal column sums in O(n) memory;
 * :func:`ragged_attention` attends over the ragged per-head cache;
+* :func:`cap_scores` soft-caps attention logits (Gemma 2), as the kernels do with ``softcap=``;
 * :class:`RaggedStore`, :func:`append` and :func:`truncate` hold and grow that cache.
 
 :func:`backend` picks Triton for CUDA tensors and torch otherwise (override: ``LUKV_BENCH_BACKEND``).
 """
 
+from ._softcap import cap_scores
 from .accumulated import accumulated_attention
 from .append import RaggedStore, append, reserve, truncate
 from .compact import compact
@@ -23,6 +25,7 @@ __all__ = [
     "append",
     "attention_mass_budget",
     "backend",
+    "cap_scores",
     "compact",
     "group_reduce",
     "interpreting",

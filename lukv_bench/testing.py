@@ -86,8 +86,10 @@ def _family_config(family: str, tok, n_layers: int, n_heads: int, n_kv_heads: in
         "qwen3": gqa,
         "phi3": {"num_key_value_heads": n_kv_heads, "sliding_window": sliding_window,
                  "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        # a cap of 5 (released Gemma 2: 50) so that the tiny model's logits are really capped
         "gemma2": {**gqa, "sliding_window": sliding_window, "layer_types": sliding_every_other,
-                   "query_pre_attn_scalar": 2 * head_dim, "hidden_activation": "gelu_pytorch_tanh"},
+                   "query_pre_attn_scalar": 2 * head_dim, "hidden_activation": "gelu_pytorch_tanh",
+                   "attn_logit_softcapping": 5.0},
         "gemma3": {**gqa, "sliding_window": sliding_window, "layer_types": sliding_every_other,
                    "query_pre_attn_scalar": 2 * head_dim, "hidden_activation": "gelu_pytorch_tanh"},
         "olmo2": {"num_key_value_heads": n_kv_heads},

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lukv_bench.errors import UserError
-from lukv_bench.kernels.ops import accumulated_attention, window_max, window_stats
+from lukv_bench.kernels.ops import accumulated_attention, cap_scores, window_max, window_stats
 from lukv_bench.runtime.contract import ACCUMULATED, LAST_QUERY, QUERIES, VALUE_NORMS, WINDOW_MAX
 
 ATTN_IMPLEMENTATION = "lukv"
@@ -56,27 +56,30 @@ class Capture:
         value: torch.Tensor,
         scaling: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Causal attention over the whole prompt; records statistics for ``module.layer_idx``.
 
         ``sliding_window`` (what the model passes for a sliding-window layer) limits each query to
         the last ``sliding_window`` positions, itself included; it is recorded with the layer's
-        statistics so the engine knows which layers can never attend further back.
+        statistics so the engine knows which layers can never attend further back. ``softcap``
+        (Gemma 2) soft-caps the logits before the softmax, in the attention and in every statistic.
         """
         if query.shape[0] != 1:
             raise ValueError("lukv-bench prefill capture supports batch size 1 only")
         n = query.shape[2]
         if key.shape[2] != n:
             raise ValueError("capture expects one prefill of the whole prompt (no earlier cache)")
-        if sliding_window is not None and sliding_window < n:
-            out = sliding_window_attention(query, key, value, scaling, sliding_window)
-        else:
+        window = sliding_window if sliding_window is not None and sliding_window < n else None
+        if window is None and softcap is None:
             out = F.scaled_dot_product_attention(
                 query, key, value, is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
             )
+        else:
+            out = blocked_attention(query, key, value, scaling, window, softcap)
         w = min(self.window, n)
         q, k = query[0], key[0]
-        win_sum, win_sumsq, win_entropy = window_stats(q[:, n - w :], k, scaling, prefix_len=n - w)
+        win_sum, win_sumsq, win_entropy = window_stats(q[:, n - w :], k, scaling, prefix_len=n - w, softcap=softcap)
         rec: dict[str, torch.Tensor | int] = {
             "win_sum": win_sum,
             "win_sumsq": win_sumsq,
@@ -85,12 +88,12 @@ class Capture:
             "sliding_window": sliding_window,
         }
         if ACCUMULATED in self.needs:
-            rec[_FIELDS[ACCUMULATED]] = accumulated_attention(q, k, scaling, block=self.block)
+            rec[_FIELDS[ACCUMULATED]] = accumulated_attention(q, k, scaling, block=self.block, softcap=softcap)
         if LAST_QUERY in self.needs:
             # a window of one query: its "sum" is the newest query's attention row
-            rec[_FIELDS[LAST_QUERY]] = window_stats(q[:, n - 1 :], k, scaling, prefix_len=n - 1)[0]
+            rec[_FIELDS[LAST_QUERY]] = window_stats(q[:, n - 1 :], k, scaling, prefix_len=n - 1, softcap=softcap)[0]
         if WINDOW_MAX in self.needs:
-            rec[_FIELDS[WINDOW_MAX]] = window_max(q[:, n - w :], k, scaling)
+            rec[_FIELDS[WINDOW_MAX]] = window_max(q[:, n - w :], k, scaling, softcap)
         if VALUE_NORMS in self.needs:
             rec[_FIELDS[VALUE_NORMS]] = output_value_norms(module, value[0], query.shape[1])
         if QUERIES in self.needs:
@@ -101,26 +104,58 @@ class Capture:
         return out.transpose(1, 2)
 
 
-def sliding_window_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, window: int, block: int = 256
+def masked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    scaling: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Causal attention where query ``i`` sees keys ``i - window + 1 .. i`` -> [1, Hq, n, D].
+    """Attention [1, Hq, q, D] of ``query`` over ``key``/``value`` where the boolean ``allowed`` [q, k] is true.
 
-    Query blocks of ``block`` rows each read only the keys their windows reach, so memory stays
-    O(block x (window + block)) per head however long the prompt.
+    Without ``softcap`` this is SDPA; with it (Gemma 2) the logits are soft-capped to
+    ``softcap * tanh(logits / softcap)`` before the softmax, which runs in fp32 as in the model's own
+    eager attention. Every query must be allowed at least one key.
+    """
+    gqa = query.shape[1] != key.shape[1]
+    if softcap is None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scaling, enable_gqa=gqa)
+    group = query.shape[1] // key.shape[1]
+    k = key.float().repeat_interleave(group, dim=1)
+    v = value.float().repeat_interleave(group, dim=1)
+    scores = cap_scores(torch.matmul(query.float(), k.transpose(-1, -2)).mul_(scaling), softcap)
+    probs = scores.masked_fill_(~allowed, float("-inf")).softmax(dim=-1)
+    return torch.matmul(probs, v).to(query.dtype)
+
+
+def blocked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    window: int | None = None,
+    softcap: float | None = None,
+    block: int = 256,
+) -> torch.Tensor:
+    """Causal attention over a whole prompt -> [1, Hq, n, D], ``block`` query rows at a time.
+
+    With ``window``, query ``i`` sees keys ``i - window + 1 .. i`` only; ``softcap`` as in
+    :func:`masked_attention`. Each query block reads only the keys it can see, so memory stays
+    O(block x (window + block)) per head with a window and O(block x n) without.
     """
     n = query.shape[2]
-    gqa = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)
     for lo in range(0, n, block):
         hi = min(n, lo + block)
-        first = max(0, lo - window + 1)
+        first = 0 if window is None else max(0, lo - window + 1)
         qpos = torch.arange(lo, hi, device=query.device)[:, None]
         kpos = torch.arange(first, hi, device=query.device)[None, :]
-        allowed = (kpos <= qpos) & (kpos > qpos - window)
-        out[:, :, lo:hi] = F.scaled_dot_product_attention(
-            query[:, :, lo:hi], key[:, :, first:hi], value[:, :, first:hi], attn_mask=allowed, scale=scaling,
-            enable_gqa=gqa,
+        allowed = kpos <= qpos
+        if window is not None:
+            allowed &= kpos > qpos - window
+        out[:, :, lo:hi] = masked_attention(
+            query[:, :, lo:hi], key[:, :, first:hi], value[:, :, first:hi], allowed, scaling, softcap
         )
     return out
 
@@ -220,8 +255,10 @@ class RepeatCapture:
         value: torch.Tensor,
         scaling: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
-        """Causal attention of the repeat tokens over the prompt and themselves -> [1, m, Hq, D]."""
+        """Causal attention of the repeat tokens over the prompt and themselves -> [1, m, Hq, D] (``softcap``
+        as in :func:`masked_attention`)."""
         m, total = query.shape[2], key.shape[2]
         if query.shape[0] != 1 or total != self.n + m:
             raise ValueError("the repeat pass reads one prompt's cache plus its own tokens (batch size 1)")
@@ -232,11 +269,9 @@ class RepeatCapture:
             )
         positions = torch.arange(total, device=key.device)
         allowed = positions[None, :] <= positions[self.n :, None]
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
-        )
+        out = masked_attention(query, key, value, allowed, scaling, softcap)
         # the repeat tokens are the last m of the keys: exactly a window of m queries
-        seen = window_max(query[0], key[0], scaling)[:, : self.n]
+        seen = window_max(query[0], key[0], scaling, softcap)[:, : self.n]
         before = self.layers.get(module.layer_idx)
         self.layers[module.layer_idx] = seen if before is None else torch.maximum(before, seen)
         return out.transpose(1, 2)
@@ -292,7 +327,8 @@ def output_value_norms(module: torch.nn.Module, values: torch.Tensor, n_q_heads:
 
 
 #: keyword arguments some models pass to their attention function that change its math beyond causal
-#: (optionally sliding-window) softmax attention, which is all the capture and the ragged kernels compute
+#: (optionally sliding-window) softmax attention; ``softcap`` is computed by the handlers whose ``attention``
+#: takes it (:func:`_takes_softcap`) and refused elsewhere
 _UNSUPPORTED = {
     "softcap": "soft-caps its attention logits",
     "s_aux": "adds learned attention sinks to the softmax",
@@ -303,9 +339,17 @@ _UNSUPPORTED = {
 }
 
 
+def _takes_softcap(handler: object) -> bool:
+    """Whether the ``lukv=`` handler's ``attention`` soft-caps logits (has a ``softcap`` parameter)."""
+    attention = getattr(handler, "attention", None)
+    return attention is not None and "softcap" in inspect.signature(attention).parameters
+
+
 def _refuse_unsupported(module: torch.nn.Module, kwargs: dict) -> None:
     """A UserError naming the model type when its attention call asks for what lukv-bench cannot compute."""
     found = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
+    if "softcap" in found and _takes_softcap(kwargs.get("lukv")):
+        found.remove("softcap")
     if kwargs.get("is_causal") is False:
         found.append("is_causal")
     if not found:
@@ -336,8 +380,11 @@ def lukv_attention(
     if handler is not None:
         # the window goes only to handlers of sliding-window layers, so a handler without the keyword
         # keeps working on every other model
-        window = kwargs.get("sliding_window")
+        # and the cap only to handlers that take it (others were refused above)
+        window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
         extra = {} if window is None else {"sliding_window": window}
+        if softcap is not None:
+            extra["softcap"] = softcap
         return handler.attention(module, query, key, value, scaling, **extra), None
     mask = attention_mask
     out = F.scaled_dot_product_attention(

@@ -309,7 +309,6 @@ def test_cli_refuses_gemma2_with_exit_code_2(tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "why"), [
     ({"s_aux": torch.zeros(4)}, "attention sinks"),
-    ({"softcap": 50.0}, "soft-caps"),
     ({"position_bias": torch.zeros(1)}, "position bias"),
     ({"is_causal": False}, "bidirectionally"),
 ])
@@ -325,6 +324,24 @@ def test_attention_calls_lukv_cannot_compute_are_refused(kwargs, why):
     for handler in ({"lukv": Capture()}, {}):
         with pytest.raises(UserError, match=f"'llama'.*{why}"):
             lukv_attention(module, q, kv, kv, None, scaling=0.25, **kwargs, **handler)
+
+
+def test_softcap_reaches_only_handlers_that_compute_it():
+    """A soft-capping attention call is refused without a handler (plain SDPA cannot cap) and by a handler
+    whose ``attention`` takes no ``softcap``; the capture takes it."""
+    from lukv_bench.runtime.capture import Capture, lukv_attention
+
+    class PlainHandler:
+        def attention(self, module, query, key, value, scaling):
+            raise AssertionError("must not be called with a soft-capping model")
+
+    module = _model("llama").model.model.layers[0].self_attn
+    q, kv = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 3, 16)
+    for handler in ({}, {"lukv": PlainHandler()}):
+        with pytest.raises(UserError, match="'llama'.*soft-caps"):
+            lukv_attention(module, q, kv, kv, None, scaling=0.25, softcap=50.0, **handler)
+    out, _ = lukv_attention(module, q, kv, kv, None, scaling=0.25, softcap=50.0, lukv=Capture(window=2))
+    assert out.shape == (1, 3, 4, 16)
 
 
 def test_latent_attention_is_refused():
@@ -419,3 +436,47 @@ def test_every_builtin_policy_runs_through_compress(family, window):
                            pad_token_id=0)
     finally:
         model.generation_config.eos_token_id = eos
+
+
+def test_gemma2_prefill_capture_soft_caps_like_the_models_eager_attention():
+    """Gemma 2's prefill through the capture: logits equal the model's own eager attention (soft-capped,
+    with its sliding layers and ``query_pre_attn_scalar`` scaling), and the statistics of its global layers
+    equal the column sums, rows and maxima of the eager (capped) attention weights."""
+    from lukv_bench.runtime.capture import ATTN_IMPLEMENTATION, Capture, register
+    from lukv_bench.runtime.contract import ACCUMULATED, LAST_QUERY, WINDOW_MAX
+
+    lm = _model("gemma2")
+    model, cfg = lm.model, lm.model.config
+    assert cfg.attn_logit_softcapping is not None
+    assert model.model.layers[0].self_attn.scaling == cfg.query_pre_attn_scalar**-0.5 != cfg.head_dim**-0.5
+    ids = torch.tensor([_ids(19, 40)])  # longer than the 24-token window of the sliding layers
+    n, w = ids.shape[1], 4
+    model.set_attn_implementation("eager")  # Gemma 2 has no SDPA path in transformers
+    cap = Capture(window=w, needs={ACCUMULATED, LAST_QUERY, WINDOW_MAX})
+    attns = [layer.self_attn for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            eager = model(ids, output_attentions=True, use_cache=False)
+            for attn in attns:
+                attn.attn_logit_softcapping = None
+            plain = model(ids, use_cache=False).logits
+            for attn in attns:
+                attn.attn_logit_softcapping = cfg.attn_logit_softcapping
+            register()
+            model.set_attn_implementation(ATTN_IMPLEMENTATION)
+            ours = model(ids, lukv=cap, use_cache=False)
+    finally:
+        for attn in attns:
+            attn.attn_logit_softcapping = cfg.attn_logit_softcapping
+        model.set_attn_implementation("eager")
+    assert (plain - eager.logits).abs().max().item() > 1e-2  # the cap matters for this model
+    assert (ours.logits - eager.logits).abs().max().item() <= 1e-4
+    for layer, kind in enumerate(cfg.layer_types):
+        if kind != "full_attention":
+            continue  # statistics score global layers; a sliding layer whose window cuts is held, not scored
+        a = eager.attentions[layer][0].float()  # [Hq, n, n], soft-capped, causal
+        rec = cap.layers[layer]
+        torch.testing.assert_close(rec["win_sum"], a[:, n - w :].sum(1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec["acc_attn"], a.sum(1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec["last_attn"], a[:, -1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec["win_max"], a[:, n - w :].amax(1), atol=1e-5, rtol=1e-4)
