@@ -2,7 +2,8 @@
 
 import torch
 
-from ._triton import HAS_TRITON, next_pow2, tl, triton
+from ._softcap import cap_scores, check_softcap
+from ._triton import HAS_TRITON, next_pow2, tanh, tl, triton
 from .dispatch import resolve
 
 __all__ = ["ragged_attention", "ragged_attention_naive", "ragged_attention_torch"]
@@ -27,6 +28,7 @@ def ragged_attention_naive(
     starts: torch.Tensor,
     lens: torch.Tensor,
     scaling: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Plain reference of :func:`ragged_attention`: one dense masked attention per segment (a Python loop).
 
@@ -43,7 +45,7 @@ def ragged_attention_naive(
         ks = k_flat[st : st + n].float()
         vs = v_flat[st : st + n].float()
         qs = q[s * G : (s + 1) * G].float()
-        sc = torch.matmul(qs, ks.t()) * scaling  # [G, Q, n]
+        sc = cap_scores(torch.matmul(qs, ks.t()) * scaling, softcap)  # [G, Q, n]
         visible = n - Q + torch.arange(Q, device=q.device) + 1  # entries query i may see
         mask = torch.arange(n, device=q.device)[None, :] >= visible[:, None]
         sc = sc.masked_fill(mask, float("-inf"))
@@ -82,6 +84,7 @@ def ragged_attention_torch(
     starts: torch.Tensor,
     lens: torch.Tensor,
     scaling: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Torch path of :func:`ragged_attention`: masked batched matmuls over dense blocks, no copies of K/V.
 
@@ -104,7 +107,7 @@ def ragged_attention_torch(
         vs = v_flat[first : first + n * stride].view(n, stride, D).float()
         idx = torch.tensor(members, dtype=torch.long, device=dev)
         qs = qs_all.index_select(0, idx).float()
-        sc = torch.bmm(qs, ks.transpose(1, 2)).mul_(scaling).view(n, G, Q, stride)
+        sc = cap_scores(torch.bmm(qs, ks.transpose(1, 2)).mul_(scaling), softcap).view(n, G, Q, stride)
         seg_lens = torch.tensor([lens_host[m] for m in members], device=dev)
         visible = seg_lens[:, None] - Q + torch.arange(Q, device=dev)[None, :] + 1  # [n, Q]
         hidden = torch.arange(stride, device=dev)[None, None, :] >= visible[:, :, None]  # [n, Q, stride]
@@ -122,6 +125,7 @@ def ragged_attention(
     lens: torch.Tensor,
     scaling: float,
     backend: str | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of ``Q`` new tokens over a ragged cache -> [Hq, Q, D] in ``q``'s dtype.
 
@@ -129,12 +133,14 @@ def ragged_attention(
     ``s*G .. s*G + G - 1``) in rows ``starts[s] .. starts[s] + lens[s] - 1`` (``starts``/``lens`` int64
     [S]). The last ``Q`` entries of each segment are the new tokens themselves, so query ``i`` sees the
     first ``lens[s] - Q + i + 1`` entries; if that is <= 0 its output is zero. Softmax and
-    accumulation run in fp32.
+    accumulation run in fp32. ``softcap`` (Gemma 2) soft-caps the scaled logits to
+    ``softcap * tanh(logits / softcap)`` before the softmax.
     """
     _check(q, k_flat, v_flat, starts, lens)
+    check_softcap(softcap)
     if resolve(backend, q, k_flat, v_flat, starts, lens) == "torch":
-        return ragged_attention_torch(q, k_flat, v_flat, starts, lens, scaling)
-    return _ragged_triton(q, k_flat, v_flat, starts, lens, scaling)
+        return ragged_attention_torch(q, k_flat, v_flat, starts, lens, scaling, softcap)
+    return _ragged_triton(q, k_flat, v_flat, starts, lens, scaling, softcap=softcap)
 
 
 _LOG2E = 1.4426950408889634
@@ -169,11 +175,13 @@ if HAS_TRITON:
         qk_scale,
         BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        SOFTCAP: tl.constexpr = 0.0,
     ):
         """Program (h, i, sp): online softmax of query i of head h over keys sp*CHUNK.. of its segment.
 
         Writes the running max (log2 units), the sum of exp2 and the unnormalised output for the
-        split; a split with no visible key writes (-1e30, 0, 0).
+        split; a split with no visible key writes (-1e30, 0, 0). ``SOFTCAP > 0`` soft-caps the scores
+        (the cap in log2 units).
         """
         h = tl.program_id(0).to(tl.int64)
         i = tl.program_id(1).to(tl.int64)
@@ -196,7 +204,10 @@ if HAS_TRITON:
             ok = j_ok[:, None] & d_ok[None, :]
             rows = start + j
             k = tl.load(k_ptr + rows[:, None] * k_m + d[None, :] * k_d, mask=ok, other=0.0).to(tl.float32)
-            s = tl.where(j_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            s = tl.sum(k * q[None, :], axis=1)
+            if SOFTCAP > 0:
+                s = SOFTCAP * tanh(s / SOFTCAP)
+            s = tl.where(j_ok, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=0))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new)
@@ -249,12 +260,13 @@ def _ragged_triton(
     lens: torch.Tensor,
     scaling: float,
     chunk: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Flash-decoding: split each segment into chunks (programs), then merge the splits.
 
     The longest segment is not read back to the host; the split count is bounded by the buffer
     size M instead, so programs past a segment's end return at once. ``chunk`` overrides the keys
-    per split (tests use it to force several splits).
+    per split (tests use it to force several splits); ``softcap`` as in :func:`ragged_attention`.
     """
     Hq, Q, D = q.shape
     S = starts.shape[0]
@@ -288,6 +300,7 @@ def _ragged_triton(
         scaling * _LOG2E,
         BLOCK_N=_BLOCK_N,
         BLOCK_D=block_d,
+        SOFTCAP=(softcap or 0.0) * _LOG2E,  # in the log2 units of the scores
         num_warps=4,
     )
     out = torch.empty(Hq, Q, D, dtype=q.dtype, device=dev)

@@ -34,3 +34,22 @@ def test_softcapped_window_stats_and_accumulated(dtype: torch.dtype, G: int) -> 
     want_acc = accumulated_attention(q, k, scale, backend="torch", softcap=CAP)
     got_acc = accumulated_attention(q, k, scale, backend="triton", softcap=CAP)
     torch.testing.assert_close(got_acc, want_acc, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "chunk"), [(torch.float32, None), (torch.bfloat16, 64)])
+def test_softcapped_ragged_attention(dtype: torch.dtype, chunk: int | None) -> None:
+    from lukv_bench.kernels.ops import RaggedStore
+    from lukv_bench.kernels.ragged_attention import _ragged_triton, ragged_attention_torch
+
+    g = torch.Generator().manual_seed(7)
+    counts, D, G, Q = [0, 1, 200, 65], 64, 2, 3
+    st = RaggedStore.empty(counts, D, dtype, "cpu", headroom=1)
+    st.k.copy_(3 * torch.randn(st.k.shape, generator=g))
+    st.v.copy_(torch.randn(st.v.shape, generator=g))
+    q = torch.randn(len(counts) * G, Q, D, generator=g).to(dtype)
+    want = ragged_attention_torch(q, st.k, st.v, st.starts, st.lens, D**-0.5, softcap=CAP)
+    plain = ragged_attention_torch(q, st.k, st.v, st.starts, st.lens, D**-0.5)
+    assert (want.float() - plain.float()).abs().max() > 0.05
+    got = _ragged_triton(q, st.k, st.v, st.starts, st.lens, D**-0.5, chunk=chunk, softcap=CAP)
+    tol = 2e-5 if dtype == torch.float32 else 1.6e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=1e-4)

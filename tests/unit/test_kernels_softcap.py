@@ -53,3 +53,29 @@ def test_a_cap_that_is_not_positive_is_rejected(cap: float) -> None:
         accumulated_attention(q, k, 0.25, softcap=cap)
     with pytest.raises(ValueError, match="softcap must be > 0"):
         window_stats(q[:, -4:], k, 0.25, prefix_len=36, softcap=cap)
+
+
+@pytest.mark.parametrize("Q", [1, 3])
+def test_softcapped_ragged_attention_matches_dense(Q: int) -> None:
+    from lukv_bench.kernels.ops import RaggedStore, ragged_attention
+
+    g = torch.Generator().manual_seed(Q)
+    counts, D, G = [0, 5, 30], 16, 2
+    st = RaggedStore.empty(counts, D, torch.float32, "cpu", headroom=2)
+    st.k.copy_(3 * torch.randn(st.k.shape, generator=g))
+    st.v.copy_(torch.randn(st.v.shape, generator=g))
+    q = torch.randn(len(counts) * G, Q, D, generator=g)
+    got = ragged_attention(q, st.k, st.v, st.starts, st.lens, D**-0.5, backend="torch", softcap=CAP)
+    plain = ragged_attention(q, st.k, st.v, st.starts, st.lens, D**-0.5, backend="torch")
+    assert (got - plain).abs().max() > 0.05
+    for s, n in enumerate(counts):
+        heads = slice(s * G, (s + 1) * G)
+        if n == 0:
+            assert not got[heads].any()
+            continue
+        k = st.k[st.starts[s] : st.starts[s] + n].double()
+        v = st.v[st.starts[s] : st.starts[s] + n].double()
+        logits = CAP * torch.tanh(q[heads].double() @ k.T * D**-0.5 / CAP)  # [G, Q, n]
+        hidden = torch.arange(n)[None, :] >= (n - Q + torch.arange(Q) + 1)[:, None]
+        p = logits.masked_fill(hidden, float("-inf")).softmax(-1).nan_to_num(0.0)
+        torch.testing.assert_close(got[heads].double(), p @ v, rtol=1e-5, atol=1e-5)
