@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from lukv_bench.kernels.ops import RaggedStore, append, compact, ragged_attention, reserve, truncate
+from lukv_bench.runtime.capture import masked_attention
 from lukv_bench.runtime.selection import KeepSet
 
 #: a batch of cells pads segments of similar length to one capacity (a segment's count is at least
@@ -109,14 +109,21 @@ class RaggedLayer(CacheLayerMixin):
 
 
 def _window_attention(
-    query: torch.Tensor, store: RaggedStore, starts: torch.Tensor, lens: torch.Tensor, window: int, scaling: float
+    query: torch.Tensor,
+    store: RaggedStore,
+    starts: torch.Tensor,
+    lens: torch.Tensor,
+    window: int,
+    scaling: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Sliding-window attention of the new queries ([B, Hq, Q, D]) over a layer held at its window -> [B, Q, Hq, D].
 
     Every segment of such a layer holds the same number of entries (the same newest prompt tokens,
     then the tokens all cells were fed in lockstep) at consecutive positions, the last ``Q`` being
     the queries' own; so the entries any query can reach form one dense block per segment, read
-    with a sliding causal mask: query ``i`` sees the ``window`` entries ending at its own.
+    with a sliding causal mask: query ``i`` sees the ``window`` entries ending at its own. ``softcap``
+    soft-caps the logits (Gemma 2).
     """
     B, Hq, Q, D = query.shape
     length = int(lens[0])
@@ -129,7 +136,7 @@ def _window_attention(
     kpos = torch.arange(span, device=query.device)[None, :]
     visible = (kpos <= qpos) & (kpos > qpos - window)
     q = query.reshape(starts.shape[0], -1, Q, D)  # segment s is read by its query heads, in order
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scaling, enable_gqa=q.shape[1] > 1)
+    out = masked_attention(q, k, v, visible, scaling, softcap)
     return out.reshape(B, Hq, Q, D).transpose(1, 2)
 
 
@@ -304,13 +311,15 @@ class RaggedCache(Cache):
         value: torch.Tensor,
         scaling: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Attention of the new queries ([B_active, Hq, Q, D]) over this layer's store -> [B, Q, Hq, D].
 
         On a layer held at its window each query reads only the last ``window`` entries up to itself
         (they are the newest positions). A ``sliding_window`` the model passes for a layer that is
         not held at its window must not cut yet: once it would, the compressed entries' positions
-        are unknown here, so that is an error rather than a silently wrong attention.
+        are unknown here, so that is an error rather than a silently wrong attention. ``softcap`` (Gemma 2)
+        soft-caps the logits before the softmax.
         """
         layer = self.layers[module.layer_idx]
         B, Hq, Q, D = query.shape
@@ -323,8 +332,10 @@ class RaggedCache(Cache):
                 "compress(headroom=...))"
             )
         if layer.window is not None:
-            return _window_attention(query, layer.store, starts, lens, layer.window, scaling)
-        out = ragged_attention(query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling)
+            return _window_attention(query, layer.store, starts, lens, layer.window, scaling, softcap)
+        out = ragged_attention(
+            query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling, softcap=softcap
+        )
         return out.view(B, Hq, Q, D).transpose(1, 2)
 
     def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:
