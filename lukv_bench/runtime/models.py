@@ -181,7 +181,7 @@ def check_architecture(model: torch.nn.Module) -> None:
     lukv-bench cannot reproduce; see docs/models.md for what each family needs.
 
     Attention that only differs before the attention function (q/k norms, partial or per-layer RoPE,
-    fused projections, parallel residuals) and sliding windows are handled; logit soft-capping,
+    fused projections, parallel residuals), sliding windows and logit soft-capping (Gemma 2) are handled;
     encoder-decoders, multi-head latent attention, layers of different shapes and layer kinds other
     than full or sliding attention are not. (What a model passes to its attention function at run
     time, e.g. attention sinks, is checked there: ``capture.lukv_attention``.)
@@ -190,13 +190,6 @@ def check_architecture(model: torch.nn.Module) -> None:
     kind = architecture(model)
     if getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"model type {kind!r} is an encoder-decoder; lukv-bench compresses decoder-only models")
-    softcap = getattr(cfg, "attn_logit_softcapping", None)
-    if softcap is not None:
-        raise UserError(
-            f"model type {kind!r} soft-caps its attention logits (attn_logit_softcapping={softcap}); "
-            "lukv-bench's capture and ragged attention compute plain softmax attention, which would silently "
-            "differ from this model, so it is not supported (docs/models.md)"
-        )
     if getattr(cfg, "_heterogeneity_spec", None) is not None:
         raise UserError(
             f"model type {kind!r} has layers of different shapes (a heterogeneous config); lukv-bench needs "

@@ -28,10 +28,10 @@ from lukv_bench.runtime.engine import Engine, EngineSettings, held_at_window, sw
 from lukv_bench.runtime.selection import KeepSet
 from lukv_bench.testing import save_tiny_model, tiny_model
 
-#: families that run; gemma2 is refused (attention logit soft-capping), see test_softcapping_is_refused
-FAMILIES = ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "olmo2", "gpt_neox"]
+#: every family of lukv_bench.testing (gemma2 soft-caps its attention logits, at 5 in the tiny model)
+FAMILIES = ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "olmo2", "gpt_neox"]
 #: families with sliding-window layers (the tiny models' window is 24 tokens, prompts are longer)
-SLIDING = {"mistral": "all", "qwen2": "upper half", "phi3": "all", "gemma3": "every other"}
+SLIDING = {"mistral": "all", "qwen2": "upper half", "phi3": "all", "gemma2": "every other", "gemma3": "every other"}
 WINDOW = 24
 #: a spread of scorers and allocators, including ragged per-head ones and a decode-time rule
 POLICIES = ["snapkv", "streaming", "adakv", "h2o", "pyramidkv", "tova", "criticalkv", "layer-uncertainty"]
@@ -47,9 +47,15 @@ def _ids(seed: int, n: int) -> list[int]:
     return torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def _own_attention(model) -> str:
+    """The model's own attention implementation: SDPA, or eager where transformers has no SDPA path
+    (Gemma 2, whose soft-capping SDPA cannot compute)."""
+    return "sdpa" if model._supports_sdpa else "eager"
+
+
 def _own_generate(model, ids: list[int], new: int) -> tuple[list[int], torch.Tensor]:
-    """The model's own greedy tokens and the logits each was chosen from, without lukv (SDPA)."""
-    model.set_attn_implementation("sdpa")
+    """The model's own greedy tokens and the logits each was chosen from, without lukv."""
+    model.set_attn_implementation(_own_attention(model))
     x = torch.tensor([ids])
     eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
     try:  # decode all `new` tokens, as the engine does without eos_ids
@@ -94,7 +100,8 @@ def _reference_steps(model, prompt: list[int], keep: list[KeepSet], next_ids: li
     over a full cache."""
     n = len(prompt)
 
-    def kept_only(module, q, k, v, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kw):
+    def kept_only(module, q, k, v, attention_mask, scaling=None, dropout=0.0, sliding_window=None, softcap=None,
+                  **kw):
         hq, qn, tot = q.shape[1], q.shape[2], k.shape[2]
         g = hq // k.shape[1]
         ks = keep[module.layer_idx]
@@ -110,19 +117,21 @@ def _reference_steps(model, prompt: list[int], keep: list[KeepSet], next_ids: li
             visible &= kpos > qpos - sliding_window
         allow = allow.repeat_interleave(hq // heads, 0)[:, None, :] & visible[None]  # [Hq, Q, tot]
         s = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scaling
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)
         s = s.masked_fill(~allow[None], float("-inf"))
         out = s.softmax(-1) @ v.float().repeat_interleave(g, 1)
         return out.to(q.dtype).transpose(1, 2), None
 
     AttentionInterface.register("lukv_test_kept", kept_only)
     AttentionMaskInterface.register("lukv_test_kept", sdpa_mask)
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(_own_attention(model))
     cache = DynamicCache()  # full layers: the reference attention applies the windows itself
     with torch.no_grad():
         model(torch.tensor([prompt]), cache=cache)
         model.set_attn_implementation("lukv_test_kept")
         out = model(torch.tensor([next_ids]), cache=cache).logits[0].float()
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(_own_attention(model))
     return out
 
 
@@ -154,7 +163,7 @@ def test_compressed_steps_equal_eager_attention_over_kept_tokens(family, window,
 
 
 @pytest.mark.parametrize("mode", ["prompt", "context"])
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma3", "gpt_neox"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt_neox"])
 def test_batched_sweep_equals_one_setting_at_a_time(family, mode):
     """(c, d) Decoding all cells together gives each the tokens, bytes and fidelity it has alone."""
     from lukv_bench.registry import resolve_policy
@@ -221,7 +230,7 @@ def test_a_window_cutting_into_a_compressed_layer_fails_loudly():
         eng.feed(cache, _ids(13, 1))
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gemma2", "gemma3"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_fullkv_equals_own_generate(family, dtype):
     """bf16/fp16 end to end: the cache stores the model dtype, statistics stay fp32, FullKV equals the
@@ -251,13 +260,6 @@ def test_half_precision_fullkv_equals_own_generate(family, dtype):
         assert err <= tol, key
 
 
-def test_softcapping_is_refused_with_the_model_type():
-    """Gemma 2 soft-caps attention logits, which the kernels do not: refused, not silently wrong."""
-    lm = tiny_model(family="gemma2", sliding_window=WINDOW)
-    with pytest.raises(UserError, match="'gemma2'.*soft-caps"):
-        Engine(lm.model, lm.tokenizer)
-
-
 def test_other_layer_kinds_are_refused():
     """A layer type lukv-bench does not reproduce (e.g. chunked attention) is named in the refusal."""
     lm = tiny_model(family="qwen3")
@@ -279,7 +281,7 @@ def _cli_run(tmp_path: Path, family: str, dtype: str) -> tuple[int, str, list[di
     return res.exit_code, res.output + repr(res.exception), records
 
 
-@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3"])
 def test_cli_run_in_bfloat16_holds_model_dtype_bytes(tmp_path, family):
     """``--dtype bfloat16`` end to end: records come back, and kv_bytes count 2-byte entries with the sliding
     layers held at their window (FullKV too)."""
@@ -298,13 +300,6 @@ def test_cli_run_in_bfloat16_holds_model_dtype_bytes(tmp_path, family):
         assert rec["kv_bytes"] == sum(rec["layer_budgets"]) * row, rec["policy"]
         assert all(b == held for b, s in zip(rec["layer_budgets"], sliding) if s), rec["policy"]
     assert {r["policy"] for r in records} >= {"full", "snapkv"}
-
-
-def test_cli_refuses_gemma2_with_exit_code_2(tmp_path):
-    """A refused family stops the run with exit code 2 and names the model type and the reason."""
-    code, output, _ = _cli_run(tmp_path, "gemma2", "float32")
-    assert code == 2, output
-    assert "gemma2" in output and "soft-caps" in output
 
 
 @pytest.mark.parametrize(("kwargs", "why"), [
@@ -413,7 +408,7 @@ def test_every_builtin_policy_runs_through_compress(family, window):
     cells = {o.policy.name: o for _, o in sweep(
         eng, prompt, [], runs, resolve_policy("full"), compress="prompt", max_new_tokens=NEW_TOKENS,
         batch_settings=1)}
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(_own_attention(model))
     ids = torch.tensor([prompt])
     eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
     try:
