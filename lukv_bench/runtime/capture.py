@@ -355,6 +355,14 @@ def _refuse_unsupported(module: torch.nn.Module, kwargs: dict) -> None:
     if not found:
         return
     kind = getattr(getattr(module, "config", None), "model_type", None) or type(module).__name__
+    if found == ["softcap"]:
+        handler = kwargs.get("lukv")
+        where = "plain SDPA (no lukv= handler)" if handler is None else type(handler).__name__
+        raise UserError(
+            f"model type {kind!r}: its attention soft-caps its attention logits, which {where} does not compute "
+            "(the prefill capture and the decode cache do); it would silently differ, so this step is not "
+            "supported for this model (docs/models.md)"
+        )
     why = "; ".join(_UNSUPPORTED.get(name, "attends bidirectionally (is_causal=False)") for name in found)
     raise UserError(
         f"model type {kind!r}: its attention {why}; lukv-bench's capture and ragged attention compute plain "
