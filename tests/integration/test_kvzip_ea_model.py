@@ -113,7 +113,7 @@ def test_the_repeat_pass_is_charged_to_every_evicting_cell(model) -> None:
 # ------------------------------------------------------------------------------- model families
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"gemma2"}))  # gemma2 soft-caps: refused by the engine
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_queries_statistic_undoes_each_familys_rope(family: str) -> None:
     """Partial rotary (Phi-3, GPT-NeoX), q/k norms (Qwen3, OLMo2, Gemma 3), per-layer RoPE (Gemma 3), RoPE scaling."""
     lm = tiny_model(family=family)

@@ -475,3 +475,22 @@ def test_gemma2_prefill_capture_soft_caps_like_the_models_eager_attention():
         torch.testing.assert_close(rec["acc_attn"], a.sum(1), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(rec["last_attn"], a[:, -1], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(rec["win_max"], a[:, n - w :].amax(1), atol=1e-5, rtol=1e-4)
+
+
+def test_gemma2_repeat_pass_soft_caps_like_eager_attention():
+    """KVzip's repeat statistic on Gemma 2 (a window wider than prompt and repeat, so no layer cuts): the
+    largest capped attention weight each prompt token receives from the repeat queries, as in eager."""
+    from lukv_bench.runtime.capture import repeat_inputs
+    from lukv_bench.runtime.contract import repeat_need
+
+    lm = _model("gemma2", window=256)
+    ids = _ids(20, 24)
+    pre = Engine(lm.model, lm.tokenizer, EngineSettings(window=4)).prefill(torch.tensor([ids]), {repeat_need(16)})
+    lm.model.set_attn_implementation("eager")
+    want = []
+    with torch.no_grad():
+        for req in repeat_inputs(lm.tokenizer, ids, 16):
+            out = lm.model(torch.tensor([ids + req]), output_attentions=True, use_cache=False)
+            want.append([a[0, :, len(ids):, : len(ids)].amax(dim=1).float() for a in out.attentions])
+    for layer, ref in zip(pre.stats.layers, [torch.stack(x).amax(0) for x in zip(*want)], strict=True):
+        assert torch.allclose(layer.repeat_max[16], ref, atol=1e-5), layer.layer
