@@ -142,6 +142,8 @@ def compile_all(capability: int = 90, warp_size: int = 32, full: bool = False) -
     reports = []
     for fn, variant, types, constexprs, num_warps in _variants(full):
         names = fn.arg_names  # type: ignore[attr-defined]
+        if "SOFTCAP" in names:  # as launched for models without soft-capping
+            constexprs = {"SOFTCAP": 0.0, **constexprs}
         # everything not typed explicitly is a size or stride (int32) or a constexpr
         signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
         src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs))
