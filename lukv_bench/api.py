@@ -35,7 +35,7 @@ from lukv_bench.registry.catalog import resolve_policy
 from lukv_bench.registry.policy import Policy
 from lukv_bench.runtime.cache import RaggedCache
 from lukv_bench.runtime.contract import Budget, budget_problem, budget_warning
-from lukv_bench.runtime.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
+from lukv_bench.runtime.engine import KV_DTYPES, Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
 from lukv_bench.runtime.models import load_model
 
 __all__ = ["CompressionSession", "compress", "load_model"]
@@ -71,6 +71,7 @@ def compress(
     gqa_reduce: str = "mean",
     decode_every: int = 1,
     headroom: int = 64,
+    kv_dtype: str | None = None,
 ) -> Iterator[CompressionSession]:
     """Compress every prompt ``model`` prefills inside the block with ``policy`` at ``budget``.
 
@@ -78,13 +79,17 @@ def compress(
     scorer + allocator) or a resolved policy; ``budget`` a ratio of the prompt (mean tokens per layer,
     window included) or ``{"tokens": N}``. ``window``, ``storage``, ``gqa_reduce`` and ``decode_every``
     mean what they mean in a suite. ``headroom`` is the room each cache segment reserves for generated
-    tokens before it regrows. Batch size 1; the prompt must come as ``input_ids``.
+    tokens before it regrows. ``kv_dtype`` (``float16``/``bfloat16``) stores the compressed cache at half the
+    bytes (scores and softmax stay float32). Batch size 1; the prompt must come as ``input_ids``.
     """
     resolved = policy if isinstance(policy, Policy) else resolve_policy(policy)
     _check_budget(budget, window)
     previous_impl = model.config._attn_implementation
     own_forward = model.__dict__.get("forward")
-    settings = EngineSettings(window=window, storage=storage, gqa_reduce=gqa_reduce, decode_every=decode_every)
+    if kv_dtype not in (None, *KV_DTYPES):
+        raise UserError(f"compress(): kv_dtype must be one of {sorted(KV_DTYPES)} or None (got {kv_dtype!r})")
+    settings = EngineSettings(window=window, storage=storage, gqa_reduce=gqa_reduce, decode_every=decode_every,
+                              kv_dtype=kv_dtype)
     engine = Engine(model, tokenizer=None, settings=settings)  # switches the model to the lukv attention
     session = CompressionSession(resolved, budget, settings)
     original = model.forward

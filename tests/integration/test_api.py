@@ -99,3 +99,15 @@ def test_load_model_is_the_one_line_loader(tiny) -> None:
     with lukv_bench.compress(lm.model, policy="snapkv", budget=0.5, window=8) as session:
         lm.model.generate(input_ids=ids, max_new_tokens=2, do_sample=False)
     assert session.prefills == 1 and session.last.kv_bytes < session.last.kv_bytes_full
+
+
+def test_kv_dtype_halves_the_bytes_under_compress(tiny) -> None:
+    model, ids = tiny.model, _ids(tiny.tokenizer)
+    with lukv_bench.compress(model, policy="snapkv", budget=0.5, window=8) as full_precision:
+        _generate(model, ids)
+    with lukv_bench.compress(model, policy="snapkv", budget=0.5, window=8, kv_dtype="bfloat16") as half:
+        _generate(model, ids)
+    assert half.last.kv_bytes * 2 == full_precision.last.kv_bytes
+    with pytest.raises(UserError, match="kv_dtype must be one of"):
+        with lukv_bench.compress(model, kv_dtype="int8"):
+            pass
