@@ -67,3 +67,28 @@ def test_without_context_keeps_the_template_and_the_question_only() -> None:
     assert "4821" not in control  # the needle (and the whole haystack) is gone
     # a document text that is not in the request gives no control
     assert without_context(context, "some other text\n" + QUESTION, locate(context, RULER_DOC)) is None
+
+
+def test_generated_lm_eval_documents_are_drawn_under_the_suites_seed(monkeypatch) -> None:
+    """RULER draws needles from Python's and NumPy's global generators: every load must draw the same, per seed."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lukv_bench.tasks.lm_eval import loading
+
+    class FakeManager:
+        def load(self, names):
+            return {"tasks": {names[0]: (random.random(), float(np.random.rand()))}}
+
+    monkeypatch.setattr(loading, "_task_manager", lambda cfg, metadata: FakeManager())
+    cfg = SimpleNamespace(name="r", tasks=["niah_single_1", "ruler_vt"], seed=0)
+    first = loading.load_tasks(cfg, {})  # the first load imports what it needs (imports may draw numbers)
+    before = (random.getstate(), np.random.get_state()[1].tolist())
+    again = loading.load_tasks(cfg, {})
+    after = (random.getstate(), np.random.get_state()[1].tolist())
+    assert first == again and first["niah_single_1"] != first["ruler_vt"]
+    alone = {seed: loading.load_tasks(SimpleNamespace(name="r", tasks=["ruler_vt"], seed=seed), {}) for seed in (0, 1)}
+    assert alone[0] == {"ruler_vt": first["ruler_vt"]} != alone[1]  # other tasks loaded first change nothing
+    assert after == before  # the caller's generators are left as they were

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import random
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -111,19 +113,42 @@ _HUB_HINT = (
 )
 
 
+@contextlib.contextmanager
+def seeded(seed: int, name: str) -> Iterator[None]:
+    """Python's and NumPy's global random generators seeded from (``seed``, ``name``), restored afterwards.
+
+    Tasks that generate their documents draw from the global generators without seeding them (lm-eval's
+    RULER: needles, haystack positions, variable names), so each process would make other documents under
+    the same sample ids and a resumed run would pair records of different data. Seeding per task name keeps
+    one task's documents independent of which other tasks load before it.
+    """
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(f"{seed}:{name}")
+    np.random.seed(zlib.crc32(f"{seed}:{name}".encode()))
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def load_tasks(cfg: Any, metadata: dict[str, Any]) -> dict[str, Any]:
-    """{task name: Task} for every name in ``cfg.tasks`` (groups expanded); names the one that fails."""
+    """{task name: Task} for every name in ``cfg.tasks`` (groups expanded), each generated under :func:`seeded`
+    with the suite's seed (``cfg.seed``); names the one that fails."""
     tm = _task_manager(cfg, metadata)
     tasks: dict[str, Any] = {}
     with _quiet_nltk(cfg.tasks):
         for name in cfg.tasks:
             try:
-                if hasattr(tm, "load"):  # lm-eval >= 0.4.10: flat dicts
-                    tasks.update(tm.load([name])["tasks"])
-                else:  # pragma: no cover - older lm-eval
-                    from lm_eval.tasks import get_task_dict
+                with seeded(cfg.seed, name):
+                    if hasattr(tm, "load"):  # lm-eval >= 0.4.10: flat dicts
+                        tasks.update(tm.load([name])["tasks"])
+                    else:  # pragma: no cover - older lm-eval
+                        from lm_eval.tasks import get_task_dict
 
-                    tasks.update(_leaf_tasks(get_task_dict([name], tm)))
+                        tasks.update(_leaf_tasks(get_task_dict([name], tm)))
             except Exception as e:
                 text = f"{type(e).__name__}: {e}"
                 hint = _HUB_HINT if any(w in text for w in ("Hub", "huggingface", "Connection", "resolve")) else ""

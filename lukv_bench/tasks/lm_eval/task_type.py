@@ -49,6 +49,7 @@ class LmEvalTaskConfig:
     tail: int = DEFAULT_TAIL
     control: bool = False  #: add each lm-eval task's no-context control
     tokenizer_path: str = ""  #: the model's tokenizer folder (RULER generates its data with it)
+    seed: int = 0  #: the suite's seed: documents that lm-eval generates (RULER) are drawn under it
     _tasks: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def lm_tasks(self) -> dict[str, Any]:
@@ -181,4 +182,5 @@ class LmEvalTaskType(BaseTaskType):
             tail=task["tail"],
             control=bool(task["control"]),
             tokenizer_path=str(getattr(tokenizer, "name_or_path", "") or ""),
+            seed=int(suite.seed) if suite is not None else 0,
         )
