@@ -33,6 +33,7 @@ from lukv_bench.registry.catalog import catalog, resolve_policy
 from lukv_bench.registry.params import problems_of
 from lukv_bench.registry.policy import Policy
 from lukv_bench.registry.task_contract import Key
+from lukv_bench.runtime.contract import budget_problem, budget_warning
 from lukv_bench.runtime.prompts import DEFAULT_TRUNCATE, TRUNCATE_MODES
 
 __all__ = [
@@ -135,22 +136,13 @@ class Suite:
         return _Checker(str(self.path) if self.path is not None else None, self.lines, options=self.options)
 
     def budget_warning(self, budget_tokens: int, context_tokens: int) -> str | None:
-        """Why a resolved budget makes every policy alike (at or below the window), else None.
+        """Why a resolved budget makes every policy alike under this suite's window, else None
+        (:func:`~lukv_bench.runtime.contract.budget_warning`: the rule ``compress()`` warns with too).
 
         Token budgets at or below the window are refused when the suite loads; ratios can only be
         checked once the prompt length is known.
         """
-        if context_tokens <= self.window:
-            return (f"the compressed context ({context_tokens} tokens) is not longer than the observation window "
-                    f"({self.window}), which every policy keeps: no policy evicts anything; use longer contexts or "
-                    "a smaller window")
-        if budget_tokens > self.window or budget_tokens >= context_tokens:
-            return None
-        return (
-            f"a budget of {budget_tokens} tokens (of {context_tokens}) is at or below the observation window "
-            f"({self.window}): every policy keeps just the last {budget_tokens} tokens, so policies cannot "
-            "differ; use larger budgets or a smaller window"
-        )
+        return budget_warning(budget_tokens, context_tokens, self.window)
 
     def task(self, name: str) -> dict[str, Any]:
         """The normalised dict of the task called ``name``."""
@@ -485,12 +477,8 @@ def _check_task(c: _Checker, i: int, value: Any, folder: Path, seed: int, names:
 def _check_budgets_above_window(c: _Checker, budgets: list[float | dict[str, int]], window: int) -> None:
     """Token budgets at or below the window make every policy keep just the last B tokens: refuse them."""
     for i, b in enumerate(budgets):
-        if isinstance(b, dict) and b["tokens"] <= window:
-            c.fail(
-                f"budgets.tokens[{i}]",
-                f"budget {b['tokens']} is not above the observation window ({window}): every policy would keep "
-                f"just the last {b['tokens']} tokens; use budgets > {window} or a smaller window",
-            )
+        if isinstance(b, dict) and (problem := budget_problem(b, window)) is not None:
+            c.fail(f"budgets.tokens[{i}]", problem)
 
 
 def _validate(data: Any, c: _Checker, folder: Path) -> dict[str, Any]:
