@@ -144,24 +144,15 @@ def kv_ratio(rec: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _is_cell_record(rec: Mapping[str, Any], policy: str, bkey: str) -> bool:
-    """Whether ``rec`` belongs to the cell the summary shows as ``policy`` at budget ``bkey`` (a policy run
-    under several settings in one folder shows as ``name@setting``, see :func:`summary.summarize`)."""
-    if rec.get("policy") == FULL or budget_key(rec.get("budget")) != bkey:
-        return False
-    name = str(rec.get("policy"))
-    return name == policy or policy == f"{name}@{str(rec.get('setting', ''))[:6]}"
-
-
 def cell_values(s: TaskSummary, policy: str, bkey: str,
                 value: Callable[[Mapping[str, Any]], Any]) -> dict[str, float]:
     """{sample id: ``value(record)``} over the records of one cell of ``s`` (non-finite values left out)."""
+    cell = s.cells.get((policy, bkey))
     out = {}
-    for r in s.records:
-        if _is_cell_record(r, policy, bkey):
-            v = finite([value(r)])
-            if v:
-                out[str(r.get("sample_id"))] = v[0]
+    for r in cell.records if cell is not None else ():
+        v = finite([value(r)])
+        if v:
+            out[str(r.get("sample_id"))] = v[0]
     return out
 
 

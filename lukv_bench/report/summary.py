@@ -147,6 +147,7 @@ class Cell:
     score_ci: tuple[float, float] | None = None  #: 95% interval of the mean score (Wilson or BCa)
     vs_full: Paired | None = None  #: paired difference to FullKV on the same samples
     vs_proposed: Paired | None = None  #: paired difference to the proposed policy at the same budget
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)  #: the cell's records (for plots)
 
     @classmethod
     def of(cls, recs: Sequence[dict[str, Any]], binary: bool | None = None) -> Cell:
@@ -173,6 +174,7 @@ class Cell:
             layer_profile=profile,
             scores=_scores(recs),
             score_ci=mean_ci(_numbers(r.get("score") for r in recs), binary),
+            records=list(recs),
         )
 
 
