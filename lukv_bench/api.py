@@ -35,7 +35,7 @@ from lukv_bench.registry.catalog import resolve_policy
 from lukv_bench.registry.policy import Policy
 from lukv_bench.runtime.cache import RaggedCache
 from lukv_bench.runtime.contract import Budget, budget_problem, budget_warning
-from lukv_bench.runtime.engine import KV_DTYPES, Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
+from lukv_bench.runtime.engine import Compressed, DecodeHook, Engine, EngineSettings, evicts_while_decoding
 from lukv_bench.runtime.models import load_model
 
 __all__ = ["CompressionSession", "compress", "load_model"]
@@ -86,8 +86,6 @@ def compress(
     _check_budget(budget, window)
     previous_impl = model.config._attn_implementation
     own_forward = model.__dict__.get("forward")
-    if kv_dtype not in (None, *KV_DTYPES):
-        raise UserError(f"compress(): kv_dtype must be one of {sorted(KV_DTYPES)} or None (got {kv_dtype!r})")
     settings = EngineSettings(window=window, storage=storage, gqa_reduce=gqa_reduce, decode_every=decode_every,
                               kv_dtype=kv_dtype)
     engine = Engine(model, tokenizer=None, settings=settings)  # switches the model to the lukv attention

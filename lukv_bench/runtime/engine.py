@@ -134,9 +134,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
         if self.settings.storage not in ("kv", "query"):
-            raise ValueError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
+            raise UserError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
         if self.settings.kv_dtype is not None and self.settings.kv_dtype not in KV_DTYPES:
-            raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)} or None (got {self.settings.kv_dtype!r})")
+            raise UserError(f"kv_dtype must be one of {sorted(KV_DTYPES)} or None (got {self.settings.kv_dtype!r})")
         check_architecture(model)
         capture_mod.register()
         model.set_attn_implementation(capture_mod.ATTN_IMPLEMENTATION)
