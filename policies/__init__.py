@@ -28,7 +28,7 @@ from .random_scores import RandomScorer
 from .redirected_uncertainty import RedirectedUncertaintyAllocator
 from .snapkv import SnapKVScorer
 from .streaming import RecencyScorer, streaming_rule
-from .tova import TOVAScorer
+from .tova import TOVARule, TOVAScorer
 from .uniform import UniformAllocator
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "RecencyScorer",
     "RedirectedUncertaintyAllocator",
     "SnapKVScorer",
+    "TOVARule",
     "TOVAScorer",
     "UniformAllocator",
     "streaming_rule",
@@ -102,8 +103,9 @@ def register_allocators(register: Register) -> None:
 
 @hookimpl
 def register_decode_rules(register: Register) -> None:
-    """The built-in decode-time rule: StreamingLLM's sinks + most recent tokens."""
+    """The built-in decode-time rules: StreamingLLM's sinks + most recent tokens; TOVA's least-attended eviction."""
     register(streaming_rule, name="streaming")
+    register(TOVARule(), name="tova")
 
 
 @hookimpl
@@ -163,7 +165,9 @@ def register_policies(register: Register) -> None:
             "tova",
             "tova",
             "uniform",
-            "TOVA (Oren et al. 2024, prefill form): attention of the last prompt query, uniform budgets",
+            "TOVA (Oren et al. 2024): attention of the last prompt query, uniform budgets; while decoding each "
+            "head drops the entry the newest query attends to least",
+            decode="tova",
         )
     )
     register(

@@ -20,7 +20,7 @@ from lukv_bench.registry.components import Origin, Registry, missing_members
 from lukv_bench.registry.policy import Policy
 from lukv_bench.registry.resolve import build_policy, resolve_in
 from lukv_bench.registry.task_contract import TaskType, check_keys
-from lukv_bench.runtime.contract import Allocator, PolicySpec, Scorer
+from lukv_bench.runtime.contract import DECODE_NEEDS, Allocator, PolicySpec, Scorer, decode_needs
 
 
 @dataclass
@@ -63,6 +63,13 @@ def _check_class(protocol: type, dataclass_needed: bool) -> Callable[[Any], str 
 
 def _check_callable(obj: Any) -> str | None:
     return None if callable(obj) else f"expected a function, got {type(obj).__name__}"
+
+
+def _check_decode_rule(obj: Any) -> str | None:
+    if not callable(obj):
+        return f"expected a function, got {type(obj).__name__}"
+    unknown = sorted(decode_needs(obj) - DECODE_NEEDS)
+    return f"needs {unknown}, which no decode step provides (known: {sorted(DECODE_NEEDS)})" if unknown else None
 
 
 def _check_task_type(obj: Any) -> str | None:
@@ -121,7 +128,7 @@ def catalog() -> Catalog:
         checks = {
             "scorers": _check_class(Scorer, dataclass_needed=True),
             "allocators": _check_class(Allocator, dataclass_needed=True),
-            "decode_rules": _check_callable,
+            "decode_rules": _check_decode_rule,
             "metrics": _check_callable,
             "task_types": _check_task_type,
             "policies": _check_policy(cat),

@@ -16,7 +16,7 @@ import torch
 
 from lukv_bench.errors import ConfigError
 from lukv_bench.registry.components import Origin
-from lukv_bench.runtime.contract import Allocation, Budget, PrefillStats
+from lukv_bench.runtime.contract import NEWEST_ATTENTION, Allocation, Budget, PrefillStats, decode_needs
 from lukv_bench.runtime.selection import KeepSet, select_all
 
 
@@ -152,14 +152,26 @@ class Policy:
         if self.allocator.exact_total and sum(alloc.per_layer) != n_layers * min(tokens, n):
             raise fail(f"layer counts sum to {sum(alloc.per_layer)}, expected {n_layers * min(tokens, n)}")
 
+    @property
+    def decode_needs(self) -> frozenset[str]:
+        """What the decode rule asks the decode step for (e.g. ``NEWEST_ATTENTION``); empty without a rule."""
+        return decode_needs(self.decode_fn)
+
     def decode_keep(
-        self, lens_per_head: list[int], logical_len: int, budget_per_head: list[int]
+        self, lens_per_head: list[int], logical_len: int, budget_per_head: list[int],
+        attention: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor] | None:
         """Decode-time eviction for one layer: per head, the segment positions to keep, or None.
 
         Runs the policy's registered decode rule (e.g. ``streaming``: a head over its budget keeps its
-        first ``sinks`` entries and its most recent ones) with the policy's resolved params.
+        first ``sinks`` entries and its most recent ones) with the policy's resolved params. ``attention``
+        (per head, the newest query's attention over its entries) goes to a rule that needs
+        ``NEWEST_ATTENTION`` (``tova``), and only to it.
         """
         if self.decode_fn is None:
             return None
-        return self.decode_fn(lens_per_head, logical_len, budget_per_head, self.params)
+        if NEWEST_ATTENTION not in self.decode_needs:
+            return self.decode_fn(lens_per_head, logical_len, budget_per_head, self.params)
+        if attention is None:
+            raise ValueError(f"decode rule {self.decode_rule!r} needs the newest query's attention")
+        return self.decode_fn(lens_per_head, logical_len, budget_per_head, self.params, attention=attention)

@@ -15,6 +15,11 @@ newest) is O(1) per token: a segment's entries after the prefix form a ring (:cl
 each new token overwrites the slot of the oldest one instead of the whole window moving up. Keys
 are stored after RoPE, so attention of one new query does not depend on the entries' order; the
 new tokens of a forward are always the last rows, which is all the causal mask needs.
+
+A decode rule that reads the newest query's attention (TOVA) has its cells *watched*
+(:meth:`RaggedCache.watch`): each forward then also computes, for those rows only, the softmax of the
+last query against each of their segments' stored keys (a plain torch op beside the ragged
+attention kernel, which stays as it is for every other row).
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from lukv_bench.kernels.ops import RaggedStore, append, compact, ragged_attention, reserve, truncate
+from lukv_bench.kernels.ops import (
+    RaggedStore,
+    append,
+    cap_scores,
+    compact,
+    group_reduce,
+    ragged_attention,
+    reserve,
+    truncate,
+)
 from lukv_bench.runtime.capture import masked_attention
 from lukv_bench.runtime.selection import KeepSet
 
@@ -52,6 +66,9 @@ class RaggedLayer(CacheLayerMixin):
         self.window: int | None = None
         #: segments whose rows are not in logical order (decode-time eviction), by segment index
         self.rings: dict[int, Ring] = {}
+        #: per watched cell, the newest query's attention over each storage head's entries (logical order),
+        #: from the last forward the cell took part in (:meth:`RaggedCache.watch`)
+        self.newest: dict[int, list[torch.Tensor]] = {}
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -219,6 +236,8 @@ class RaggedCache(Cache):
         #: tokens kept per cell, layer and storage head right after compression
         self.compressed = compressed or [[layer.stored_tokens(b) for layer in layers] for b in range(n_cells)]
         self.active: list[int] = list(range(n_cells))
+        #: cells whose newest query's attention each forward records, with their GQA reduction (:meth:`watch`)
+        self.watched: dict[int, str] = {}
         self._sync_layers()
 
     @classmethod
@@ -336,7 +355,59 @@ class RaggedCache(Cache):
         out = ragged_attention(
             query.reshape(B * Hq, Q, D), layer.store.k, layer.store.v, starts, lens, scaling, softcap=softcap
         )
+        if self.watched:
+            self._record_newest(layer, query, scaling, softcap)
         return out.view(B, Hq, Q, D).transpose(1, 2)
+
+    def watch(self, cell: int, gqa_reduce: str = "mean") -> None:
+        """Record the newest query's attention for ``cell`` on every later forward (:meth:`newest_attention`).
+
+        ``gqa_reduce`` (mean | max | sum) folds the query heads that read one storage head into one row.
+        Layers held at their window are not recorded (no decode rule evicts there).
+        """
+        if gqa_reduce not in ("mean", "max", "sum"):
+            raise ValueError(f"gqa_reduce must be one of mean, max, sum (got {gqa_reduce!r})")
+        self.watched[cell] = gqa_reduce
+
+    def newest_attention(self, layer_idx: int, cell: int) -> list[torch.Tensor]:
+        """Per storage head of a watched cell, float32 [len]: the attention its newest query gave each entry.
+
+        Entries are in logical order (oldest first, the positions a decode rule's keep set names) and
+        include the newest token itself; each row sums to 1 over the query heads' reduction (``mean``).
+        """
+        newest = self.layers[layer_idx].newest.get(cell)
+        if newest is None:
+            raise RuntimeError(f"cell {cell} is not watched, or has not been fed since (RaggedCache.watch)")
+        return newest
+
+    def _record_newest(self, layer: RaggedLayer, query: torch.Tensor, scaling: float, softcap: float | None) -> None:
+        """Softmax of the last query ([B, Hq, Q, D]) of each watched active row over its segments, in fp32."""
+        rows = [r for r, cell in enumerate(self.active) if cell in self.watched]
+        if not rows:
+            return
+        st, h = layer.store, layer.heads
+        _, Hq, _, D = query.shape
+        dev = st.lens.device
+        segs = torch.tensor([self.active[r] * h + j for r in rows for j in range(h)], device=dev)
+        lens = st.lens.index_select(0, segs)
+        span = torch.arange(int(lens.max()), device=dev)
+        valid = span[None, :] < lens[:, None]  # [R*h, span]
+        idx = (st.starts.index_select(0, segs)[:, None] + span).masked_fill_(~valid, 0)
+        k = st.k[idx].float()  # [R*h, span, D]
+        q = query[rows, :, -1].float().reshape(len(rows) * h, Hq // h, D)  # a segment's query heads, in order
+        logits = cap_scores(torch.matmul(q, k.transpose(1, 2)).mul_(scaling), softcap)
+        probs = logits.masked_fill_(~valid[:, None, :], float("-inf")).softmax(dim=-1)  # [R*h, G, span]
+        lens_list = lens.tolist()
+        for i, r in enumerate(rows):
+            cell = self.active[r]
+            block = probs[i * h : (i + 1) * h]
+            reduced = group_reduce(block.reshape(-1, block.shape[-1]), h, self.watched[cell])  # [h, span]
+            heads = []
+            for j in range(h):
+                att = reduced[j, : lens_list[i * h + j]]
+                ring = layer.rings.get(cell * h + j)
+                heads.append(att[ring.logical_rows(att.numel()).to(dev)] if ring is not None else att)
+            layer.newest[cell] = heads
 
     def evict(self, layer_idx: int, cell: int, keep: list[torch.Tensor]) -> None:
         """Keep only the given positions (one int64 tensor per storage head, in logical order) of a cell's segments.

@@ -31,6 +31,11 @@ VALUE_NORMS = "value_norms"  # L1 norm of each value's output contribution throu
 QUERIES = "queries"  # every prompt position's query before RoPE, plus the model's rotary map (Expected Attention)
 #: the statistics captured only when a scorer or allocator asks for them (``needs``)
 OPTIONAL_NEEDS = frozenset({ACCUMULATED, LAST_QUERY, WINDOW_MAX, VALUE_NORMS, QUERIES})
+#: What a decode rule may ask for (its ``needs``): the softmax attention of the newest query over each
+#: head's entries, recorded during the forward for the cells whose rule needs it (TOVA's decode rule)
+NEWEST_ATTENTION = "newest_attention"
+#: every name a decode rule's ``needs`` may hold
+DECODE_NEEDS = frozenset({NEWEST_ATTENTION})
 #: KVzip's statistic: max attention from a teacher-forced repeat of the prompt, a second pass over the model;
 #: it is named with its chunk length (:func:`repeat_need`), which changes what it measures
 REPEAT = "repeat"
@@ -264,8 +269,13 @@ def is_layer_adaptive(allocator: Any) -> bool:
 class DecodeRule(Protocol):
     """Decode-time eviction for one layer of one setting, run after each generated token.
 
-    Registered as a function with ``register(fn, name=...)`` in ``register_decode_rules``; a
-    :class:`PolicySpec` names it in ``decode``.
+    Registered as a function (or a callable object) with ``register(fn, name=...)`` in
+    ``register_decode_rules``; a :class:`PolicySpec` names it in ``decode``. A rule may declare
+    ``needs``, names from :data:`DECODE_NEEDS` (read with :func:`decode_needs`); one whose ``needs`` holds
+    :data:`NEWEST_ATTENTION` is also passed ``attention=``: per storage head, a float32 tensor [len]
+    (its entries in logical order, oldest first) of the softmax attention the newest query gave
+    them, itself included, reduced over the query heads that read the head with the run's
+    ``gqa_reduce`` (one query head in query-head storage). Only the cells such a rule decodes pay for it.
     """
 
     def __call__(
@@ -277,6 +287,11 @@ class DecodeRule(Protocol):
         ``budget_per_head``: the size each head is held at; ``params``: the policy's resolved params.
         """
         ...
+
+
+def decode_needs(rule: Any) -> frozenset[str]:
+    """What a decode rule asks for besides the lengths (its optional ``needs``; empty when it has none)."""
+    return frozenset(getattr(rule, "needs", None) or ())
 
 
 @dataclass

@@ -21,6 +21,7 @@ from lukv_bench.errors import UserError
 from lukv_bench.runtime import capture as capture_mod
 from lukv_bench.runtime.cache import RaggedCache
 from lukv_bench.runtime.contract import (
+    NEWEST_ATTENTION,
     OPTIONAL_NEEDS,
     QUERIES,
     Budget,
@@ -323,12 +324,17 @@ class Engine:
         """The decode-time eviction callback of ``policy`` for one cell of ``cache`` (None: no rule).
 
         Each layer and head of the cell is held at the size it has now (after compression and
-        any question tokens).
+        any question tokens). A rule that needs the newest query's attention (``NEWEST_ATTENTION``,
+        TOVA's) makes the cache record it for this cell on every later forward, reduced over each
+        storage head's query heads with the run's ``gqa_reduce``.
         """
         if getattr(policy, "decode_rule", None) is None:
             return None
         budgets = [layer.stored_tokens(cell) for layer in cache.layers]
         every = self.settings.decode_every
+        attends = NEWEST_ATTENTION in getattr(policy, "decode_needs", frozenset())
+        if attends:
+            cache.watch(cell, self.settings.gqa_reduce)
 
         def hook(cache: RaggedCache, cell: int, step: int) -> None:
             if step % every:
@@ -336,7 +342,12 @@ class Engine:
             for i, layer in enumerate(cache.layers):
                 if layer.window is not None:
                     continue  # a layer held at its window already forgets what its window leaves
-                keep = policy.decode_keep(layer.stored_tokens(cell), cache.logical[cell], budgets[i])
+                lens = layer.stored_tokens(cell)
+                if attends:
+                    keep = policy.decode_keep(lens, cache.logical[cell], budgets[i],
+                                              attention=cache.newest_attention(i, cell))
+                else:
+                    keep = policy.decode_keep(lens, cache.logical[cell], budgets[i])
                 if keep is not None:
                     cache.evict(i, cell, keep)
 

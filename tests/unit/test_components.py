@@ -83,7 +83,7 @@ def test_every_kind_is_listed_with_distribution_and_version() -> None:
     assert set(kinds) == {"scorers", "allocators", "decode_rules", "metrics", "task_types", "policies"}
     assert {"jsonl", "longbench", "lm_eval", "needle"} <= {c["name"] for c in kinds["task_types"]}
     assert {"substring", "qa_f1"} <= {c["name"] for c in kinds["metrics"]}
-    assert [c["name"] for c in kinds["decode_rules"]] == ["streaming"]
+    assert [c["name"] for c in kinds["decode_rules"]] == ["streaming", "tova"]
     assert all(c["distribution"] == "lukv-bench" for items in kinds.values() for c in items)
     text = format_plugins()
     assert "task type" in text and "decode rule" in text and "lukv-bench" in text
