@@ -25,7 +25,12 @@ from lukv_bench.kernels.ops import (
     truncate,
     window_stats,
 )
-from lukv_bench.kernels.ragged_attention import ragged_attention_naive
+from lukv_bench.kernels.ragged_attention import (
+    prepare_cpu_kernel,
+    ragged_attention_cpu,
+    ragged_attention_naive,
+    ragged_attention_torch,
+)
 
 S, HQ, D, W = 3, 9, 64, 32
 SWEEP_CONTEXT = 2000  #: prompt tokens of the sweep whose ragged table the bandwidth benchmark reads
@@ -241,8 +246,10 @@ def test_bench_ragged_bandwidth(bench_ratio, benchmark) -> None:
     one thread can stream from memory. The attention must read every stored K and V row once, so its
     effective bandwidth is those bytes over its time; the gated ratio is the yardstick's bandwidth over the
     attention's (lower is better; 1 / ratio, the fraction of the bandwidth reached, goes to
-    ``extra_info["bandwidth_fraction"]``; the issue's target is >= 0.6).
+    ``extra_info["bandwidth_fraction"]``; the issue's target is >= 0.6). On the CPU this times the C++ kernel
+    (``extra_info["cpu_path"]`` says whether it or the torch path ran).
     """
+    cpp = DEVICE == "cpu" and prepare_cpu_kernel()  # built (or found unavailable) before anything is timed
     st = _sweep_store(SWEEP_CONTEXT)
     q = _rand(st.n_segments * G, 1, D)
     args = (q, st.k, st.v, st.starts, st.lens, SCALE)
@@ -261,3 +268,28 @@ def test_bench_ragged_bandwidth(bench_ratio, benchmark) -> None:
     benchmark.extra_info["bandwidth_fraction"] = 1 / ratio
     benchmark.extra_info["yardstick_gb_per_s"] = read / benchmark.extra_info["reference_median_s"] / 1e9
     benchmark.extra_info["kv_bytes_read"] = needed
+    if DEVICE == "cpu":
+        benchmark.extra_info["cpu_path"] = "c++" if cpp else "torch"
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the C++ kernel is the CPU path")
+@pytest.mark.usefixtures("one_thread")
+def test_bench_ragged_cpu_kernel(bench_ratio, benchmark) -> None:
+    """The C++ CPU kernel of ragged attention against the torch path it replaced, on a sweep's table (2,000 tokens).
+
+    Both read the same fp32 K/V; the torch path multiplies dense blocks of bucketed segments, padding rows
+    included, then masks and softmaxes; the kernel makes one pass over each segment's stored rows. Settings
+    as the bandwidth benchmark's (one thread, 15 rounds, fastest round of each side).
+    """
+    if not prepare_cpu_kernel():
+        pytest.skip("the C++ CPU kernel is unavailable here (the warning says why)")
+    st = _sweep_store(SWEEP_CONTEXT)
+    q = _rand(st.n_segments * G, 1, D)
+    args = (q, st.k, st.v, st.starts, st.lens, SCALE)
+    torch.testing.assert_close(ragged_attention_cpu(*args), ragged_attention_torch(*args))
+    bench_ratio(_repeat(lambda: ragged_attention_cpu(*args), 1), _repeat(lambda: ragged_attention_torch(*args), 1),
+                desc=f"ragged attention on a sweep's table ({SWEEP_CONTEXT} tokens): C++ CPU kernel / torch path",
+                rounds=15, warmup_rounds=2, stat="min")
+    if not benchmark.disabled:
+        needed = int(st.lens.sum()) * D * (st.k.element_size() + st.v.element_size())
+        benchmark.extra_info["kernel_gb_per_s"] = needed / min(benchmark.stats.stats.data) / 1e9

@@ -1,12 +1,24 @@
-"""Attention of new query tokens over a ragged per-head KV cache (flat buffer + segment table)."""
+"""Attention of new query tokens over a ragged per-head KV cache (flat buffer + segment table).
+
+Three implementations: the Triton kernel (CUDA), the C++ CPU kernel (``_ragged_cpu``: one pass over each
+segment's K and V with an online softmax) and the torch path (dense blocks, batched matmuls), which
+CPU calls use when the C++ kernel is unavailable or does not take the inputs.
+"""
 
 import torch
 
+from . import _ragged_cpu
 from ._softcap import cap_scores, check_softcap
 from ._triton import HAS_TRITON, next_pow2, tanh, tl, triton
 from .dispatch import resolve
 
-__all__ = ["ragged_attention", "ragged_attention_naive", "ragged_attention_torch"]
+__all__ = [
+    "prepare_cpu_kernel",
+    "ragged_attention",
+    "ragged_attention_cpu",
+    "ragged_attention_naive",
+    "ragged_attention_torch",
+]
 
 
 def _check(
@@ -88,6 +100,9 @@ def ragged_attention_torch(
 ) -> torch.Tensor:
     """Torch path of :func:`ragged_attention`: masked batched matmuls over dense blocks, no copies of K/V.
 
+    CPU calls use it when the C++ kernel (:func:`ragged_attention_cpu`) is unavailable or does not take
+    the inputs.
+
     Segments that lie back to back with one capacity (a batched cache lays out segments of similar
     length that way, see :meth:`RaggedStore.empty`) form a block, read as a view
     ``[S_b, stride, D]``; rows past a segment's length are masked. A cache with every segment of
@@ -135,12 +150,86 @@ def ragged_attention(
     first ``lens[s] - Q + i + 1`` entries; if that is <= 0 its output is zero. Softmax and
     accumulation run in fp32. ``softcap`` (Gemma 2) soft-caps the scaled logits to
     ``softcap * tanh(logits / softcap)`` before the softmax.
+
+    ``backend="torch"`` (what CPU tensors get) runs the C++ CPU kernel where it is available (built on
+    the first call, or beforehand by :func:`prepare_cpu_kernel`) and the K/V dtype is fp32, fp16 or
+    bf16 with contiguous rows; otherwise :func:`ragged_attention_torch`.
     """
     _check(q, k_flat, v_flat, starts, lens)
     check_softcap(softcap)
     if resolve(backend, q, k_flat, v_flat, starts, lens) == "torch":
+        if _cpu_kernel_fits(q, k_flat, v_flat, starts, lens):
+            kernel = _ragged_cpu.load()
+            if kernel is not None:
+                return _run_cpu_kernel(kernel, q, k_flat, v_flat, starts, lens, scaling, softcap)
         return ragged_attention_torch(q, k_flat, v_flat, starts, lens, scaling, softcap)
     return _ragged_triton(q, k_flat, v_flat, starts, lens, scaling, softcap=softcap)
+
+
+_CPU_KV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _cpu_kernel_fits(
+    q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor
+) -> bool:
+    """True when the C++ CPU kernel takes these inputs: all on the CPU, K/V of one supported dtype, rows contiguous."""
+    return (
+        all(t.device.type == "cpu" for t in (q, k_flat, v_flat, starts, lens))
+        and k_flat.dtype in _CPU_KV_DTYPES
+        and v_flat.dtype == k_flat.dtype
+        and q.is_floating_point()
+        and k_flat.shape[1] > 0
+        and (k_flat.stride(1) == 1 or k_flat.numel() == 0)
+        and (v_flat.stride(1) == 1 or v_flat.numel() == 0)
+    )
+
+
+def _run_cpu_kernel(kernel, q, k_flat, v_flat, starts, lens, scaling: float, softcap: float | None) -> torch.Tensor:
+    k_flat = k_flat if k_flat.stride(1) == 1 else k_flat.new_empty(k_flat.shape)  # only an empty buffer gets here
+    v_flat = v_flat if v_flat.stride(1) == 1 else v_flat.new_empty(v_flat.shape)
+    out = kernel.ragged_attention(
+        q.float().contiguous(),
+        k_flat,
+        v_flat,
+        starts.long().contiguous(),
+        lens.long().contiguous(),
+        float(scaling),
+        float(softcap or 0.0),
+    )
+    return out.to(q.dtype)
+
+
+def ragged_attention_cpu(
+    q: torch.Tensor,
+    k_flat: torch.Tensor,
+    v_flat: torch.Tensor,
+    starts: torch.Tensor,
+    lens: torch.Tensor,
+    scaling: float,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """C++ CPU kernel of :func:`ragged_attention` (one pass over K and V per segment, online softmax).
+
+    Raises :class:`RuntimeError` when the kernel is unavailable or does not take these inputs (CPU
+    tensors, K/V fp32/fp16/bf16 with contiguous rows); :func:`ragged_attention` falls back to
+    :func:`ragged_attention_torch` instead. For tests and benchmarks.
+    """
+    _check(q, k_flat, v_flat, starts, lens)
+    check_softcap(softcap)
+    if not _cpu_kernel_fits(q, k_flat, v_flat, starts, lens):
+        raise RuntimeError("the C++ CPU kernel takes CPU tensors with fp32/fp16/bf16 K/V of contiguous rows")
+    kernel = _ragged_cpu.load()
+    if kernel is None:
+        raise RuntimeError(f"the C++ CPU kernel is unavailable: {_ragged_cpu.unavailable_reason() or 'turned off'}")
+    return _run_cpu_kernel(kernel, q, k_flat, v_flat, starts, lens, scaling, softcap)
+
+
+def prepare_cpu_kernel() -> bool:
+    """Build or load the C++ CPU kernel now (the first CPU call would otherwise), e.g. before timing a decode.
+
+    True when it is available; False when CPU calls will use the torch path (warned once, with the reason).
+    """
+    return _ragged_cpu.load() is not None
 
 
 _LOG2E = 1.4426950408889634
