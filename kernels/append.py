@@ -1,5 +1,6 @@
 """The ragged per-head KV store and in-place appends of new tokens (with amortised regrowth)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,9 @@ from .dispatch import resolve
 __all__ = ["RaggedStore", "append", "append_torch", "reserve", "truncate"]
 
 _MIN_GROW = 16  # extra rows per segment on regrowth, at least
+
+#: ``alloc(rows, D, dtype, device) -> (k, v)``: zero-filled [rows, D] K and V buffers for a new store
+Alloc = Callable[[int, int, torch.dtype, torch.device | str], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RaggedStore:
         device: torch.device | str,
         headroom: int = 0,
         bucket_fill: float | None = None,
+        alloc: Alloc | None = None,
     ) -> "RaggedStore":
         """Segments of capacity ``counts[s] + headroom`` with ``lens = counts``, back to back.
 
@@ -45,6 +50,8 @@ class RaggedStore:
         (:func:`~lukv_bench.kernels.ragged_attention`). That pads at most ``1 / bucket_fill - 1``
         of the stored rows. Kept rows are uninitialised: fill them with
         :func:`~lukv_bench.kernels.compact` using ``starts`` as ``dest_starts``; free rows are zero.
+        ``alloc`` supplies the zero-filled K and V buffers (default: fresh ``torch.zeros``), e.g. from
+        buffers reused across stores.
         """
         if any(c < 0 for c in counts) or headroom < 0:
             raise ValueError("counts and headroom must be non-negative")
@@ -68,8 +75,15 @@ class RaggedStore:
         caps = torch.tensor(caps_l, dtype=torch.long, device=device)
         starts = torch.tensor(starts_l, dtype=torch.long, device=device)
         # zeros, not empty: attention reads whole blocks, and free rows must not hold NaN bit patterns
-        k = torch.zeros(pos, D, dtype=dtype, device=device)
-        return cls(k=k, v=torch.zeros_like(k), starts=starts, lens=lens, caps=caps)
+        if alloc is not None:
+            k, v = alloc(pos, D, dtype, device)
+            if k.shape != (pos, D) or v.shape != (pos, D) or k.dtype != dtype or v.dtype != dtype:
+                raise ValueError(f"alloc returned K {tuple(k.shape)} {k.dtype} and V {tuple(v.shape)} {v.dtype}; "
+                                 f"expected ({pos}, {D}) {dtype}")
+        else:
+            k = torch.zeros(pos, D, dtype=dtype, device=device)
+            v = torch.zeros_like(k)
+        return cls(k=k, v=v, starts=starts, lens=lens, caps=caps)
 
     @property
     def n_segments(self) -> int:

@@ -102,7 +102,8 @@ class Record:
     decode_s: float | None = None
     new_tokens: int | None = None
     #: sweep records: the peak of the batch the record's cell was decoded in (CUDA: the allocator's peak; CPU:
-    #: process RSS, weights included), the same for every cell of that batch: not a per-policy figure. Latency
+    #: process RSS, weights included, less the buffer arena's buffers not lent to the live cache:
+    #: ``runtime.arena``), the same for every cell of that batch: not a per-policy figure. Latency
     #: records: that cell's own cache buffers plus one decode step's allocations (use these for per-policy memory)
     peak_mem_bytes: int | None = None
     prefill_peak_mem_bytes: int | None = None  #: the prefill's peak, measured the same way as ``peak_mem_bytes``

@@ -176,7 +176,9 @@ class Session:
             window=suite.window, storage=suite.storage, gqa_reduce=suite.gqa_reduce, decode_every=suite.decode_every,
             kv_dtype=suite.kv_dtype,
         )
-        self.engine = Engine(self.lm.model, self.lm.tokenizer, settings)
+        # CPU: reuse the cache buffers from sample to sample (fresh ones cost page faults); CUDA's caching
+        # allocator reuses freed blocks already
+        self.engine = Engine(self.lm.model, self.lm.tokenizer, settings, arena=device.type == "cpu")
         self.chat = use_chat_template(self.lm.tokenizer, suite.chat_template)
         self.units = units if units is not None else SuiteUnits(suite, self.lm.tokenizer)
 

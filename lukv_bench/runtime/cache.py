@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -40,6 +41,7 @@ from lukv_bench.kernels.ops import (
     reserve,
     truncate,
 )
+from lukv_bench.runtime.arena import BufferArena
 from lukv_bench.runtime.capture import masked_attention
 from lukv_bench.runtime.selection import KeepSet
 
@@ -251,6 +253,7 @@ class RaggedCache(Cache):
         headroom: int = 0,
         windows: Sequence[int | None] | None = None,
         dtype: torch.dtype | None = None,
+        arena: BufferArena | None = None,
     ) -> RaggedCache:
         """Gather each cell's kept tokens (``keeps[b][layer]``) from the full K/V ([1, Hkv, n, D]).
 
@@ -263,7 +266,9 @@ class RaggedCache(Cache):
         (G x the memory, as in the original SnapKV). ``windows[i]``, when given and not None, marks
         layer ``i`` as a sliding-window layer held at its window (:attr:`RaggedLayer.window`): every
         cell must keep its newest tokens there. ``dtype`` stores K/V in another dtype than the
-        prefill's (half the bytes in float16/bfloat16; attention still accumulates in fp32).
+        prefill's (half the bytes in float16/bfloat16; attention still accumulates in fp32). ``arena``
+        lends the K/V buffers (reused from an earlier cache, :mod:`~lukv_bench.runtime.arena`) instead of
+        fresh ones; the cache holds the same contents either way.
         """
         layers = []
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -281,7 +286,8 @@ class RaggedCache(Cache):
                     raise ValueError(f"cell {b}: keep set of layer {i} has {len(c)} heads, the cache has {heads}")
                 counts += c
             store = RaggedStore.empty(counts, src_k.shape[-1], dtype or src_k.dtype, src_k.device, headroom=headroom,
-                                      bucket_fill=BUCKET_FILL if len(keeps) > 1 else None)
+                                      bucket_fill=BUCKET_FILL if len(keeps) > 1 else None,
+                                      alloc=partial(arena.take, i) if arena is not None else None)
             for b, keep in enumerate(keeps):
                 ks = keep[i]
                 dest = store.starts[b * heads : (b + 1) * heads]

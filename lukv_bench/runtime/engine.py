@@ -9,8 +9,9 @@ step for the whole sweep of a sample (:func:`sweep`).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,6 +20,7 @@ from transformers import DynamicCache
 
 from lukv_bench.errors import UserError
 from lukv_bench.runtime import capture as capture_mod
+from lukv_bench.runtime.arena import BufferArena
 from lukv_bench.runtime.cache import RaggedCache
 from lukv_bench.runtime.contract import (
     NEWEST_ATTENTION,
@@ -128,12 +130,19 @@ DecodeHook = Callable[[RaggedCache, int, int], None]
 
 
 class Engine:
-    """Runs capture prefills, batched compression and batched decoding for one loaded model."""
+    """Runs capture prefills, batched compression and batched decoding for one loaded model.
 
-    def __init__(self, model: torch.nn.Module, tokenizer, settings: EngineSettings | None = None):
+    ``arena=True`` builds every compressed cache in buffers reused from the previous one
+    (:class:`~lukv_bench.runtime.arena.BufferArena`: no page faults after the largest sample; same
+    results); the peaks this engine measures (:meth:`peak_memory`) leave out what the arena holds idle.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, settings: EngineSettings | None = None,
+                 arena: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
+        self.arena: BufferArena | None = BufferArena() if arena else None
         if self.settings.storage not in ("kv", "query"):
             raise UserError(f"storage must be 'kv' or 'query' (got {self.settings.storage!r})")
         if self.settings.kv_dtype is not None and self.settings.kv_dtype not in KV_DTYPES:
@@ -146,6 +155,21 @@ class Engine:
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.device = next(model.parameters()).device
+
+    def peak_memory(self) -> PeakMemory:
+        """A :class:`PeakMemory` on this engine's device that leaves out the arena's idle buffers."""
+        return PeakMemory(self.device, idle=self.arena.idle_bytes if self.arena is not None else None)
+
+    @contextlib.contextmanager
+    def without_arena(self) -> Iterator[None]:
+        """Free the arena's buffers and build fresh ones inside the block (measurements of one cell alone)."""
+        arena, self.arena = self.arena, None
+        if arena is not None:
+            arena.release()
+        try:
+            yield
+        finally:
+            self.arena = arena
 
     # -- prefill ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -161,7 +185,7 @@ class Engine:
         # full layers everywhere (no config): the capture keeps every prompt token of a sliding-window
         # layer too; compress() decides which of them the cell holds
         cache = DynamicCache()
-        with PeakMemory(self.device) as mem:
+        with self.peak_memory() as mem:
             t0 = time.perf_counter()
             out = self.model(input_ids=input_ids, cache=cache, use_cache=True, lukv=cap, logits_to_keep=1)
             _sync(self.device)
@@ -260,7 +284,7 @@ class Engine:
             pre.keys, pre.values, keeps, n_q_heads=self.n_q_heads,
             storage=self.settings.storage, headroom=headroom,
             windows=[pre.windows[i] if i in held else None for i in range(len(pre.keys))],
-            dtype=KV_DTYPES.get(self.settings.kv_dtype or ""),
+            dtype=KV_DTYPES.get(self.settings.kv_dtype or ""), arena=self.arena,
         )
         _sync(self.device)
         build_s = time.perf_counter() - t0
@@ -546,7 +570,7 @@ def sweep(
         # fed FullKV's answer in the same batch and evicting as it goes (a rollback cannot undo eviction)
         rows = [(p, b) for (p, _), b in zip(chunk, budgets)] + [(chunk[i][0], budgets[i]) for i in evicting]
         shadow = {len(chunk) + k: i for k, i in enumerate(evicting)}
-        with PeakMemory(engine.device) as mem:
+        with engine.peak_memory() as mem:
             cache, comps = engine.compress(pre, rows, headroom=len(tail) + max_new_tokens)
             mark = cache.mark()
             first = engine.feed(cache, tail)[:, -1] if tail else pre.last_logits
@@ -561,6 +585,7 @@ def sweep(
         _fidelity(engine, cache, mark, chunk, outs, evicting, tail, ref, full_policy)
         for r, i in shadow.items():
             _score_fidelity(outs[i], gens[r].logits, ref, tail, "teacher-forced+decode-eviction")
+        del cache, mark, hooks  # done with the cache: its buffers go back to the engine's arena
         for out in outs:
             if out.policy is full_policy and not full_wanted:
                 continue

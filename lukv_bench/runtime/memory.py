@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -16,11 +16,16 @@ class PeakMemory:
 
     On CUDA it resets and reads ``torch.cuda.max_memory_allocated``. On CPU a daemon thread samples
     the process RSS every ``interval`` seconds (the block's start and end are always sampled).
+    ``idle`` (CPU only) returns bytes the process holds resident but does not use, such as a
+    :class:`~lukv_bench.runtime.arena.BufferArena`'s buffers not lent to a live cache: each sample
+    is the RSS minus them, so the peak reads what it would if they had been freed.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005):
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005,
+                 idle: Callable[[], int] | None = None):
         self.device = torch.device(device)
         self.interval = interval
+        self.idle = idle
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -28,7 +33,12 @@ class PeakMemory:
     def _rss(self) -> int:
         import psutil
 
-        return psutil.Process().memory_info().rss
+        if self.idle is None:
+            return psutil.Process().memory_info().rss
+        # idle before and after the RSS: memory freed or lent in between is subtracted while the RSS held it
+        before = self.idle()
+        rss = psutil.Process().memory_info().rss
+        return rss - max(before, self.idle())
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):

@@ -107,7 +107,9 @@ class LatencyTaskConfig:
     def evaluate(self, unit: Unit, ctx: UnitContext) -> Iterator[Record]:
         """Measure the unit's cells at its length; one record each."""
         length = next(n for n in self.lengths if sample_id(n) == unit.id)
-        yield from _measure_length(self, unit, ctx, length)
+        # each cell alone, as before buffer arenas: fresh buffers for every cache, none held idle beside them
+        with ctx.engine.without_arena():
+            yield from _measure_length(self, unit, ctx, length)
 
     def text_ids(self, tokenizer: Any) -> list[int]:
         """The reference text's ids for the longest length, tokenized once: each prompt is a prefix of it."""

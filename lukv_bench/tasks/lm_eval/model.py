@@ -39,7 +39,6 @@ from lm_eval.api.registry import register_model
 from lukv_bench.errors import UserError
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, Generation, Outcome, sweep
-from lukv_bench.runtime.memory import PeakMemory
 from lukv_bench.tasks.lm_eval.question import locate, token_cut, without_context
 
 log = logging.getLogger(__name__)
@@ -306,7 +305,7 @@ class LukvEvalLM(LM):
         for lo in range(0, len(self.cells), size):
             chunk = self.cells[lo : lo + size]
             budgets = [Budget.resolve(spec, pre.n) for _, spec in chunk]
-            with PeakMemory(eng.device) as mem:
+            with eng.peak_memory() as mem:
                 cache, comps = eng.compress(pre, [(p, b) for (p, _), b in zip(chunk, budgets)], headroom=room)
                 mark = cache.mark()
                 for key, cont in items:
