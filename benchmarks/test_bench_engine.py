@@ -7,7 +7,11 @@
   the same sweep decoded one setting at a time (``batch_settings=1``; target <= 0.25, i.e. 4x);
 * the model itself: one decode step / a fixed workload (an fp32 matmul and a memory copy of fixed
   size). Ratios of two engine paths cannot see a slowdown that hits both sides, such as a slower
-  forward; this one can, since the fixed workload does not run through the model.
+  forward; this one can, since the fixed workload does not run through the model;
+* the buffer arena: the sweeps of 3 samples in a row with the cache buffers reused from sample to
+  sample / with fresh buffers for every cache (``Engine(arena=True)`` vs the default);
+* batching across samples (a measurement for issue 23, not an engine path): decoding 3 settings of
+  each of 4 samples as one batch of 12 / each sample's 3 settings as a batch of their own.
 
 All on the embedded model over real text shipped with Python. Ratios go to ``extra_info["ratio"]``
 for the regression gate (``benchmarks/gate.py``). The sweep runs at CI size (1,000 tokens, 16 new
@@ -24,6 +28,8 @@ import torch
 from transformers import DynamicCache
 
 from lukv_bench.registry import resolve_policy
+from lukv_bench.runtime.arena import BufferArena
+from lukv_bench.runtime.cache import RaggedCache, RaggedLayer
 from lukv_bench.runtime.contract import Budget
 from lukv_bench.runtime.engine import Engine, sweep
 
@@ -146,3 +152,80 @@ def test_bench_decode_step_vs_fixed_work(bench_ratio, setup):
     bench_ratio(step, fixed_work, rounds=20, warmup_rounds=2, stat="min",
                 desc=f"one decode step, 1 setting (2,000 tokens, 20% KV) / fixed work ({FIXED_MATMUL}^3 fp32 matmul "
                      f"+ {FIXED_COPY_MIB} MiB copy)")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_sweep_arena(bench_ratio, setup):
+    engine, ids, policies, _ = setup
+    n, new = (CONTEXT, 32) if FULL_SWEEP else (1000, 8)
+    full = resolve_policy("full")
+    runs = [(p, b) for b in BUDGETS for p in policies]  # 32 settings (+ FullKV)
+    # 3 samples of other text and lengths (the largest first, as a run's arena meets it sooner or later)
+    samples = [ids[0, s * 200 : s * 200 + n - s * 100].tolist() for s in range(3)]
+    reused = Engine(engine.model, engine.tokenizer, arena=True)
+
+    def run(eng: Engine) -> None:
+        if eng.arena is not None:
+            eng.arena = BufferArena()  # a fresh run: its first sample faults the buffers in
+        for context in samples:
+            for _ in sweep(eng, context, [], runs, full, max_new_tokens=new):
+                pass
+        if eng.arena is not None:
+            eng.arena.release()  # the reference side must not run beside the held buffers
+
+    bench_ratio(lambda: run(reused), lambda: run(engine), rounds=3, warmup_rounds=0,
+                desc=f"sweeps of 3 samples ({n}-{n - 200} tokens, 33 settings, {new} new) with the buffer arena "
+                     "/ with fresh buffers")
+
+
+def _merged(caches: list[RaggedCache]) -> RaggedCache:
+    """One cache holding every cell of ``caches`` (prompts of one length): their stores side by side."""
+    layers = []
+    for parts in zip(*(c.layers for c in caches)):
+        offsets, rows = [], 0
+        for la in parts:
+            offsets.append(rows)
+            rows += la.store.k.shape[0]
+        st = parts[0].store
+        store = type(st)(
+            k=torch.cat([la.store.k for la in parts]), v=torch.cat([la.store.v for la in parts]),
+            starts=torch.cat([la.store.starts + off for la, off in zip(parts, offsets)]),
+            lens=torch.cat([la.store.lens for la in parts]), caps=torch.cat([la.store.caps for la in parts]),
+        )
+        layers.append(RaggedLayer(store, heads=parts[0].heads, repeat=parts[0].repeat))
+    first = caches[0]
+    return RaggedCache(layers, n_cells=sum(c.n_cells for c in caches), n_q_heads=first.n_q_heads,
+                       storage=first.storage, logical_len=first.logical[0],
+                       compressed=[row for c in caches for row in c.compressed])
+
+
+def test_bench_decode_across_samples(bench_ratio, setup):
+    """Issue 23's question: do a few settings per sample decode faster batched with other samples' settings?"""
+    engine, ids, policies, _ = setup
+    m, n, new = 4, CONTEXT // 2, 16
+    cells = [(resolve_policy("full"), 1.0), (policies[2], 0.2), (policies[2], 0.5)]  # FullKV + 1 policy x 2 budgets
+    caches, firsts = [], []
+    for s in range(m):  # m samples of one length (the merged cache needs one position per row)
+        pre = engine.prefill(ids[:, s * 300 : s * 300 + n], set().union(*(p.needs for p, _ in cells)))
+        cache, _ = engine.compress(pre, [(p, Budget.resolve(b, pre.n)) for p, b in cells], headroom=new + 1)
+        caches.append(cache)
+        firsts.append(pre.last_logits.expand(len(cells), -1))
+    together = _merged(caches)
+    marks = [c.mark() for c in caches]
+    mark_together = together.mark()
+    first_together = torch.cat(firsts)
+
+    def batched() -> None:
+        engine.generate(together, first_together, new)
+        together.rollback(mark_together)
+        together.set_active(range(together.n_cells))
+
+    def alone() -> None:
+        for c, mk, f in zip(caches, marks, firsts):
+            engine.generate(c, f, new)
+            c.rollback(mk)
+            c.set_active(range(c.n_cells))
+
+    bench_ratio(batched, alone, rounds=5, warmup_rounds=1,
+                desc=f"decode {len(cells)} settings x {m} samples as one batch / each sample's {len(cells)} alone "
+                     f"({n} tokens, {new} new)")
