@@ -31,6 +31,11 @@ Usage::
     python benchmarks/gate.py --update RESULTS.json [...]   # refresh the baseline on purpose
     python benchmarks/gate.py --update --merge R1.json ...  # refresh only the benchmarks these ran
     tox -e bench -- --update                                # the same, after a fresh benchmark run
+    python benchmarks/gate.py --tables                      # rewrite the tables below from the baseline
+
+The performance tables of ``README.md`` and ``docs/performance.md`` (between the ``TABLE_BEGIN`` and
+``TABLE_END`` markers) are rendered from the baseline by :func:`render_table`: ``--update`` rewrites
+them with the baseline it writes, and a test checks that the committed tables are the baseline's.
 
 ``--update`` with several results files (e.g. three runs of ``tox -e bench``'s pytest step, each
 with ``--benchmark-json``) takes the median ratio, records the spread as ``noise`` and sets each
@@ -59,6 +64,10 @@ DEFAULT_TOLERANCE = 0.5  #: tolerance of an entry whose noise has not been measu
 MIN_TOLERANCE = 0.3  #: no tolerance is set below this, however quiet the measured runs were
 NOISE_FACTOR = 1.5  #: tolerance = NOISE_FACTOR x measured spread, when that is above MIN_TOLERANCE
 MAX_TOLERANCE = 0.9  #: ceiling: baseline * (1 + 0.9) < baseline * 2, so a 2x regression trips every entry
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_FILES = (ROOT / "README.md", ROOT / "docs" / "performance.md")  #: files holding the rendered table
+TABLE_BEGIN = "<!-- gate table: rendered by `python benchmarks/gate.py --tables` from benchmarks/baseline.json -->"
+TABLE_END = "<!-- end of gate table -->"
 
 
 class GateInputError(Exception):
@@ -282,10 +291,52 @@ def update(
     }
 
 
+def render_table(baseline: dict[str, Any]) -> str:
+    """The baseline as a markdown table: each gated ratio, what it divides, its runs and the gate's limit.
+
+    An entry's runs name their machine when it has its own block; the others come from the machines the
+    baseline's ``about`` names.
+    """
+    lines = [
+        "| benchmark | ratio (lower is better) | baseline: median of runs | runs | gate fails above |",
+        "|---|---|---:|---|---:|",
+    ]
+    for name, e in baseline.get("benchmarks", {}).items():
+        runs = e.get("runs") or [e["ratio"]]
+        where = f" on {e['machine'].get('cpu', '?')}" if "machine" in e else ""  # else the baseline's machines
+        span = f"{min(runs):.3f}-{max(runs):.3f} ({len(runs)} run{'s' if len(runs) > 1 else ''}{where})"
+        limit = e["ratio"] * (1 + e["tolerance"])
+        optional = " (optional)" if e.get("optional") else ""
+        lines.append(
+            f"| `{name}`{optional} | {e.get('desc') or ''} | {e['ratio']:.3f} | {span} | {limit:.3f} "
+            f"(+{e['tolerance']:.0%}) |"
+        )
+    return "\n".join(lines)
+
+
+def write_tables(baseline: dict[str, Any], files: tuple[Path, ...] = TABLE_FILES) -> list[Path]:
+    """Replace the block between ``TABLE_BEGIN`` and ``TABLE_END`` in ``files`` by :func:`render_table`.
+
+    Returns the files that changed; a file without both markers is an input error.
+    """
+    table = render_table(baseline)
+    changed = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        start, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+        if start < 0 or end < start:
+            raise GateInputError(f"{path}: no gate table markers ({TABLE_BEGIN!r} ... {TABLE_END!r})")
+        new = text[: start + len(TABLE_BEGIN)] + "\n" + table + "\n" + text[end:]
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: check a run against the baseline, or ``--update`` the baseline from runs."""
     ap = argparse.ArgumentParser(prog="python benchmarks/gate.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="+", type=Path, help="pytest-benchmark --benchmark-json file(s)")
+    ap.add_argument("results", nargs="*", type=Path, help="pytest-benchmark --benchmark-json file(s)")
     ap.add_argument("--baseline", type=Path, default=BASELINE, help=f"baseline file (default: {BASELINE})")
     ap.add_argument(
         "--update",
@@ -297,15 +348,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --update: keep the baseline entries these results lack (tolerances re-derived from their runs)",
     )
+    ap.add_argument(
+        "--tables",
+        action="store_true",
+        help="rewrite the performance tables of README.md and docs/performance.md from the baseline (no results)",
+    )
     args = ap.parse_args(argv)
     try:
         baseline = load_baseline(args.baseline)
+        if args.tables:
+            if args.results or args.update:
+                raise GateInputError("--tables takes no results files and no --update (--update rewrites them too)")
+            for path in write_tables(baseline):
+                print(f"gate: rewrote the table in {path}")
+            return 0
+        if not args.results:
+            raise GateInputError("give a pytest-benchmark --benchmark-json results file (or --tables)")
         runs, infos = zip(*(read_ratios(p) for p in args.results), strict=True)
         if args.merge and not args.update:
             raise GateInputError("--merge only goes with --update")
         if args.update:
             new = update(baseline, list(runs), infos[-1], merge=args.merge)
             args.baseline.write_text(json.dumps(new, indent=2) + "\n")
+            if args.baseline == BASELINE:
+                for path in write_tables(new):
+                    print(f"gate: rewrote the table in {path}")
             for name, e in new["benchmarks"].items():
                 before = baseline["benchmarks"].get(name, {}).get("tolerance")
                 if before is not None and before != e["tolerance"]:

@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from lukv_bench.errors import UserError
+from lukv_bench.kernels.ragged_attention import prepare_cpu_kernel
 from lukv_bench.runtime import capture as capture_mod
 from lukv_bench.runtime.arena import BufferArena
 from lukv_bench.runtime.cache import RaggedCache
@@ -155,6 +156,8 @@ class Engine:
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            prepare_cpu_kernel()  # build or load the C++ attention kernel now, not inside a timed decode
 
     def peak_memory(self) -> PeakMemory:
         """A :class:`PeakMemory` on this engine's device that leaves out the arena's idle buffers."""
