@@ -168,3 +168,18 @@ def test_injected_slowdown_trips_the_gate_on_a_real_benchmark(tmp_path: Path) ->
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert name in proc.stderr and f"baseline {committed['ratio']:.3f}" in proc.stderr
     assert f"tolerance of +{committed['tolerance']:.0%}" in proc.stderr
+
+
+def test_an_entry_from_another_cpu_is_checked_at_the_ceiling() -> None:
+    """Ratios move by machine: an entry measured on one CPU only gets the +90% ceiling elsewhere, not more."""
+    gate = _gate_module()
+    entry = {"ratio": 1.0, "tolerance": 0.3, "machine": {"cpu": "cpu A"}}
+    baseline = {"benchmarks": {"b": entry}}
+    _, same = gate.check(baseline, {"b": {"ratio": 1.5, "desc": None}}, cpu="cpu A")
+    assert same  # +50% on the entry's own machine: beyond +30%
+    lines, other = gate.check(baseline, {"b": {"ratio": 1.5, "desc": None}}, cpu="cpu B")
+    assert not other and "checked at the +90% ceiling" in lines[1]
+    _, doubled = gate.check(baseline, {"b": {"ratio": 2.0, "desc": None}}, cpu="cpu B")
+    assert doubled  # a 2x regression still fails on any machine
+    _, unnamed = gate.check(baseline, {"b": {"ratio": 1.5, "desc": None}})
+    assert unnamed  # no CPU named by the run: the entry's own tolerance
