@@ -24,18 +24,19 @@ FIXTURES = ROOT / "tests" / "fixtures" / "longbench"
 LONGBENCH_METRIC = {"hotpotqa": "qa_f1", "lcc": "code_sim_longbench"}
 
 
-def _main_entry() -> dict:
-    """The longbench task entry of the shipped main suite."""
+def _main_entries() -> list[dict]:
+    """The longbench task entries of the shipped main suite (one per context length)."""
     suite = yaml.safe_load((ROOT / "suites" / "longbench.yaml").read_text())
-    (entry,) = [t for t in suite["tasks"] if t["type"] == "longbench"]
-    return entry
+    entries = [t for t in suite["tasks"] if t["type"] == "longbench"]
+    assert entries
+    return entries
 
 
-def _write_suite(folder: Path, entry: dict) -> Path:
+def _write_suite(folder: Path, entries: list[dict]) -> Path:
     path = folder / "suite.yaml"
     path.write_text(yaml.safe_dump({
         "name": "longbench-local", "model": TINY, "policies": ["full", "snapkv"], "budgets": [0.5],
-        "tasks": [entry], "window": 8, "device": "cpu",
+        "tasks": entries, "window": 8, "device": "cpu",
     }))
     return path
 
@@ -47,22 +48,22 @@ def _rows(subset: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("longbench_local")
-    entry = {**_main_entry(), "data_dir": str(FIXTURES), "max_new_tokens": 6}  # 6: a short decode on CPU
-    res = CliRunner().invoke(main, ["run", str(_write_suite(folder, entry)), "--out", str(folder / "out"),
+    entries = [{**e, "data_dir": str(FIXTURES), "max_new_tokens": 6} for e in _main_entries()]  # 6: short on CPU
+    res = CliRunner().invoke(main, ["run", str(_write_suite(folder, entries)), "--out", str(folder / "out"),
                                     "--no-progress"])
     assert res.exit_code == 0, (res.output, res.exception)
     return list(read_records(folder / "out" / "results.jsonl"))
 
 
 def test_the_main_entry_runs_on_the_local_copy(records) -> None:
-    entry = _main_entry()
+    entries = _main_entries()
     by_task: dict[str, list[dict]] = {}
     for r in records:
         by_task.setdefault(r["task"], []).append(r)
-    subsets = entry["subsets"]
-    assert set(by_task) == {f"{entry['name']}/{s}{c}" for s in subsets for c in ("", ":no-context")}
-    for subset in subsets:
-        recs = by_task[f"{entry['name']}/{subset}"]
+    tasks = [(e["name"], s) for e in entries for s in e["subsets"]]
+    assert set(by_task) == {f"{name}/{s}{c}" for name, s in tasks for c in ("", ":no-context")}
+    for name, subset in tasks:
+        recs = by_task[f"{name}/{subset}"]
         rows = _rows(subset)
         assert sorted({r["sample_id"] for r in recs}) == sorted(row["_id"] for row in rows)
         assert {(r["policy"], r["budget"]) for r in recs} == {("full", 1.0), ("snapkv", 0.5)}
@@ -86,8 +87,11 @@ def test_records_are_scored_with_longbench_metrics(records) -> None:
 def test_a_subset_missing_from_the_local_copy_is_refused_before_the_model_loads(tmp_path) -> None:
     (tmp_path / "lb").mkdir()
     (tmp_path / "lb" / "hotpotqa.jsonl").write_text((FIXTURES / "hotpotqa.jsonl").read_text())
-    entry = {**_main_entry(), "data_dir": "lb"}  # relative to the suite's folder; lcc.jsonl is missing
-    res = CliRunner().invoke(main, ["run", str(_write_suite(tmp_path, entry)), "--out", str(tmp_path / "out"),
+    # relative to the suite's folder; lcc.jsonl is missing
+    entries = [{**e, "data_dir": "lb"} for e in _main_entries()]
+    entries = [{**entries[0], "subsets": [s for e in entries for s in e["subsets"]]}]  # hotpotqa and lcc in one
+    assert entries[0]["subsets"][:2] == ["hotpotqa", "lcc"]
+    res = CliRunner().invoke(main, ["run", str(_write_suite(tmp_path, entries)), "--out", str(tmp_path / "out"),
                                     "--no-progress"])
     assert res.exit_code == 2, (res.output, repr(res.exception))
     assert "subsets[1]" in res.output and f"data_dir {tmp_path / 'lb'} has no lcc.jsonl" in res.output

@@ -1,17 +1,16 @@
 """The offline task families answer only from their context: no answer leaks into the question, no
-label dominates, and generated code cannot be completed from memory of the standard library."""
+label dominates, and generated code needs values that only the context defines."""
 
 from __future__ import annotations
 
 import functools
 import re
-import sysconfig
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from lukv_bench.data import longbench as gen
+from lukv_bench.data.longbench import hotpotqa_like
 from lukv_bench.tasks import metrics
 from lukv_bench.tasks.longbench import LongBenchTask
 
@@ -41,23 +40,35 @@ def test_hotpotqa_like_echoing_the_question_scores_zero():
     assert sum(gold) / len(gold) == pytest.approx(1.0)
 
 
-def test_hotpotqa_like_answer_is_a_span_of_exactly_one_passage():
+def test_hotpotqa_like_answer_is_in_exactly_one_passage_and_not_in_the_question():
     for s in _samples("hotpotqa_like", 40):
         passages = re.split(r"(?:^|\n\n)Passage \d+:\n", s.context)[1:]
         assert len(passages) == s.meta["n_passages"] >= 2
         holding = [i + 1 for i, p in enumerate(passages) if s.answers[0] in p]
         assert holding == [s.meta["passage"]]
-        assert passages[s.meta["passage"] - 1].startswith(s.meta["project"] + "\n")
-        assert s.meta["project"] in s.question
+        assert s.context.count(s.answers[0]) == 1
+        assert passages[s.meta["passage"] - 1].startswith(s.meta["organisation"] + "\n")
+        assert s.meta["organisation"] in s.question and s.answers[0] not in s.question
         # no word of the answer appears in the question (after the metric's normalisation)
         answer_words = set(metrics.normalize_answer(s.answers[0]).split())
         assert not answer_words & set(metrics.normalize_answer(s.question).split())
         assert len(answer_words) >= 2  # multi-token spans
 
 
-def test_hotpotqa_like_asks_every_attribute_equally_often():
-    counts = Counter(s.meta["attribute"] for s in _samples("hotpotqa_like", MANY))
-    assert len(counts) == 4 and max(counts.values()) - min(counts.values()) <= 1
+def test_hotpotqa_like_passages_state_different_relations():
+    """Each passage states one fact; while relations are left, no two passages share one."""
+    facts = [f.split("{O}")[1] for f, _ in hotpotqa_like._FACTS.values()]
+    for s in _samples("hotpotqa_like", 20):
+        passages = re.split(r"(?:^|\n\n)Passage \d+:\n", s.context)[1:]
+        used = [[f for f in facts if f.split("{X}")[0] in p] for p in passages]
+        assert all(len(u) == 1 for u in used)
+        if len(passages) <= len(facts):
+            assert len({u[0] for u in used}) == len(passages)
+
+
+def test_hotpotqa_like_asks_every_relation_equally_often():
+    counts = Counter(s.meta["relation"] for s in _samples("hotpotqa_like", MANY))
+    assert len(counts) == len(hotpotqa_like._FACTS) and max(counts.values()) - min(counts.values()) <= 1
 
 
 # --- trec_like ---------------------------------------------------------------------------------------
@@ -89,62 +100,45 @@ def test_trec_like_balance_does_not_depend_on_retries_or_seed():
 # --- lcc_like ----------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _stdlib_source() -> str:
-    """Every .py file of the standard library (not site-packages), concatenated."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts = []
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "dist-packages" in path.parts:
-            continue
-        try:
-            parts.append(path.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            continue
-    return "\n".join(parts)
+def test_lcc_like_answer_is_in_the_context_and_not_in_the_question():
+    """The target line rebuilds one service's client: only the context holds its host, port and owner."""
+    for s in _samples("lcc_like", 30):
+        answer = s.answers[0]
+        assert s.context.count(f"    {answer}\n") + s.context.endswith(f"    {answer}") == 1
+        assert answer not in s.question
+        host, port, owner = re.fullmatch(r'return Client\("([^"]+)", (\d+), "([^"]+)", retries\)', answer).groups()
+        assert host not in s.question and port not in s.question
+        # the function of the asked service holds the answer, and the question reopens that service
+        assert f"def open_{s.meta['service']}(retries: int = 3) -> Client:" in s.context
+        assert f"def reopen_{s.meta['service']}(" in s.question
 
 
-def _distinctive(sample) -> list[str]:
-    """Identifiers of the target line derived from the sample's invented record kind."""
-    kind = sample.meta["kind"]
-    return [w for w in re.findall(r"[A-Za-z_]\w*", sample.answers[0]) if kind in w.lower()]
-
-
-def test_lcc_like_target_names_identifiers_that_only_the_context_defines():
-    samples = _samples("lcc_like", 30)
-    stdlib = _stdlib_source()
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for s in samples:
-        names = _distinctive(s)
-        assert names, s.answers[0]
-        for name in names:
-            assert name in s.context, name
-            assert name not in stdlib, name
-        module = s.meta["module"]
-        assert not (root / module).exists()
-        assert module.removesuffix(".py") not in stdlib
-
-
-def test_lcc_like_context_is_real_python_and_the_target_continues_it():
+def test_lcc_like_is_plain_python_completed_by_the_answer():
     import ast
 
     for s in _samples("lcc_like", 30):
-        lines = s.context.split("\n")
-        assert len(lines) == s.meta["line"]  # the context ends just before the target line
-        # the context up to the end of the previous method parses; adding the target keeps the module valid
-        last_def = max(i for i, line in enumerate(lines) if line.startswith("    def "))
-        ast.parse("\n".join(lines[:last_def]))
+        assert not s.chat and s.verbatim  # LongBench's lcc: a plain completion, no chat template
+        assert not s.question.endswith("\n")  # the model starts the line with its own newline-and-indent
+        ast.parse(s.context)
+        ast.parse(s.context + s.question + "\n    " + s.answers[0] + "\n")
         assert s.answers[0] == s.answers[0].strip() and s.answers[0]
 
 
+def test_lcc_like_no_context_prompt_has_no_value_of_the_answer():
+    task = _task("lcc_like")
+    for s in _samples("lcc_like", 10):
+        assert task.score(s.answers[0], s) == pytest.approx(1.0)
+        assert task.score(s.question, s) < 0.5  # echoing the question is far from the line
+
+
 def test_redesigned_sets_are_deterministic_and_prefix_stable():
-    for subset in ("hotpotqa_like", "trec_like", "lcc_like"):
+    for subset, version in (("hotpotqa_like", 3), ("trec_like", 2), ("lcc_like", 3)):
         a = gen.generate(subset, 5, seed=4, context_tokens=TOKENS)
         assert gen.generate(subset, 5, seed=4, context_tokens=TOKENS) == a
         assert gen.generate(subset, 3, seed=4, context_tokens=TOKENS) == a[:3]
         assert gen.generate(subset, 5, seed=5, context_tokens=TOKENS) != a
-        assert all(s.id.startswith(f"{subset}-v2-4-") for s in a)
-        assert "design v2" in gen.data_source(subset, 4, TOKENS)
+        assert all(s.id.startswith(f"{subset}-v{version}-4-") for s in a)
+        assert f"design v{version}" in gen.data_source(subset, 4, TOKENS)
 
 
 # --- generator versions ------------------------------------------------------------------------------
@@ -162,6 +156,6 @@ def test_every_generator_has_a_version_that_matches_its_design():
         assert versions[name] == f"{gen.GENERATOR}, {module.VERSION}"
         # the data source names the same design (v1 sets keep their original wording)
         assert ("design v" in gen.data_source(name, 0, TOKENS)) == (spec.version != 1)
-    assert gen.generator_version("hotpotqa_like") == "lukv-bench generator v1, hotpotqa_like v2"
+    assert gen.generator_version("hotpotqa_like") == "lukv-bench generator v1, hotpotqa_like v3"
     with pytest.raises(KeyError, match="unknown offline subset"):
         gen.generator_version("qasper")

@@ -142,7 +142,7 @@ def test_hotpotqa_like_answerable(generated):
     for s in generated["hotpotqa_like"]:
         passages = re.split(r"(?:^|\n\n)Passage \d+:\n", s.context)[1:]
         holding = [p for p in passages if s.answers[0] in p]
-        assert len(holding) == 1 and holding[0].split("\n", 1)[0] == s.meta["project"]
+        assert len(holding) == 1 and holding[0].split("\n", 1)[0] == s.meta["organisation"]
         assert passages.index(holding[0]) + 1 == s.meta["passage"]
 
 
@@ -179,10 +179,10 @@ def test_passage_count_like_answerable(generated):
         assert max(Counter(paragraphs).values()) >= 1
 
 
-def test_lcc_like_answer_is_the_next_line_and_names_the_context(generated):
+def test_lcc_like_answer_is_the_next_line_and_copies_the_context(generated):
     for s in generated["lcc_like"]:
-        assert s.context.endswith("\n") and s.context.count("\n") == s.meta["line"] - 1
-        assert s.meta["kind"] in s.answers[0].lower() and s.meta["kind"] in s.context
+        assert s.question.rstrip().endswith('"""') and f"reopen_{s.meta['service']}(" in s.question
+        assert f"    {s.answers[0]}" in s.context and s.answers[0] not in s.question
 
 
 def test_generated_samples_score_their_own_answers(generated):

@@ -4,9 +4,9 @@ Sources (nothing is downloaded):
 
 * ``pydoc_data.topics.topics`` — the Python Language Reference / library topics used by ``help()``
   (read by :func:`lukv_bench.data.corpus.topics`, deduplicated by text: "else" and "if" share one text);
-* invented words (pronounceable, made up per sample) for the names, people, places and code
-  identifiers of ``hotpotqa_like`` and ``lcc_like``, so their answers cannot come from a model's
-  memory: only from the context.
+* invented words (pronounceable, made up per sample) for the organisations and people of
+  ``hotpotqa_like`` and the services, hosts and ports of ``lcc_like``, so their answers cannot come
+  from a model's memory: only from the context.
 
 Every subset imitates one LongBench subset (same task shape, prompt style and metric) and every
 question is answerable from its context, which the generator checks while building it. One module
@@ -16,16 +16,18 @@ of this package per generator; :mod:`.common` holds what they share.
 subset (module)            imitates (LongBench) metric         what it asks
 ========================== ==================== ============== ============================================
 qasper_like                qasper (1-doc QA)    qa_f1          a word removed from a sentence of the document
-hotpotqa_like              hotpotqa (multi-doc) qa_f1          an attribute (a multi-word name) of one of many
-                                                               invented projects
+hotpotqa_like              hotpotqa (multi-doc) qa_f1          who did something (a two-word name) for one
+                                                               of several invented organisations (one
+                                                               passage each)
 triviaqa_like              triviaqa (few-shot)  qa_f1          few-shot fill-the-gap questions on passages
 trec_like                  trec (few-shot cls.) classification which reference chapter a snippet comes from
                                                                (every chapter equally often)
 passage_retrieval_en_like  passage_retrieval_en retrieval      which numbered paragraph a sentence is from
 (passage_retrieval_like)
 passage_count_like         passage_count        count          how many unique paragraphs (with duplicates)
-lcc_like                   lcc (code)           code_sim       next line of a generated module; it names an
-                                                               identifier that only the context defines
+lcc_like                   lcc (code)           code_sim       next line of a generated module: a client
+                                                               built from the host, port and owner that one
+                                                               earlier function of the module defines
 ========================== ==================== ============== ============================================
 
 Generation is deterministic for a given Python version, seed and target length, and prefix-stable:
@@ -33,7 +35,7 @@ sample ``i`` depends only on ``(subset, seed, context_tokens, i)``. Context leng
 (``4`` characters per token). Subsets redesigned after their first release carry a design version
 (``OfflineSubset.version``) in their random streams, sample ids and data source, so their samples are
 never mistaken for the earlier design's. Each generator module names its design in ``VERSION``
-(``"hotpotqa_like v2"``); :func:`generator_version` reports it with the generator's own revision.
+(``"hotpotqa_like v3"``); :func:`generator_version` reports it with the generator's own revision.
 """
 
 from __future__ import annotations
@@ -99,17 +101,19 @@ _VERSIONS: dict[str, str] = {m.SUBSET.name: m.VERSION for m in _MODULES}
 #: where a subset's text comes from -> how data_source describes it ({py}: the Python version)
 SOURCES = {
     "pydoc_data": "Python {py}'s pydoc_data language-reference topics",
-    "invented_projects": (
-        "invented software-project profiles (made-up names, people, places and sponsors) with remarks quoted "
-        "from Python {py}'s pydoc_data topics"
+    "invented_organisations": (
+        "passages of Python {py}'s pydoc_data prose, each about one invented organisation (made-up names and "
+        "people) and stating one fact about it"
     ),
-    "invented_code": "generated Python modules whose record kinds and identifiers are invented words",
+    "invented_clients": (
+        "generated Python modules of service clients whose names, hosts, ports and owners are invented"
+    ),
 }
 
 
 def generator_version(subset: str) -> str:
     """The version of ``subset``'s generator: this generator's revision and the subset module's ``VERSION``,
-    e.g. ``"lukv-bench generator v1, hotpotqa_like v2"``. It changes whenever the design of the subset's
+    e.g. ``"lukv-bench generator v1, hotpotqa_like v3"``. It changes whenever the design of the subset's
     samples changes (the samples also depend on the Python version, which :func:`data_source` names).
 
     Raises KeyError for an unknown subset.

@@ -1,8 +1,16 @@
-"""``hotpotqa_like``: multi-document QA imitating LongBench's hotpotqa — an attribute (a multi-word
-invented name) of one of many invented software projects (metric ``qa_f1``).
+"""``hotpotqa_like``: multi-document QA imitating LongBench's hotpotqa — who did something for one of
+several invented organisations, each the subject of its own passage (metric ``qa_f1``).
 
-Every answer is made of invented words that occur once in the context and never in the question, so
-echoing the question scores nothing; the attribute asked is balanced over the set.
+Design v3: each passage is a title (an invented organisation), prose quoted from the Python docs and one
+fact sentence about the organisation, naming a person (a real first name and an invented surname). The
+passages' facts use different relations (founded, directs, designed, ...) as long as there are relations
+left, so the question matches one fact by its organisation and its wording; the answer is a two-word
+name that occurs once in the context and never in the question, so echoing the question scores nothing.
+The relation asked is balanced over the set.
+
+Design v2 (up to 0.18 FullKV on the embedded SmolLM2-135M at 1,500 tokens, 0.03 at 2,000) gave every
+passage the same four attributes of an invented software project, too many look-alike facts for a small
+model; v2's samples are those of the git history before this design.
 """
 
 from __future__ import annotations
@@ -21,82 +29,74 @@ from lukv_bench.data.longbench.common import (
 )
 from lukv_bench.sample import Sample
 
-DESIGN = 2  #: design revision: part of the set's random streams, sample ids and data source ("design v2")
+DESIGN = 3  #: design revision: part of the set's random streams, sample ids and data source ("design v3")
 VERSION = f"hotpotqa_like v{DESIGN}"  #: this generator's version; :func:`generator_version` reports it
 
-#: attribute -> (sentence about project P with value X, question about P). The question repeats the
-#: sentence's wording up to the value, so the answer is the span that follows it in one passage;
-#: every answer is made of invented words that occur once in the context and never in the question.
+#: relation -> (fact about organisation O naming person X, question about O)
 _FACTS = {
-    "author": ("The original author of {P} is {X}.", "Who is the original author of {P}?"),
-    "maintainer": ("The current maintainer of {P} is {X}.", "Who is the current maintainer of {P}?"),
-    "city": ("The first version of {P} was written in {X}.", "Where was the first version of {P} written?"),
-    "sponsor": ("The main sponsor of {P} is the {X}.", "Who is the main sponsor of {P}?"),
+    "founder": ("The {O} was founded by {X}.", "Who founded the {O}?"),
+    "director": ("The {O} is directed by {X}.", "Who directs the {O}?"),
+    "architect": ("The building of the {O} was designed by {X}.", "Who designed the building of the {O}?"),
+    "donor": ("The {O} was funded by a gift from {X}.", "Whose gift funded the {O}?"),
+    "logo": ("The logo of the {O} was drawn by {X}.", "Who drew the logo of the {O}?"),
+    "report": (
+        "The first annual report of the {O} was written by {X}.", "Who wrote the first annual report of the {O}?"
+    ),
 }
-_CITY_FORMS = ("Port {W}", "{W} Falls", "North {W}", "{W} Bay", "Upper {W}")
-_SPONSOR_FORMS = ("{W} Foundation", "{W} Institute", "{W} Trust", "{W} Society")
-_KINDS = ("library", "command-line tool", "build system", "database driver", "test runner", "web framework")
+_ORGS = ("Institute", "Foundation", "Society", "Laboratory", "Academy", "Observatory")
+_PASSAGE_CHARS = 1600  #: prose per passage at most (about 400 tokens): five passages in a 2,000-token context
+_INSTRUCTION = (
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+)
 
 
 @functools.cache
 def _quote_pool() -> tuple[str, ...]:
-    """Short prose sentences of the Python docs without quotes (filler remarks for hotpotqa_like)."""
+    """Short prose sentences of the Python docs without quotes (the passages' text)."""
     return tuple(
         s for p in paragraph_pool(80, 2000) for s in split_sentences(p, 8, 30) if '"' not in s and "\n" not in s
     )
 
 
-def _project_passage(name: str, values: dict[str, str], rng: random.Random, quote: str) -> str:
-    facts = [_FACTS[a][0].format(P=name, X=values[a]) for a in _FACTS]
-    rng.shuffle(facts)
-    sentences = [
-        f"{name} is an open-source {rng.choice(_KINDS)}, first released in {rng.randint(1989, 2021)}.",
-        *facts[:2],
-        f'Its manual opens with this remark: "{quote}"',
-        *facts[2:],
-        f"The current release is {rng.randint(1, 9)}.{rng.randint(0, 30)}.",
-    ]
-    return " ".join(sentences)
+def _passage(org: str, fact: str, rng: random.Random, chars: int) -> str:
+    """The organisation's name as a title, then consecutive prose sentences with the fact among them."""
+    pool = _quote_pool()
+    start = rng.randrange(len(pool))
+    body: list[str] = []
+    while sum(len(s) + 1 for s in body) < chars:
+        body.append(pool[(start + len(body)) % len(pool)])
+    body.insert(rng.randint(0, len(body)), fact)
+    return f"{org}\n" + " ".join(body)
 
 
 def make_sample(rng: random.Random, target: int, slot: Slot) -> Sample:
-    """One sample: invented project profiles filling about ``target`` characters, and a question on one
-    attribute of one project (the attribute chosen by ``slot``, so every attribute is asked equally often)."""
-    sentences = _quote_pool()
-    passages: list[tuple[str, dict[str, str]]] = []
-    size = 0
-    it = distinct_words(rng, syllables=(2, 2))
-    while size < target:
-        name = next(it).capitalize()
-        values = {
-            "author": f"{rng.choice(FIRST_NAMES)} {next(it).capitalize()}",
-            "maintainer": f"{rng.choice(FIRST_NAMES)} {next(it).capitalize()}",
-            "city": rng.choice(_CITY_FORMS).format(W=next(it).capitalize()),
-            "sponsor": rng.choice(_SPONSOR_FORMS).format(W=next(it).capitalize()),
-        }
-        text = _project_passage(name, values, rng, rng.choice(sentences))
-        passages.append((f"{name}\n{text}", values))
-        size += len(text) + len(name) + 16
-    if len(passages) < 2:
+    """One sample: passages about invented organisations filling about ``target`` characters, and a question
+    on the fact of one of them (the relation chosen by ``slot``, so every relation is asked equally often)."""
+    n = max(2, round(target / (_PASSAGE_CHARS + 60)))
+    chars = min(_PASSAGE_CHARS, target // n)  # short contexts: shorter passages
+    asked = slot.balanced(tuple(_FACTS))
+    k = rng.randrange(n)
+    others = [r for r in _FACTS if r != asked]
+    rng.shuffle(others)
+    relations = [asked if i == k else others[(i - (i > k)) % len(others)] for i in range(n)]
+    words = distinct_words(rng, syllables=(2, 2))
+    passages = []
+    for relation in relations:
+        org = f"{next(words).capitalize()} {rng.choice(_ORGS)}"
+        person = f"{rng.choice(FIRST_NAMES)} {next(words).capitalize()}"
+        fact = _FACTS[relation][0].format(O=org, X=person)
+        passages.append((org, person, _passage(org, fact, rng, chars)))
+    org, answer, _ = passages[k]
+    context = "\n\n".join(f"Passage {i + 1}:\n{text}" for i, (_, _, text) in enumerate(passages))
+    if context.count(answer) != 1:  # pragma: no cover - invented words never occur in the docs' prose
         raise Retry
-    k = rng.randrange(len(passages))
-    attribute = slot.balanced(tuple(_FACTS))
-    name = passages[k][0].split("\n", 1)[0]
-    answer = passages[k][1][attribute]
-    context = "\n\n".join(f"Passage {i + 1}:\n{text}" for i, (text, _) in enumerate(passages))
     return Sample(
         id="",
-        instruction=(
-            "Answer the question based on the given passages. Only give me the answer and do not output "
-            "any other words.\n\nThe following are given passages."
-        ),
+        instruction=f"{_INSTRUCTION}\n\nThe following are given passages.",
         context=context,
-        question=(
-            "Answer the question based on the given passages. Only give me the answer and do not output "
-            f"any other words.\n\nQuestion: {_FACTS[attribute][1].format(P=name)}\nAnswer:"
-        ),
+        question=f"{_INSTRUCTION}\n\nQuestion: {_FACTS[asked][1].format(O=org)}\nAnswer:",
         answers=[answer],
-        meta={"project": name, "attribute": attribute, "passage": k + 1, "n_passages": len(passages)},
+        meta={"organisation": org, "relation": asked, "passage": k + 1, "n_passages": n},
     )
 
 
@@ -104,8 +104,8 @@ SUBSET = OfflineSubset(
     "hotpotqa_like",
     "hotpotqa",
     "qa_f1",
-    "multi-document QA (an attribute of one invented project among many)",
+    "multi-document QA (who did something for one of several invented organisations, one passage each)",
     make_sample,
-    source="invented_projects",
+    source="invented_organisations",
     version=DESIGN,
 )
