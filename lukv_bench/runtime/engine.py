@@ -369,12 +369,9 @@ class Engine:
             for i, layer in enumerate(cache.layers):
                 if layer.window is not None:
                     continue  # a layer held at its window already forgets what its window leaves
-                lens = layer.stored_tokens(cell)
-                if attends:
-                    keep = policy.decode_keep(lens, cache.logical[cell], budgets[i],
-                                              attention=cache.newest_attention(i, cell))
-                else:
-                    keep = policy.decode_keep(lens, cache.logical[cell], budgets[i])
+                attention = cache.newest_attention(i, cell) if attends else None
+                keep = policy.decode_keep(layer.stored_tokens(cell), cache.logical[cell], budgets[i],
+                                          attention=attention)
                 if keep is not None:
                     cache.evict(i, cell, keep)
 

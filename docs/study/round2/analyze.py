@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lukv_bench.report.stats import ALPHA, holm, mean_ratio_ci, sign_test
-from lukv_bench.report.summary import Paired, TaskSummary, fmt3, fmt_p, load_results, summarize
+from lukv_bench.report.summary import Paired, TaskSummary, fmt3, fmt_diff, fmt_fixed, fmt_p, load_results, summarize
 from lukv_bench.tasks.control import is_control
 
 # -- the rule's constants (docs/study.md) ------------------------------------------------------------------------
@@ -162,11 +162,6 @@ def median_or_none(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def fmt_opt(x: float | None, spec: str = ".3f") -> str:
-    """``x`` formatted, or an em dash."""
-    return "—" if x is None else format(x, spec)
-
-
 def counted_lines(counted: dict[str, list[str]]) -> list[str]:
     """The per-protocol counted family sets, as markdown."""
     return ["**Counted families** (given on the command line: stage 0's result on the search samples):", ""] + [
@@ -254,7 +249,7 @@ def run_stage0(prompt_dir: str, context_dir: str, out: str) -> dict[str, list[st
              "| protocol | family | n | FullKV | control | higher–lower | p | Holm-adjusted p | counts | why not |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for t in tests:
-        lines.append(f"| {t.protocol} | {t.family} | {t.n} | {fmt_opt(t.full)} | {fmt_opt(t.control)} | "
+        lines.append(f"| {t.protocol} | {t.family} | {t.n} | {fmt3(t.full)} | {fmt3(t.control)} | "
                      f"{t.wins}–{t.losses} | {fmt_p(t.p)} | {fmt_p(t.p_adj)} | {'**yes**' if t.counts else 'no'} "
                      f"| {t.why_not() or '—'} |")
     lines += ["", "## Counted families per protocol", ""]
@@ -420,17 +415,17 @@ def run_search(prompt_dir: str, context_dir: str, counted: dict[str, list[str]],
     lines += ["## R_p(c, b): mean over the counted families of (c's mean score / FullKV's mean score)", ""]
     for p in PROTOCOLS:
         lines += [f"### `{p}` (families: {', '.join(counted[p]) or 'none'})", "", head, rule]
-        lines += [f"| {c} | " + " | ".join(fmt_opt(rp[(p, c, b)]) for b in budgets) + " |" for c in policies]
+        lines += [f"| {c} | " + " | ".join(fmt3(rp[(p, c, b)]) for b in budgets) + " |" for c in policies]
         lines.append("")
     lines += [f"### Mean over the protocols ({', '.join(active) or 'none'})", "", head, rule]
-    lines += [f"| {c} | " + " | ".join(fmt_opt(over_protocols(c, b)) for b in budgets) + " |" for c in policies]
+    lines += [f"| {c} | " + " | ".join(fmt3(over_protocols(c, b)) for b in budgets) + " |" for c in policies]
     lines += ["", "## Per family: policy mean score / FullKV mean score (policy mean score)", ""]
     for p in PROTOCOLS:
         for f in counted[p]:
             s = folders[p].get(f)
             if s is None:
                 continue
-            lines += [f"### `{p}` / {f} (FullKV {fmt_opt(s.full.score if s.full else None)}, "
+            lines += [f"### `{p}` / {f} (FullKV {fmt3(s.full.score if s.full else None)}, "
                       f"n = {s.full.n if s.full else 0})", "", head, rule]
             for c in policies:
                 row = []
@@ -438,7 +433,7 @@ def run_search(prompt_dir: str, context_dir: str, counted: dict[str, list[str]],
                     col = next((x for x in s.budgets if x.label == b), None)
                     cell = s.cell(c, col) if col is not None else None
                     r = ratio(s, c, b)
-                    row.append("missing" if cell is None else f"{fmt_opt(r, '.2f')} ({fmt3(cell.score)})")
+                    row.append("missing" if cell is None else f"{fmt_fixed(r, 2)} ({fmt3(cell.score)})")
                 lines.append(f"| {c} | " + " | ".join(row) + " |")
             lines.append("")
 
@@ -463,10 +458,10 @@ def run_search(prompt_dir: str, context_dir: str, counted: dict[str, list[str]],
               "|---|---:|---:|---:|---|"]
     for c in sorted(figures, key=lambda c: -figures[c][0]):
         a, n, cs = figures[c]
-        lines.append(f"| {c} | {a:.3f} | {n:.3f} | {fmt_opt(cs, '.4f')} | {'yes' if c in tied else ''} |")
+        lines.append(f"| {c} | {a:.3f} | {n:.3f} | {fmt_fixed(cs, 4)} | {'yes' if c in tied else ''} |")
     for c, why in incomplete.items():
-        lines.append(f"| {c} | {fmt_opt(over_protocols(c, AT))} | {fmt_opt(over_protocols(c, NEXT))} | "
-                     f"{fmt_opt(cost[c], '.4f')} | left out: {why} |")
+        lines.append(f"| {c} | {fmt3(over_protocols(c, AT))} | {fmt3(over_protocols(c, NEXT))} | "
+                     f"{fmt_fixed(cost[c], 4)} | left out: {why} |")
     lines += ["", f"- Pick: **{pick or 'none'}**" + (f" (tied: {', '.join(tied)})" if len(tied) > 1 else ""),
               f"- Runner-up: **{runner_up or 'none'}** (the rule applied to the eligible candidates without the pick)",
               ""]
@@ -481,7 +476,7 @@ def run_search(prompt_dir: str, context_dir: str, counted: dict[str, list[str]],
         for p in PROTOCOLS:
             mine = median_or_none(compress_times(folders[p], counted[p], c))
             rel = mine / base[p] if mine is not None and base[p] else None
-            row += [fmt_opt(rel, ".2f"), fmt_opt(rp[(p, c, AT)])]
+            row += [fmt_fixed(rel, 2), fmt3(rp[(p, c, AT)])]
         lines.append(f"| {c} | " + " | ".join(row) + " |")
     lines.append("")
     Path(out + ".md").write_text("\n".join(lines))
@@ -664,9 +659,9 @@ def run_heldout(prompt_dir: str, context_dir: str, counted: dict[str, list[str]]
             cell = s.cell(pick, col) if col is not None else None
             r = ratio(s, pick, AT)
             lines.append(f"| {p} | {f} | {'yes' if f in counted[p] else 'no'} | "
-                         f"{fmt_opt(s.full.score if s.full else None)} | "
-                         f"{'missing' if cell is None else fmt3(cell.score)} | {fmt_opt(r)} | "
-                         f"{fmt_opt(None if r is None else r - TARGET, '+.3f')} |")
+                         f"{fmt3(s.full.score if s.full else None)} | "
+                         f"{'missing' if cell is None else fmt3(cell.score)} | {fmt3(r)} | "
+                         f"{'—' if r is None else fmt_diff(r - TARGET)} |")
     lines.append("")
 
     # rule step 3
@@ -680,16 +675,16 @@ def run_heldout(prompt_dir: str, context_dir: str, counted: dict[str, list[str]]
     becomes = mine is not None and not short
     if becomes:
         reason = (f"{pick}'s held-out mean R_p at {AT} ({mine:.3f}) is at least {BASELINE}'s "
-                  f"({fmt_opt(figs[BASELINE])}) and {DEFAULT}'s ({fmt_opt(figs[DEFAULT])})")
+                  f"({fmt3(figs[BASELINE])}) and {DEFAULT}'s ({fmt3(figs[DEFAULT])})")
     elif mine is None:
         reason = f"{pick}'s held-out figure at {AT} is missing"
     else:
-        reason = "; ".join(f"{pick} {mine:.3f} < {c} {fmt_opt(figs[c])}" if figs[c] is not None
+        reason = "; ".join(f"{pick} {mine:.3f} < {c} {fmt3(figs[c])}" if figs[c] is not None
                            else f"{c}'s figure is missing" for c in short)
     lines += ["## Rule step 3: the recommended default", "",
               f"Mean over the protocols ({', '.join(active) or 'none'}) of R_p(c, {AT}) on the counted families:", "",
               "| policy | held-out figure |", "|---|---:|"]
-    lines += [f"| {c} | {fmt_opt(v)} |" for c, v in figs.items()]
+    lines += [f"| {c} | {fmt3(v)} |" for c, v in figs.items()]
     lines += ["", f"- **{pick + ' becomes the recommended default' if becomes else DEFAULT + ' stays the default'}**"
               f": {reason}.", ""]
 
