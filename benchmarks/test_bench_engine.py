@@ -229,3 +229,14 @@ def test_bench_decode_across_samples(bench_ratio, setup):
     bench_ratio(batched, alone, rounds=5, warmup_rounds=1,
                 desc=f"decode {len(cells)} settings x {m} samples as one batch / each sample's {len(cells)} alone "
                      f"({n} tokens, {new} new)")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_kvzip_repeat_pass(bench_ratio, setup):
+    from lukv_bench.runtime.contract import repeat_need
+
+    engine, ids, _, _ = setup
+    prompt = ids[:, :1000]
+    bench_ratio(lambda: engine.prefill(prompt, {repeat_need(2048)}), lambda: engine.prefill(prompt, ()),
+                rounds=3, stat="min",
+                desc="prefill plus KVzip's repeat pass / the prefill alone (1,000 tokens, one thread)")
