@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from lukv_bench.registry import resolve_policy
 from lukv_bench.runtime.arena import BufferArena
 from lukv_bench.runtime.cache import RaggedCache, RaggedLayer
-from lukv_bench.runtime.contract import Budget
+from lukv_bench.runtime.contract import Budget, repeat_need
 from lukv_bench.runtime.engine import Engine, sweep
 
 POLICIES = ["streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake", "random"]
@@ -233,8 +233,6 @@ def test_bench_decode_across_samples(bench_ratio, setup):
 
 @pytest.mark.usefixtures("one_thread")
 def test_bench_kvzip_repeat_pass(bench_ratio, setup):
-    from lukv_bench.runtime.contract import repeat_need
-
     engine, ids, _, _ = setup
     prompt = ids[:, :1000]
     bench_ratio(lambda: engine.prefill(prompt, {repeat_need(2048)}), lambda: engine.prefill(prompt, ()),
