@@ -235,3 +235,13 @@ def register_policies(register: Register) -> None:
             "timed in compress_s), uniform budgets",
         )
     )
+    register(
+        PolicySpec(
+            "kvzip-plus",
+            "kvzip",
+            "redirected-uncertainty",
+            "Study round 2's pick and the recommended default (docs/study.md): KVzip's repeat scores, layer "
+            "budgets ~ 1/LMBA above ZigZagKV's floor, AdaKV head split inside each layer",
+            params={"power": -1.0, "head_alpha": 0.2},
+        )
+    )

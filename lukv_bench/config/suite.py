@@ -104,7 +104,7 @@ class Suite:
     threads: int | None = 1  #: torch threads on CPU (None: torch's default)
     #: settings decoded together per sample (None: all); bounds the memory one batch uses
     batch_settings: int | None = None
-    #: what the report compares: {proposed: NAME, rivals: [NAMES]} (default: layer-uncertainty vs all)
+    #: what the report compares: {proposed: NAME, rivals: [NAMES]} (default: each policy vs FullKV only)
     report: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)  #: per-worker resources under ``--executor ray``
     lines: dict[str, int] = field(default_factory=dict, repr=False)  #: key path -> line in the file
@@ -609,7 +609,7 @@ def _build(data: Any, c: _Checker, folder: Path, overrides: Overrides, file: Pat
 def _check_report(c, value: Any, policies: list[Any] | None) -> dict[str, Any] | None:
     """``report: {proposed: NAME, rivals: [NAME, ...]}``: names must be policies of the suite."""
     if not isinstance(value, dict):
-        c.fail("report", f"expected a map like {{proposed: layer-uncertainty, rivals: [snapkv]}}, got {_show(value)}")
+        c.fail("report", f"expected a map like {{proposed: kvzip-plus, rivals: [snapkv]}}, got {_show(value)}")
         return None
     names = {p if isinstance(p, str) else p.get("name") for p in policies or [] if isinstance(p, (str, dict))}
     ok = True

@@ -21,9 +21,9 @@ def test_quick_suite_runs_and_fullkv_answers(embedded, tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     policies = {r["policy"] for r in records}
-    assert policies == {"full", "snapkv", "layer-uncertainty"}
-    # 2 samples x (FullKV once + 2 policies x 2 budgets + the no-context control)
-    assert len(records) == 2 * (1 + 2 * 2 + 1)
+    assert policies == {"full", "snapkv", "layer-uncertainty", "kvzip-plus"}
+    # 2 samples x (FullKV once + 3 policies x 2 budgets + the no-context control)
+    assert len(records) == 2 * (1 + 3 * 2 + 1)
     control = [r for r in records if r["task"] == "passkey:no-context"]
     full = [r for r in records if r["policy"] == "full" and r not in control]
     # calibration: the task is only informative if the uncompressed model solves it, and not without the text
@@ -35,4 +35,5 @@ def test_quick_suite_runs_and_fullkv_answers(embedded, tmp_path):
             assert r["kl_mean"] is not None and r["kl_mean"] >= 0
     report = (out / "report.md").read_text()
     assert "layer-uncertainty" in report and "offline needle-in-a-haystack" in report
+    assert "Paired difference to kvzip-plus" in report  # the recommended default is the suite's proposed policy
     assert list((out / "plots").glob("*.png"))

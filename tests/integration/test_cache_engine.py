@@ -217,7 +217,7 @@ def test_batched_sweep_equals_single_setting_decoding(tiny, mode):
     full = resolve_policy("full")
     names = ["snapkv", "streaming", "layer-uncertainty", "adakv", "h2o", "pyramidkv",
              "tova", "keydiff", "criticalkv", "defensivekv", "layer-defensivekv", "chunkkv",
-             "expected-attention", "kvzip"]
+             "expected-attention", "kvzip", "kvzip-plus"]
     runs = [(full, 1.0)] + [(resolve_policy(n), b) for n in names for b in (0.2, 0.5)]
     alone = _sweep_all(eng, ctx, question, runs, full, 1, mode)
     # an EOS that the first decoded answers hit early: settings leave the batch at different steps

@@ -40,6 +40,7 @@ BUILTINS = {
     "chunkkv": ("chunk", "uniform", {"inner": "snapkv", "size": 10}),
     "expected-attention": ("expected-attention", "uniform", {"future": 512, "skip": 4, "covariance": True}),
     "kvzip": ("kvzip", "uniform", {"chunk": 2048}),
+    "kvzip-plus": ("kvzip", "redirected-uncertainty", {"power": -1.0, "head_alpha": 0.2, "chunk": 2048}),
 }
 
 DATA_ROW = {"id": "a", "context": "The fox lives in a den. " * 4, "question": "Where?", "answers": ["den"]}

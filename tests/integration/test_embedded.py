@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 BUILTINS = ["full", "random", "streaming", "h2o", "snapkv", "pyramidkv", "adakv", "layer-uncertainty", "cake",
             "tova", "keydiff", "criticalkv", "defensivekv", "layer-defensivekv", "chunkkv", "expected-attention",
-            "kvzip"]
+            "kvzip", "kvzip-plus"]
 
 
 @pytest.fixture()

@@ -313,7 +313,10 @@ def test_shipped_suites_validate():
         suite = load_suite(path)
         assert suite.name == path.stem and suite.model == "embedded"
     lb = load_suite(root / "longbench.yaml")
-    assert lb.budgets == [0.1, 0.2] and len(lb.policies) == 17  # built-ins but kvzip
+    # every built-in, and the recommended default as the proposed policy
+    assert lb.budgets == [0.1, 0.2] and len(lb.policies) == 19 and lb.report["proposed"] == "kvzip-plus"
+    for path in sorted(root.glob("*.yaml")):  # the recommended default is in every shipped suite
+        assert "kvzip-plus" in [p if isinstance(p, str) else p["name"] for p in load_suite(path).policies], path
 
 
 def test_truncate_setting(tmp_path):
