@@ -116,7 +116,7 @@ def run(suite: Path | None, out: Path | None, policies: str | None, budgets: str
     plots to --out.
 
     Options given with SUITE replace its keys (--limit also every task's own limit). Without SUITE, e.g.
-    `lukv-bench run --policies snapkv,layer-uncertainty-plus --budgets 0.1,0.2 --task passkey --limit 4`.
+    `lukv-bench run --policies snapkv,kvzip-plus --budgets 0.1,0.2 --task passkey --limit 4`.
     """
     if no_progress:
         _hide_progress_bars()
