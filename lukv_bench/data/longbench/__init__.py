@@ -15,7 +15,8 @@ of this package per generator; :mod:`.common` holds what they share.
 ========================== ==================== ============== ============================================
 subset (module)            imitates (LongBench) metric         what it asks
 ========================== ==================== ============== ============================================
-qasper_like                qasper (1-doc QA)    qa_f1          a word removed from a sentence of the document
+qasper_like                qasper (1-doc QA)    qa_f1          who did something (a two-word name) for an
+                                                               invented project, asked of its manual
 hotpotqa_like              hotpotqa (multi-doc) qa_f1          who did something (a two-word name) for one
                                                                of several invented organisations (one
                                                                passage each)
@@ -104,6 +105,10 @@ SOURCES = {
     "invented_organisations": (
         "passages of Python {py}'s pydoc_data prose, each about one invented organisation (made-up names and "
         "people) and stating one fact about it"
+    ),
+    "invented_project": (
+        "an excerpt of one of Python {py}'s pydoc_data topics, presented as the manual of an invented project, "
+        "with sentences naming the project's invented people"
     ),
     "invented_clients": (
         "generated Python modules of service clients whose names, hosts, ports and owners are invented"
