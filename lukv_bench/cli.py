@@ -79,7 +79,7 @@ def _hide_progress_bars() -> None:
               help="Output folder (default: results/<suite name>). Rerunning resumes.")
 @click.option("--policies", default=None,
               help="Comma-separated policy names (see `lukv-bench policies`); FullKV always runs as the reference. "
-                   "Default without SUITE: snapkv,layer-uncertainty.")
+                   "Default without SUITE: snapkv,kvzip-plus.")
 @click.option("--budgets", default=None,
               help="Comma-separated KV budgets as ratios of the prompt in (0, 1], or tokens:128,256. Default without "
                    "SUITE: 0.1,0.2.")

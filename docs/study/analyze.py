@@ -1,4 +1,4 @@
-"""Apply docs/study.md's selection rule to a results folder of suites/families.yaml; write tables and plots.
+"""Apply docs/study/round1.md's selection rule to a results folder of docs/study/search.yaml; write tables and plots.
 
 Usage: python docs/study/analyze.py RESULTS_DIR OUT_PREFIX [--baseline snapkv] [--faithful layer-uncertainty]
                                     [--families F1,F2] [--also F1,F2,F3 ...]

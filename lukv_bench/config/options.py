@@ -37,7 +37,7 @@ OPTION_OF = {
     "dtype": "--dtype",
     "compress": "--compress",
 }
-DEFAULT_POLICIES = "snapkv,layer-uncertainty"  #: FullKV runs in every run anyway, as the reference
+DEFAULT_POLICIES = "snapkv,kvzip-plus"  #: the common baseline and the recommended default; FullKV always runs
 DEFAULT_BUDGETS = "0.1,0.2"
 DEFAULT_TASK = "passkey"
 _TOKENS_PREFIX = "tokens:"
@@ -153,7 +153,8 @@ def _from_working_dir(model: str) -> str:
 
 def default_data(overrides: Overrides) -> dict[str, Any]:
     """The suite a run without a suite file starts from (the options' keys laid over it): the embedded model,
-    ``snapkv`` and ``layer-uncertainty`` at budgets 0.1 and 0.2 on the pass-key task; named after its tasks."""
+    ``snapkv`` and ``kvzip-plus`` (the recommended default) at budgets 0.1 and 0.2 on the pass-key task; named
+    after its tasks."""
     tasks = Overrides(task=overrides.task or DEFAULT_TASK).data()["tasks"]
     return {
         "name": "-".join(str(t["name"]) for t in tasks) or "run",

@@ -21,7 +21,7 @@ from lukv_bench.tasks import metrics
 
 FIXTURES = ROOT / "tests" / "fixtures" / "longbench"
 #: LongBench's dataset2metric for the main suite's subsets (a new subset there needs its line here)
-LONGBENCH_METRIC = {"hotpotqa": "qa_f1", "lcc": "code_sim_longbench"}
+LONGBENCH_METRIC = {"hotpotqa": "qa_f1", "qasper": "qa_f1", "lcc": "code_sim_longbench"}
 
 
 def _main_entries() -> list[dict]:
@@ -87,12 +87,13 @@ def test_records_are_scored_with_longbench_metrics(records) -> None:
 def test_a_subset_missing_from_the_local_copy_is_refused_before_the_model_loads(tmp_path) -> None:
     (tmp_path / "lb").mkdir()
     (tmp_path / "lb" / "hotpotqa.jsonl").write_text((FIXTURES / "hotpotqa.jsonl").read_text())
-    # relative to the suite's folder; lcc.jsonl is missing
+    # relative to the suite's folder; the main job's other subsets (qasper, lcc) are missing
     entries = [{**e, "data_dir": "lb"} for e in _main_entries()]
-    entries = [{**entries[0], "subsets": [s for e in entries for s in e["subsets"]]}]  # hotpotqa and lcc in one
-    assert entries[0]["subsets"][:2] == ["hotpotqa", "lcc"]
+    entries = [{**entries[0], "subsets": [s for e in entries for s in e["subsets"]]}]  # all subsets in one entry
+    assert entries[0]["subsets"][:3] == ["hotpotqa", "qasper", "lcc"]
     res = CliRunner().invoke(main, ["run", str(_write_suite(tmp_path, entries)), "--out", str(tmp_path / "out"),
                                     "--no-progress"])
     assert res.exit_code == 2, (res.output, repr(res.exception))
-    assert "subsets[1]" in res.output and f"data_dir {tmp_path / 'lb'} has no lcc.jsonl" in res.output
+    assert "subsets[1]" in res.output and f"data_dir {tmp_path / 'lb'} has no qasper.jsonl" in res.output
+    assert "subsets[2]" in res.output and f"data_dir {tmp_path / 'lb'} has no lcc.jsonl" in res.output
     assert not (tmp_path / "out" / "results.jsonl").exists()

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from lukv_bench.data import longbench as gen
-from lukv_bench.data.longbench import hotpotqa_like
+from lukv_bench.data.longbench import hotpotqa_like, qasper_like
 from lukv_bench.tasks import metrics
 from lukv_bench.tasks.longbench import LongBenchTask
 
@@ -69,6 +69,39 @@ def test_hotpotqa_like_passages_state_different_relations():
 def test_hotpotqa_like_asks_every_relation_equally_often():
     counts = Counter(s.meta["relation"] for s in _samples("hotpotqa_like", MANY))
     assert len(counts) == len(hotpotqa_like._FACTS) and max(counts.values()) - min(counts.values()) <= 1
+
+
+# --- qasper_like --------------------------------------------------------------------------------------
+
+
+def test_qasper_like_echo_scores_zero_and_the_wrong_person_nothing():
+    """Repeating the question learns nothing, the gold name scores 1, and naming another person of the
+    manual scores 0 (the four people share no first name, and surnames are distinct invented words)."""
+    task = _task("qasper_like")
+    samples = _samples("qasper_like", MANY)
+    assert sum(task.score(s.question, s) for s in samples) / len(samples) < 0.01
+    assert sum(task.score(s.answers[0], s) for s in samples) / len(samples) == pytest.approx(1.0)
+    for s in samples[:40]:
+        project = s.meta["project"]
+        named = [m.group(1) for text, _ in qasper_like._FACTS.values()
+                 if (m := re.search(re.escape(text.split("{X}")[0].format(P=project)) + r"(\w+ \w+)\.", s.context))]
+        assert len(named) == s.meta["n_facts"] == 4 and s.answers[0] in named
+        assert len({n.split()[0] for n in named}) == 4
+        assert all(task.score(n, s) == 0.0 for n in named if n != s.answers[0])
+
+
+def test_qasper_like_states_each_fact_once_as_its_own_block():
+    for s in _samples("qasper_like", 40):
+        answer, project, relation = s.answers[0], s.meta["project"], s.meta["relation"]
+        fact = qasper_like._FACTS[relation][0].format(P=project, X=answer)
+        assert s.context.count(answer) == 1 and f"\n\n{fact}" in s.context
+        assert answer not in s.question and qasper_like._FACTS[relation][1].format(P=project) in s.question
+        assert "+---" not in s.context and "+===" not in s.context  # drawn tables are left out
+
+
+def test_qasper_like_asks_every_relation_equally_often():
+    counts = Counter(s.meta["relation"] for s in _samples("qasper_like", MANY))
+    assert len(counts) == len(qasper_like._FACTS) and max(counts.values()) - min(counts.values()) <= 1
 
 
 # --- trec_like ---------------------------------------------------------------------------------------
@@ -132,7 +165,7 @@ def test_lcc_like_no_context_prompt_has_no_value_of_the_answer():
 
 
 def test_redesigned_sets_are_deterministic_and_prefix_stable():
-    for subset, version in (("hotpotqa_like", 3), ("trec_like", 2), ("lcc_like", 3)):
+    for subset, version in (("hotpotqa_like", 3), ("trec_like", 2), ("lcc_like", 3), ("qasper_like", 2)):
         a = gen.generate(subset, 5, seed=4, context_tokens=TOKENS)
         assert gen.generate(subset, 5, seed=4, context_tokens=TOKENS) == a
         assert gen.generate(subset, 3, seed=4, context_tokens=TOKENS) == a[:3]

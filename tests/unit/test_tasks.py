@@ -123,33 +123,6 @@ def test_generated_contexts_have_about_the_target_length(generated):
             assert min(lengths) > 0.5 * TOKENS, name
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def test_qasper_like_answerable(generated):
-    from lukv_bench.data.longbench.qasper_like import _FACTS
-
-    for s in generated["qasper_like"]:
-        answer, project, relation = s.answers[0], s.meta["project"], s.meta["relation"]
-        fact = _FACTS[relation][0].format(P=project, X=answer)
-        # the asked fact is stated once, as its own block of the manual; the name occurs nowhere else
-        assert s.context.count(answer) == 1 and f"\n\n{fact}" in s.context
-        assert answer not in s.question and _FACTS[relation][1].format(P=project) in s.question
-        # four facts about the project, each a different relation and a different person
-        facts = [r for r, (text, _) in _FACTS.items() if text.split("{X}")[0].format(P=project) in s.context]
-        assert relation in facts and len(facts) == s.meta["n_facts"] == 4
-        assert "+---" not in s.context  # drawn tables are left out
-
-
-def test_qasper_like_asks_every_relation_equally_often():
-    from lukv_bench.data.longbench.qasper_like import _FACTS
-
-    samples = gen.generate("qasper_like", 2 * len(_FACTS), seed=3, context_tokens=300)
-    asked = [s.meta["relation"] for s in samples]
-    assert sorted(asked) == sorted(list(_FACTS) * 2)
-
-
 def test_hotpotqa_like_answerable(generated):
     for s in generated["hotpotqa_like"]:
         passages = re.split(r"(?:^|\n\n)Passage \d+:\n", s.context)[1:]

@@ -5,8 +5,8 @@ Sources (nothing is downloaded):
 * ``pydoc_data.topics.topics`` — the Python Language Reference / library topics used by ``help()``
   (read by :func:`lukv_bench.data.corpus.topics`, deduplicated by text: "else" and "if" share one text);
 * invented words (pronounceable, made up per sample) for the organisations and people of
-  ``hotpotqa_like`` and the services, hosts and ports of ``lcc_like``, so their answers cannot come
-  from a model's memory: only from the context.
+  ``hotpotqa_like``, the project and people of ``qasper_like`` and the services, hosts and ports of
+  ``lcc_like``, so their answers cannot come from a model's memory: only from the context.
 
 Every subset imitates one LongBench subset (same task shape, prompt style and metric) and every
 question is answerable from its context, which the generator checks while building it. One module

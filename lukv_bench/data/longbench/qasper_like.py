@@ -6,7 +6,9 @@ manual of an invented project, with four sentences about the project's people in
 different relation (started, maintains, drew the logo, ...). The question asks one relation (balanced
 over the set) by its wording; the answer is a two-word name (a real first name and an invented surname)
 that occurs once in the document and never in the question, so neither the model's knowledge nor an echo
-of the question scores.
+of the question scores; the four people have different first names. Only topics long enough for the
+target length are drawn (18 at 2,000 tokens, 3 at 8,000), so long sets repeat topics, with other projects,
+people and excerpts.
 
 Design v1 (a word removed from a sentence of the document, asked back; ~0 FullKV on the embedded
 SmolLM2-135M at 2,000 tokens, so it could not rank policies) is in the git history before this design.
@@ -40,8 +42,10 @@ _INSTRUCTION = (
 
 
 def _is_table(block: str) -> bool:
-    """Whether a block is a drawn table (its rows confuse a small model more than they inform it)."""
-    return any(line.strip().startswith(("+-", "+=", "|")) for line in block.split("\n"))
+    """Whether a block is a drawn table: a ``+---+`` border or a ``| ... |`` row (such rows confuse a small
+    model more than they inform it; grammar blocks with ``|`` alternatives are kept)."""
+    rows = [line.strip() for line in block.split("\n")]
+    return any(r.startswith(("+-", "+=")) or (len(r) > 1 and r.startswith("|") and r.endswith("|")) for r in rows)
 
 
 def _excerpt(topic: Topic, budget: int, rng: random.Random) -> list[str]:
@@ -85,14 +89,15 @@ def make_sample(rng: random.Random, target: int, slot: Slot) -> Sample:
     rng.shuffle(relations)
     words = distinct_words(rng, syllables=(2, 2))
     project = next(words).capitalize()
-    people = {r: f"{rng.choice(FIRST_NAMES)} {next(words).capitalize()}" for r in relations}
-    for relation in relations:  # each fact after a random block, in the order drawn
-        at = rng.randint(0, len(blocks))
-        blocks.insert(at, _FACTS[relation][0].format(P=project, X=people[relation]))
+    # distinct first names too: naming the wrong person must not earn a shared first name's F1
+    firsts = rng.sample(FIRST_NAMES, _N_FACTS)
+    people = {r: f"{first} {next(words).capitalize()}" for r, first in zip(relations, firsts, strict=True)}
+    for relation in relations:  # each fact as its own block at a random place among the blocks
+        blocks.insert(rng.randint(0, len(blocks)), _FACTS[relation][0].format(P=project, X=people[relation]))
     title = f"{project} manual: {topic.title}"
     context = "\n\n".join([title, *blocks])
     answer = people[asked]
-    if context.count(answer) != 1 or len(set(people.values())) != _N_FACTS:  # pragma: no cover - invented words
+    if context.count(answer) != 1:  # pragma: no cover - invented words never occur in the docs' prose
         raise Retry
     return Sample(
         id="",
