@@ -307,12 +307,13 @@ def attention_and_column_max(
         k, v = key[0, s].float(), value[0, s].float()
         for lo in range(0, m, step):
             hi = min(m, lo + step)
-            logits = cap_scores(torch.matmul(query[0, heads, lo:hi].float(), k.T).mul_(scaling), softcap)
-            future = cols[None, :] > cols[lo:hi, None]  # repeat query i sees repeat keys 0 .. i
+            end = prefix + hi  # keys after the block's last query are masked for all of it: left out
+            logits = cap_scores(torch.matmul(query[0, heads, lo:hi].float(), k[:end].T).mul_(scaling), softcap)
+            future = cols[None, :hi] > cols[lo:hi, None]  # repeat query i sees repeat keys 0 .. i
             logits[..., prefix:].masked_fill_(future, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
             torch.maximum(seen[heads], probs[..., :prefix].amax(dim=1), out=seen[heads])
-            out[0, heads, lo:hi] = torch.matmul(probs, v)
+            out[0, heads, lo:hi] = torch.matmul(probs, v[:end])
     return out.to(query.dtype), seen
 
 
