@@ -17,7 +17,10 @@ the ratio may grow by up to 50% before the gate fails), ``noise`` (the relative 
 ``(max - min) / median`` seen over the runs the baseline was made from, null when made from one run),
 ``runs`` (those runs' ratios) and ``optional`` (true: may be absent from a run, e.g. a benchmark that
 needs the embedded model). Its ``machine`` block records where the baseline was measured; an entry
-measured elsewhere (``--update --merge``) carries its own ``machine`` block.
+measured elsewhere (``--update --merge``) carries its own ``machine`` block. Where a ratio differs by
+CPU beyond what one tolerance may cover (it divides memory-bound work by compute-bound work, say), an
+entry also holds ``other_cpus``: per CPU name, that CPU's own ``ratio``, ``tolerance``, ``noise``, ``runs``
+and ``machine``, made by ``--update --merge --this-cpu`` on that CPU and checked with the same rule there.
 
 The gate fails (exit 1) when a ratio exceeds ``baseline * (1 + tolerance)`` or when a non-optional
 baseline entry is missing from the run; it names the benchmark, the baseline, the measured value and
@@ -30,6 +33,7 @@ Usage::
     python benchmarks/gate.py RESULTS.json                  # check (tox -e bench does this)
     python benchmarks/gate.py --update RESULTS.json [...]   # refresh the baseline on purpose
     python benchmarks/gate.py --update --merge R1.json ...  # refresh only the benchmarks these ran
+    python benchmarks/gate.py --update --merge --this-cpu R1.json ...  # their own baseline for this CPU
     tox -e bench -- --update                                # the same, after a fresh benchmark run
     python benchmarks/gate.py --tables                      # rewrite the tables below from the baseline
 
@@ -156,9 +160,33 @@ def over_cap(baseline: dict[str, Any]) -> list[str]:
     return [
         f"{name}: tolerance +{e['tolerance']:.0%} is above the ceiling of +{MAX_TOLERANCE:.0%}, so a 2x regression "
         f"would pass; measure the benchmark steadier and refresh the baseline (python benchmarks/gate.py --update)"
-        for name, e in sorted(baseline["benchmarks"].items())
+        for name, e in sorted(_all_entries(baseline))
         if float(e["tolerance"]) > MAX_TOLERANCE
     ]
+
+
+def _all_entries(baseline: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every (label, entry) of the baseline: the benchmarks' entries and their ``other_cpus`` ones."""
+    out = []
+    for name, e in baseline["benchmarks"].items():
+        out.append((name, e))
+        out.extend((f"{name} on {cpu}", sub) for cpu, sub in (e.get("other_cpus") or {}).items())
+    return out
+
+
+def _entry_for(entry: dict[str, Any], cpu: str | None) -> tuple[dict[str, Any], str]:
+    """The baseline a run on ``cpu`` is checked against -> (entry, note for the report line).
+
+    That CPU's own entry where it has one; the entry itself where it was measured there (or says nothing
+    of where); else the entry at the ``MAX_TOLERANCE`` ceiling, since ratios move by machine.
+    """
+    own = (entry.get("other_cpus") or {}).get(cpu) if cpu is not None else None
+    if own is not None:
+        return own, f" (baseline for {cpu})"
+    if cpu is not None and "machine" in entry and entry["machine"].get("cpu") not in (None, cpu):
+        ceiling = {**entry, "tolerance": max(float(entry["tolerance"]), MAX_TOLERANCE)}
+        return ceiling, f" (baseline from {entry['machine']['cpu']}: checked at the +{MAX_TOLERANCE:.0%} ceiling)"
+    return entry, ""
 
 
 def spread(values: list[float]) -> float | None:
@@ -173,9 +201,9 @@ def check(
 ) -> tuple[list[str], list[str]]:
     """Compare a run with the baseline -> (report lines, failure messages); no failures means pass.
 
-    An entry whose own ``machine`` block names another CPU than the run's (``cpu``, from the run's
-    machine_info) was measured on one machine only, and ratios move by machine; it is checked at the
-    ceiling ``MAX_TOLERANCE`` instead of its tolerance, which still fails a 2x regression.
+    ``cpu`` (from the run's machine_info) picks the baseline of each entry (:func:`_entry_for`): its
+    ``other_cpus`` entry for that CPU, or, where the entry was measured on another CPU only, the entry at
+    the ceiling ``MAX_TOLERANCE``, which still fails a 2x regression.
     """
     entries = baseline["benchmarks"]
     lines = [f"{'benchmark':46s} {'baseline':>9s} {'measured':>9s} {'change':>8s} {'limit':>9s}  status"]
@@ -185,10 +213,8 @@ def check(
         if entry is None:
             lines.append(f"{name:46s} {'-':>9s} {got['ratio']:9.3f} {'':>8s} {'':>9s}  not in baseline (not gated)")
             continue
+        entry, note = _entry_for(entry, cpu)
         base, tol = float(entry["ratio"]), float(entry["tolerance"])
-        other_cpu = cpu is not None and "machine" in entry and entry["machine"].get("cpu") not in (None, cpu)
-        if other_cpu:
-            tol = max(tol, MAX_TOLERANCE)
         limit = base * (1 + tol)
         if got is None:
             if entry.get("optional"):
@@ -213,8 +239,7 @@ def check(
             status = "ok (improved beyond tolerance: consider refreshing the baseline)"
         else:
             status = "ok"
-        if other_cpu:
-            status += f" (baseline from {entry['machine']['cpu']}: checked at the +{MAX_TOLERANCE:.0%} ceiling)"
+        status += note
         lines.append(f"{name:46s} {base:9.3f} {value:9.3f} {change:+8.0%} {limit:9.3f}  {status}")
     return lines, failures
 
@@ -255,14 +280,16 @@ def _too_noisy(name: str, entry: dict[str, Any]) -> str:
 
 
 def update(
-    baseline: dict[str, Any], runs: list[dict[str, dict[str, Any]]], machine_info: dict, *, merge: bool = False
+    baseline: dict[str, Any], runs: list[dict[str, dict[str, Any]]], machine_info: dict, *, merge: bool = False,
+    this_cpu: bool = False,
 ) -> dict[str, Any]:
     """A new baseline from one or more runs: median ratio per benchmark; noise and tolerances as documented.
 
     Entries absent from every run are dropped unless optional (those are kept as they were), or, with
     ``merge``, kept with their tolerance re-derived from their recorded runs; entries measured here
-    then carry this machine's block. Raises :class:`TooNoisyError` naming every entry whose tolerance
-    would exceed ``MAX_TOLERANCE``.
+    then carry this machine's block. With ``this_cpu`` (and ``merge``), an entry measured on another CPU keeps
+    its figures and gets these runs as this CPU's own baseline in ``other_cpus``. Raises
+    :class:`TooNoisyError` naming every entry whose tolerance would exceed ``MAX_TOLERANCE``.
     """
     old = baseline.get("benchmarks", {})
     machine = _machine(machine_info)
@@ -287,10 +314,20 @@ def update(
         }
         if merge:
             entries[name]["machine"] = machine
+        if prev.get("other_cpus"):
+            entries[name]["other_cpus"] = prev["other_cpus"]
+        prev_cpu = (prev.get("machine") or baseline.get("machine") or {}).get("cpu")
+        if this_cpu and prev and prev_cpu != machine["cpu"]:
+            own = {k: entries[name][k] for k in ("ratio", "tolerance", "noise", "runs")} | {"machine": machine}
+            entries[name] = {**_settled(prev), "other_cpus": {**(prev.get("other_cpus") or {}), machine["cpu"]: own}}
     for name, prev in old.items():
         if name not in entries and (merge or prev.get("optional")):
             entries[name] = _settled(prev) if merge else prev
-    refused = [_too_noisy(name, e) for name, e in sorted(entries.items()) if e["tolerance"] > MAX_TOLERANCE]
+    refused = [
+        _too_noisy(name, e)
+        for name, e in sorted(_all_entries({"benchmarks": entries}))
+        if e["tolerance"] > MAX_TOLERANCE
+    ]
     if refused:
         raise TooNoisyError("refusing to write the baseline:\n  " + "\n  ".join(refused))
     return {
@@ -323,6 +360,14 @@ def render_table(baseline: dict[str, Any]) -> str:
             f"| `{name}`{optional} | {e.get('desc') or ''} | {e['ratio']:.3f} | {span} | {limit:.3f} "
             f"(+{e['tolerance']:.0%}) |"
         )
+        for cpu, sub in (e.get("other_cpus") or {}).items():
+            runs = sub.get("runs") or [sub["ratio"]]
+            span = f"{min(runs):.3f}-{max(runs):.3f} ({len(runs)} run{'s' if len(runs) > 1 else ''} on {cpu})"
+            limit = sub["ratio"] * (1 + sub["tolerance"])
+            lines.append(
+                f"| `{name}` on {cpu} | the same, this CPU's own baseline | {sub['ratio']:.3f} | {span} | {limit:.3f} "
+                f"(+{sub['tolerance']:.0%}) |"
+            )
     return "\n".join(lines)
 
 
@@ -361,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --update: keep the baseline entries these results lack (tolerances re-derived from their runs)",
     )
     ap.add_argument(
+        "--this-cpu",
+        action="store_true",
+        help="with --update --merge: entries measured on another CPU keep their figures and get these runs as "
+        "this CPU's own baseline (for ratios that differ by CPU beyond one tolerance)",
+    )
+    ap.add_argument(
         "--tables",
         action="store_true",
         help="rewrite the performance tables of README.md and docs/performance.md from the baseline (no results)",
@@ -379,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         runs, infos = zip(*(read_ratios(p) for p in args.results), strict=True)
         if args.merge and not args.update:
             raise GateInputError("--merge only goes with --update")
+        if args.this_cpu and not (args.update and args.merge):
+            raise GateInputError("--this-cpu only goes with --update --merge")
         if args.update:
-            new = update(baseline, list(runs), infos[-1], merge=args.merge)
+            new = update(baseline, list(runs), infos[-1], merge=args.merge, this_cpu=args.this_cpu)
             args.baseline.write_text(json.dumps(new, indent=2) + "\n")
             if args.baseline == BASELINE:
                 for path in write_tables(new):

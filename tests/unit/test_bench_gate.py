@@ -185,6 +185,50 @@ def test_an_entry_from_another_cpu_is_checked_at_the_ceiling() -> None:
     assert unnamed  # no CPU named by the run: the entry's own tolerance
 
 
+
+def test_a_cpu_with_its_own_baseline_is_checked_against_it() -> None:
+    """A ratio that differs by CPU gets that CPU's own entry, with its own tolerance, not the ceiling."""
+    gate = _gate_module()
+    own = {"ratio": 2.0, "tolerance": 0.3, "noise": 0.05, "runs": [1.95, 2.0, 2.05], "machine": {"cpu": "cpu B"}}
+    entry = {"ratio": 1.0, "tolerance": 0.3, "machine": {"cpu": "cpu A"}, "other_cpus": {"cpu B": own}}
+    baseline = {"benchmarks": {"b": entry}}
+    lines, ok = gate.check(baseline, {"b": {"ratio": 2.4, "desc": None}}, cpu="cpu B")
+    assert not ok and "(baseline for cpu B)" in lines[1]
+    _, tripped = gate.check(baseline, {"b": {"ratio": 2.7, "desc": None}}, cpu="cpu B")
+    assert tripped and "baseline 2.000" in tripped[0]  # +35% on cpu B's own baseline
+    _, on_a = gate.check(baseline, {"b": {"ratio": 2.0, "desc": None}}, cpu="cpu A")
+    assert on_a  # cpu A still has its own figure: 2x fails there
+    _, elsewhere = gate.check(baseline, {"b": {"ratio": 2.0, "desc": None}}, cpu="cpu C")
+    assert elsewhere  # a third CPU: the entry at the +90% ceiling, which a 2x regression trips
+
+
+def test_update_this_cpu_adds_a_cpu_baseline_and_keeps_the_entry(tmp_path: Path) -> None:
+    gate = _gate_module()
+    old = {"machine": {"cpu": "cpu A"}, "benchmarks": {
+        "b": {"ratio": 1.0, "tolerance": 0.3, "noise": 0.02, "runs": [0.99, 1.0, 1.01], "desc": "x / y",
+              "optional": False},
+        "c": {"ratio": 5.0, "tolerance": 0.3, "noise": None, "runs": [5.0], "desc": None, "optional": False},
+    }}
+    runs = [{"b": {"ratio": r, "desc": "x / y"}} for r in (2.0, 2.1, 1.9)]
+    new = gate.update(old, runs, {"cpu_model": "cpu B", "cores": 2}, merge=True, this_cpu=True)
+    b = new["benchmarks"]["b"]
+    assert (b["ratio"], b["runs"]) == (1.0, [0.99, 1.0, 1.01])  # cpu A's figures untouched
+    own = b["other_cpus"]["cpu B"]
+    assert own["ratio"] == 2.0 and own["runs"] == [2.0, 2.1, 1.9] and own["tolerance"] == 0.3
+    assert own["machine"]["cpu"] == "cpu B"
+    assert new["benchmarks"]["c"]["ratio"] == 5.0  # not run here: kept
+    assert "| `b` on cpu B |" in gate.render_table(new)
+    again = gate.update(new, runs, {"cpu_model": "cpu A", "cores": 2}, merge=True, this_cpu=True)
+    assert again["benchmarks"]["b"]["ratio"] == 2.0  # measured on the entry's own CPU: replaces it
+    assert again["benchmarks"]["b"]["other_cpus"]["cpu B"] == own  # and keeps the other CPU's
+
+
+def test_this_cpu_needs_update_and_merge(tmp_path: Path, baseline: Path) -> None:
+    res = _results(tmp_path / "r.json", {"test_a[1]": 1.0})
+    proc = _run("--update", "--this-cpu", res, "--baseline", baseline)
+    assert proc.returncode == 2 and "--this-cpu only goes with --update --merge" in proc.stderr
+
+
 # -- the performance tables of README.md and docs/performance.md are the baseline, rendered --------------
 
 

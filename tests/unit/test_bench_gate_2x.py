@@ -156,3 +156,18 @@ def test_rule_ceiling_is_below_2x() -> None:
     assert gate.MAX_TOLERANCE < 1.0
     assert gate.tolerance_for(0.6) == pytest.approx(gate.MAX_TOLERANCE)
     assert gate.tolerance_for(0.61) > gate.MAX_TOLERANCE  # refused by --update, never capped silently
+
+
+OWN = [
+    (name, cpu, sub) for name, e in COMMITTED["benchmarks"].items() for cpu, sub in (e.get("other_cpus") or {}).items()
+]
+
+
+@pytest.mark.parametrize("name,cpu,sub", OWN, ids=[f"{n}-{c}" for n, c, _ in OWN])
+def test_a_cpu_baseline_passes_itself_and_trips_at_2x(name: str, cpu: str, sub: dict) -> None:
+    assert len(sub["runs"]) >= 3 and sub["tolerance"] == gate.tolerance_for(gate.spread(sub["runs"])), name
+    _, same = gate.check(COMMITTED, {name: {"ratio": sub["ratio"], "desc": None}}, cpu=cpu)
+    assert not [f for f in same if f.startswith(name)]
+    _, doubled = gate.check(COMMITTED, {name: {"ratio": sub["ratio"] * 2, "desc": None}}, cpu=cpu)
+    assert [f.split(":", 1)[0] for f in doubled if f.startswith(name)] == [name]
+
