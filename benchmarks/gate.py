@@ -160,15 +160,15 @@ def over_cap(baseline: dict[str, Any]) -> list[str]:
     return [
         f"{name}: tolerance +{e['tolerance']:.0%} is above the ceiling of +{MAX_TOLERANCE:.0%}, so a 2x regression "
         f"would pass; measure the benchmark steadier and refresh the baseline (python benchmarks/gate.py --update)"
-        for name, e in sorted(_all_entries(baseline))
+        for name, e in sorted(_all_entries(baseline["benchmarks"]))
         if float(e["tolerance"]) > MAX_TOLERANCE
     ]
 
 
-def _all_entries(baseline: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every (label, entry) of the baseline: the benchmarks' entries and their ``other_cpus`` ones."""
+def _all_entries(benchmarks: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every (label, entry) of a baseline's ``benchmarks``: the entries and their ``other_cpus`` ones."""
     out = []
-    for name, e in baseline["benchmarks"].items():
+    for name, e in benchmarks.items():
         out.append((name, e))
         out.extend((f"{name} on {cpu}", sub) for cpu, sub in (e.get("other_cpus") or {}).items())
     return out
@@ -303,29 +303,25 @@ def update(
             tolerance = tolerance_for(noise)
         else:
             tolerance = prev.get("tolerance", DEFAULT_TOLERANCE)
+        ratio = round(statistics.median(values), 4)
+        measured = {"ratio": ratio, "tolerance": tolerance, "noise": noise, "runs": values}
+        prev_cpu = (prev.get("machine") or baseline.get("machine") or {}).get("cpu")
+        if this_cpu and prev and prev_cpu != machine["cpu"]:  # this CPU's own baseline beside the entry's
+            own = {**(prev.get("other_cpus") or {}), machine["cpu"]: {**measured, "machine": machine}}
+            entries[name] = {**_settled(prev), "other_cpus": own}
+            continue
         desc = next((run[name]["desc"] for run in runs if name in run and run[name]["desc"]), prev.get("desc"))
-        entries[name] = {
-            "ratio": round(statistics.median(values), 4),
-            "tolerance": tolerance,
-            "noise": noise,
-            "runs": values,
-            "desc": desc,
-            "optional": bool(prev.get("optional", False)),
-        }
+        entries[name] = {**measured, "desc": desc, "optional": bool(prev.get("optional", False))}
         if merge:
             entries[name]["machine"] = machine
         if prev.get("other_cpus"):
             entries[name]["other_cpus"] = prev["other_cpus"]
-        prev_cpu = (prev.get("machine") or baseline.get("machine") or {}).get("cpu")
-        if this_cpu and prev and prev_cpu != machine["cpu"]:
-            own = {k: entries[name][k] for k in ("ratio", "tolerance", "noise", "runs")} | {"machine": machine}
-            entries[name] = {**_settled(prev), "other_cpus": {**(prev.get("other_cpus") or {}), machine["cpu"]: own}}
     for name, prev in old.items():
         if name not in entries and (merge or prev.get("optional")):
             entries[name] = _settled(prev) if merge else prev
     refused = [
         _too_noisy(name, e)
-        for name, e in sorted(_all_entries({"benchmarks": entries}))
+        for name, e in sorted(_all_entries(entries))
         if e["tolerance"] > MAX_TOLERANCE
     ]
     if refused:
@@ -351,24 +347,20 @@ def render_table(baseline: dict[str, Any]) -> str:
         "|---|---|---:|---|---:|",
     ]
     for name, e in baseline.get("benchmarks", {}).items():
-        runs = e.get("runs") or [e["ratio"]]
         where = f" on {e['machine'].get('cpu', '?')}" if "machine" in e else ""  # else the baseline's machines
-        span = f"{min(runs):.3f}-{max(runs):.3f} ({len(runs)} run{'s' if len(runs) > 1 else ''}{where})"
-        limit = e["ratio"] * (1 + e["tolerance"])
         optional = " (optional)" if e.get("optional") else ""
-        lines.append(
-            f"| `{name}`{optional} | {e.get('desc') or ''} | {e['ratio']:.3f} | {span} | {limit:.3f} "
-            f"(+{e['tolerance']:.0%}) |"
-        )
+        lines.append(_table_row(f"`{name}`{optional}", e.get("desc") or "", e, where))
         for cpu, sub in (e.get("other_cpus") or {}).items():
-            runs = sub.get("runs") or [sub["ratio"]]
-            span = f"{min(runs):.3f}-{max(runs):.3f} ({len(runs)} run{'s' if len(runs) > 1 else ''} on {cpu})"
-            limit = sub["ratio"] * (1 + sub["tolerance"])
-            lines.append(
-                f"| `{name}` on {cpu} | the same, this CPU's own baseline | {sub['ratio']:.3f} | {span} | {limit:.3f} "
-                f"(+{sub['tolerance']:.0%}) |"
-            )
+            lines.append(_table_row(f"`{name}` on {cpu}", "the same, this CPU's own baseline", sub, f" on {cpu}"))
     return "\n".join(lines)
+
+
+def _table_row(label: str, desc: str, e: dict[str, Any], where: str) -> str:
+    """One row of :func:`render_table` for baseline entry ``e`` (``where``: the runs' machine, or empty)."""
+    runs = e.get("runs") or [e["ratio"]]
+    span = f"{min(runs):.3f}-{max(runs):.3f} ({len(runs)} run{'s' if len(runs) > 1 else ''}{where})"
+    limit = e["ratio"] * (1 + e["tolerance"])
+    return f"| {label} | {desc} | {e['ratio']:.3f} | {span} | {limit:.3f} (+{e['tolerance']:.0%}) |"
 
 
 def write_tables(baseline: dict[str, Any], files: tuple[Path, ...] = TABLE_FILES) -> list[Path]:

@@ -185,7 +185,6 @@ def test_an_entry_from_another_cpu_is_checked_at_the_ceiling() -> None:
     assert unnamed  # no CPU named by the run: the entry's own tolerance
 
 
-
 def test_a_cpu_with_its_own_baseline_is_checked_against_it() -> None:
     """A ratio that differs by CPU gets that CPU's own entry, with its own tolerance, not the ceiling."""
     gate = _gate_module()
@@ -202,7 +201,7 @@ def test_a_cpu_with_its_own_baseline_is_checked_against_it() -> None:
     assert elsewhere  # a third CPU: the entry at the +90% ceiling, which a 2x regression trips
 
 
-def test_update_this_cpu_adds_a_cpu_baseline_and_keeps_the_entry(tmp_path: Path) -> None:
+def test_update_this_cpu_adds_a_cpu_baseline_and_keeps_the_entry() -> None:
     gate = _gate_module()
     old = {"machine": {"cpu": "cpu A"}, "benchmarks": {
         "b": {"ratio": 1.0, "tolerance": 0.3, "noise": 0.02, "runs": [0.99, 1.0, 1.01], "desc": "x / y",
